@@ -1,0 +1,456 @@
+//! Evaluating a request against a policy: typed decisions with a machine reason and the rule involved.
+
+use crate::authority::{Authority, Host, Malformed};
+use crate::identity::SpiffeId;
+use crate::policy::{Mode, Policy, Rule};
+use serde::Serialize;
+use std::fmt;
+
+/// What the filter does with the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Report mode: the policy would deny, the request goes through.
+    ReportDeny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::ReportDeny => "report-deny",
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub fn proceeds(self) -> bool {
+        self != Action::Deny
+    }
+}
+
+/// Why. `code()` is the stable form for replies, filter state, metrics and audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A rule matched every field of the request.
+    Allowed,
+    /// No rule lists the host.
+    HostNotAllowed,
+    /// An IP-literal destination outside every rule's `cidrs`.
+    IpNotAllowed,
+    /// The destination is on the deny list.
+    DenyListed,
+    PortNotAllowed,
+    MethodNotAllowed,
+    PathNotAllowed,
+    /// The rule names principals or namespaces and the caller has no verified SPIFFE identity that matches.
+    IdentityNotAllowed,
+    /// The path has dot segments or encoded slashes, so a path rule cannot be applied safely.
+    AmbiguousPath,
+    /// The authority could not be parsed unambiguously. Refused in every mode.
+    MalformedAuthority(Malformed),
+    /// TLS passthrough without SNI. Refused in every mode.
+    MissingSni,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::HostNotAllowed => "host_not_allowed",
+            Reason::IpNotAllowed => "ip_literal_not_allowed",
+            Reason::DenyListed => "deny_listed",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::PathNotAllowed => "path_not_allowed",
+            Reason::IdentityNotAllowed => "identity_not_allowed",
+            Reason::AmbiguousPath => "ambiguous_path",
+            Reason::MalformedAuthority(_) => "malformed_authority",
+            Reason::MissingSni => "missing_sni",
+        }
+    }
+
+    /// Malformed input is refused even in report mode: it is never forwarded.
+    fn refused_in_every_mode(self) -> bool {
+        matches!(self, Reason::MalformedAuthority(_) | Reason::MissingSni)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::MalformedAuthority(detail) => write!(f, "malformed_authority ({detail})"),
+            other => f.write_str(other.code()),
+        }
+    }
+}
+
+/// The normalised destination: host and effective port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The outcome of evaluating one request or connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<'p> {
+    pub action: Action,
+    pub reason: Reason,
+    /// The rule that allowed the request; for a denial, the first rule whose destination matched (if any).
+    pub rule: Option<&'p str>,
+    /// `None` when the destination could not be parsed.
+    pub destination: Option<Destination>,
+}
+
+impl Decision<'_> {
+    /// The HTTP status of a local reply: 400 for what could not be parsed, 403 for what the policy denies.
+    pub fn http_status(&self) -> u16 {
+        match self.reason {
+            Reason::MalformedAuthority(_) => 400,
+            _ => 403,
+        }
+    }
+
+    /// The JSON body of a local reply.
+    pub fn http_body(&self) -> String {
+        let body = match self.reason {
+            Reason::MalformedAuthority(detail) => serde_json::json!({
+                "error": "malformed_request",
+                "reason": self.reason.code(),
+                "detail": detail.code(),
+            }),
+            _ => serde_json::json!({
+                "error": "egress_denied",
+                "host": self.destination.as_ref().map(|d| d.host.to_string()),
+                "port": self.destination.as_ref().map(|d| d.port),
+                "reason": self.reason.code(),
+                "rule": self.rule,
+            }),
+        };
+        body.to_string()
+    }
+}
+
+/// One HTTP request as the filter sees it (after Envoy's own parsing).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpRequest<'a> {
+    /// `:authority` (HTTP/1 `Host`, or the authority of an absolute-form or CONNECT target).
+    pub authority: &'a str,
+    /// `:scheme`: `http` or `https`, for the default port.
+    pub scheme: &'a str,
+    pub method: &'a str,
+    /// `:path`, with query; absent for CONNECT.
+    pub path: Option<&'a str>,
+    /// The caller's verified SPIFFE identity, if any.
+    pub identity: Option<&'a SpiffeId>,
+}
+
+/// What a rule's conditions are checked against.
+struct Target<'a> {
+    destination: &'a Destination,
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    identity: Option<&'a SpiffeId>,
+}
+
+impl Policy {
+    /// Evaluates an HTTP request (including CONNECT, whose authority must carry a port).
+    pub fn evaluate_http(&self, request: &HttpRequest<'_>) -> Decision<'_> {
+        let authority = match Authority::parse(request.authority) {
+            Ok(authority) => authority,
+            Err(malformed) => return self.refuse(Reason::MalformedAuthority(malformed)),
+        };
+        let port = match (authority.port, request.method, request.scheme) {
+            (Some(port), _, _) => port,
+            (None, "CONNECT", _) => return self.refuse(Reason::MalformedAuthority(Malformed::InvalidPort)),
+            (None, _, "https") => 443,
+            (None, _, _) => 80,
+        };
+        let destination = Destination { host: authority.host, port };
+        let path = if request.method == "CONNECT" { None } else { request.path };
+        let target = Target { destination: &destination, method: Some(request.method), path, identity: request.identity };
+        let (reason, rule) = self.judge(&target);
+        self.decide(reason, rule, Some(destination))
+    }
+
+    /// Evaluates a TLS passthrough connection by its SNI and the port it arrived on.
+    pub fn evaluate_tls(&self, sni: Option<&str>, port: u16, identity: Option<&SpiffeId>) -> Decision<'_> {
+        let Some(sni) = sni.filter(|s| !s.is_empty()) else { return self.refuse(Reason::MissingSni) };
+        let host = match Host::parse(sni) {
+            Ok(host) => host,
+            Err(malformed) => return self.refuse(Reason::MalformedAuthority(malformed)),
+        };
+        let destination = Destination { host, port };
+        let target = Target { destination: &destination, method: None, path: None, identity };
+        let (reason, rule) = self.judge(&target);
+        self.decide(reason, rule, Some(destination))
+    }
+
+    fn refuse(&self, reason: Reason) -> Decision<'_> {
+        self.decide(reason, None, None)
+    }
+
+    fn decide(&self, reason: Reason, rule: Option<u32>, destination: Option<Destination>) -> Decision<'_> {
+        let action = match (reason, self.mode) {
+            (Reason::Allowed, _) => Action::Allow,
+            (reason, Mode::Report) if !reason.refused_in_every_mode() => Action::ReportDeny,
+            _ => Action::Deny,
+        };
+        let rule = rule.and_then(|i| self.rules.get(i as usize)).map(|r| r.name.as_str());
+        Decision { action, reason, rule, destination }
+    }
+
+    /// The deny list first, then the first rule (in policy order) whose every condition holds.
+    fn judge(&self, target: &Target<'_>) -> (Reason, Option<u32>) {
+        let mut candidates: Vec<u32> = Vec::new();
+        match &target.destination.host {
+            Host::Name(name) => {
+                if self.deny_hosts.matches(name) {
+                    return (Reason::DenyListed, None);
+                }
+                self.hosts.for_each_match(name, |rule| candidates.push(rule));
+            }
+            Host::Ip(ip) => {
+                if self.deny_cidrs.contains(*ip) {
+                    return (Reason::DenyListed, None);
+                }
+                self.cidrs.for_each_match(*ip, |rule| candidates.push(rule));
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let Some(&first) = candidates.first() else {
+            let reason = if target.destination.host.is_ip() { Reason::IpNotAllowed } else { Reason::HostNotAllowed };
+            return (reason, None);
+        };
+        let mut principal = None;
+        let mut first_failure = None;
+        for &index in &candidates {
+            let Some(rule) = self.rules.get(index as usize) else { continue };
+            match rule_failure(rule, target, &mut principal) {
+                None => return (Reason::Allowed, Some(index)),
+                Some(reason) => {
+                    first_failure.get_or_insert(reason);
+                }
+            }
+        }
+        (first_failure.unwrap_or(Reason::HostNotAllowed), Some(first))
+    }
+}
+
+/// The first condition of `rule` that the target fails, or `None` when the rule matches.
+/// `principal` caches the caller's principal string across rules.
+fn rule_failure(rule: &Rule, target: &Target<'_>, principal: &mut Option<String>) -> Option<Reason> {
+    if let Some(ports) = &rule.ports {
+        if !ports.contains(&target.destination.port) {
+            return Some(Reason::PortNotAllowed);
+        }
+    }
+    if let Some(methods) = &rule.methods {
+        if !target.method.is_some_and(|m| methods.iter().any(|allowed| allowed == m)) {
+            return Some(Reason::MethodNotAllowed);
+        }
+    }
+    if let Some(paths) = &rule.paths {
+        let Some(path) = target.path else { return Some(Reason::PathNotAllowed) };
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        if is_ambiguous_path(path) {
+            return Some(Reason::AmbiguousPath);
+        }
+        if !paths.iter().any(|p| p.matches(path)) {
+            return Some(Reason::PathNotAllowed);
+        }
+    }
+    if rule.principals.is_some() || rule.namespaces.is_some() {
+        let Some(identity) = target.identity else { return Some(Reason::IdentityNotAllowed) };
+        if let Some(principals) = &rule.principals {
+            let principal = principal.get_or_insert_with(|| identity.principal());
+            if !principals.iter().any(|p| p.matches(principal)) {
+                return Some(Reason::IdentityNotAllowed);
+            }
+        }
+        if let Some(namespaces) = &rule.namespaces {
+            if !namespaces.iter().any(|n| n.matches(&identity.namespace)) {
+                return Some(Reason::IdentityNotAllowed);
+            }
+        }
+    }
+    None
+}
+
+/// Paths an upstream may read differently from a prefix match: dot segments, encoded slashes, backslashes, dots.
+fn is_ambiguous_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') {
+        return true;
+    }
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
+        return true;
+    }
+    let lower = path.to_ascii_lowercase();
+    ["%2f", "%5c", "%2e"].iter().any(|escape| lower.contains(escape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn policy(json: &str) -> Policy {
+        Policy::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn get<'p>(policy: &'p Policy, authority: &str, path: &str) -> Decision<'p> {
+        policy.evaluate_http(&HttpRequest { authority, scheme: "http", method: "GET", path: Some(path), identity: None })
+    }
+
+    fn reason(decision: &Decision<'_>) -> &'static str {
+        decision.reason.code()
+    }
+
+    const REFERENCE: &str = r#"{
+      "rules": [
+        {"name": "httpbin", "hosts": ["httpbin.org", "*.httpbin.org"], "ports": [80, 443],
+         "methods": ["GET", "HEAD"], "paths": ["/status/*", "/headers"]},
+        {"name": "aws", "hosts": ["ec2.*.amazonaws.com"]},
+        {"name": "docs", "cidrs": ["203.0.113.0/24", "2001:db8::/32"]},
+        {"name": "sleep-only", "hosts": ["internal.example"], "principals": ["cluster.local/ns/app/sa/sleep"]},
+        {"name": "app-ns", "hosts": ["ns.example"], "namespaces": ["app"]}
+      ],
+      "deny": {"hosts": ["metadata.google.internal", "*.evil.httpbin.org"], "cidrs": ["169.254.0.0/16", "203.0.113.66/32"]}
+    }"#;
+
+    #[test]
+    fn allows_what_a_rule_matches_fully() {
+        let p = policy(REFERENCE);
+        let d = get(&p, "HTTPBIN.org.", "/headers");
+        assert_eq!((d.action, d.reason, d.rule), (Action::Allow, Reason::Allowed, Some("httpbin")));
+        assert_eq!(d.destination.unwrap().to_string(), "httpbin.org:80");
+        assert_eq!(get(&p, "a.b.httpbin.org:443", "/status/418").action, Action::Allow);
+        assert_eq!(get(&p, "ec2.us-east-1.amazonaws.com:8443", "/x").rule, Some("aws"));
+        assert_eq!(get(&p, "203.0.113.7", "/").rule, Some("docs"));
+        assert_eq!(get(&p, "3405803783", "/").rule, Some("docs"), "decimal spelling of 203.0.113.7");
+        assert_eq!(get(&p, "[::ffff:203.0.113.7]", "/").rule, Some("docs"), "v4-mapped");
+        assert_eq!(get(&p, "[2001:db8::5]:443", "/").rule, Some("docs"));
+    }
+
+    #[test]
+    fn denies_with_the_precise_reason() {
+        let p = policy(REFERENCE);
+        assert_eq!(reason(&get(&p, "httpbin.org:8080", "/headers")), "port_not_allowed");
+        assert_eq!(reason(&get(&p, "httpbin.org", "/anything")), "path_not_allowed");
+        assert_eq!(reason(&get(&p, "httpbin.org", "/status/../admin")), "ambiguous_path");
+        assert_eq!(reason(&get(&p, "httpbin.org", "/status/%2e%2e/admin")), "ambiguous_path");
+        assert_eq!(reason(&get(&p, "httpbin.org", "/status%2F..%2Fadmin")), "ambiguous_path");
+        assert_eq!(reason(&get(&p, "httpbin.org", "/headers?x=/status/")), "allowed", "the query is not the path");
+        assert_eq!(reason(&get(&p, "example.com", "/")), "host_not_allowed");
+        assert_eq!(reason(&get(&p, "ec2.aws.amazonaws.com.evil", "/")), "host_not_allowed");
+        assert_eq!(reason(&get(&p, "10.0.0.1", "/")), "ip_literal_not_allowed");
+        assert_eq!(reason(&get(&p, "0x7f.1", "/")), "ip_literal_not_allowed");
+        assert_eq!(reason(&get(&p, "[::1]", "/")), "ip_literal_not_allowed");
+        assert_eq!(get(&p, "httpbin.org:8080", "/headers").rule, Some("httpbin"), "the rule that came closest");
+        let post = p.evaluate_http(&HttpRequest {
+            authority: "httpbin.org",
+            scheme: "http",
+            method: "POST",
+            path: Some("/headers"),
+            identity: None,
+        });
+        assert_eq!(reason(&post), "method_not_allowed");
+    }
+
+    #[test]
+    fn the_deny_list_wins() {
+        let p = policy(REFERENCE);
+        assert_eq!(reason(&get(&p, "x.evil.httpbin.org", "/headers")), "deny_listed");
+        assert_eq!(reason(&get(&p, "metadata.google.internal", "/")), "deny_listed");
+        assert_eq!(reason(&get(&p, "203.0.113.66", "/")), "deny_listed", "inside an allowed CIDR");
+        assert_eq!(reason(&get(&p, "169.254.169.254", "/")), "deny_listed");
+        assert_eq!(reason(&get(&p, "2852039166", "/")), "deny_listed", "decimal 169.254.169.254");
+        assert_eq!(reason(&get(&p, "[::ffff:169.254.169.254]", "/")), "deny_listed");
+        let all = policy(r#"{"rules":[{"name":"all","hosts":["*"],"cidrs":["0.0.0.0/0"]}],"deny":{"hosts":["*.internal"]}}"#);
+        assert_eq!(reason(&get(&all, "a.internal", "/")), "deny_listed");
+        assert_eq!(reason(&get(&all, "internal", "/")), "allowed", "`*.internal` is below, never the apex");
+    }
+
+    #[test]
+    fn identity_scoped_rules_need_a_matching_verified_identity() {
+        let p = policy(REFERENCE);
+        let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
+        let other = SpiffeId::parse("spiffe://cluster.local/ns/web/sa/sleep").unwrap();
+        let eval = |host: &str, id: Option<&SpiffeId>| {
+            p.evaluate_http(&HttpRequest { authority: host, scheme: "https", method: "GET", path: Some("/"), identity: id }).reason
+        };
+        assert_eq!(eval("internal.example", Some(&sleep)), Reason::Allowed);
+        assert_eq!(eval("internal.example", Some(&other)), Reason::IdentityNotAllowed);
+        assert_eq!(eval("internal.example", None), Reason::IdentityNotAllowed);
+        assert_eq!(eval("ns.example", Some(&sleep)), Reason::Allowed);
+        assert_eq!(eval("ns.example", Some(&other)), Reason::IdentityNotAllowed);
+        assert_eq!(eval("ns.example", None), Reason::IdentityNotAllowed);
+    }
+
+    #[test]
+    fn a_later_rule_can_allow_what_an_earlier_one_does_not() {
+        let p = policy(
+            r#"{"rules":[{"name":"get-only","hosts":["a.com"],"methods":["GET"]},{"name":"any-post","hosts":["*.com"],"methods":["POST"]}]}"#,
+        );
+        let post = p.evaluate_http(&HttpRequest { authority: "a.com", scheme: "http", method: "POST", path: Some("/"), identity: None });
+        assert_eq!((post.action, post.rule), (Action::Allow, Some("any-post")));
+    }
+
+    #[test]
+    fn connect_needs_a_port_and_ignores_paths() {
+        let p = policy(r#"{"rules":[{"name":"tls","hosts":["httpbin.org"],"ports":[443]},{"name":"p","hosts":["p.org"],"paths":["/x"]}]}"#);
+        let connect = |authority| p.evaluate_http(&HttpRequest { authority, scheme: "http", method: "CONNECT", path: None, identity: None });
+        assert_eq!(connect("httpbin.org:443").action, Action::Allow);
+        assert_eq!(connect("httpbin.org:80").reason, Reason::PortNotAllowed);
+        assert_eq!(connect("httpbin.org").reason, Reason::MalformedAuthority(Malformed::InvalidPort));
+        assert_eq!(connect("p.org:443").reason, Reason::PathNotAllowed, "a path rule cannot vouch for a tunnel");
+    }
+
+    #[test]
+    fn report_mode_lets_denials_through_but_never_malformed_input() {
+        let p = policy(r#"{"mode":"report","rules":[{"name":"a","hosts":["a.com"]}]}"#);
+        let d = get(&p, "b.com", "/");
+        assert_eq!((d.action, d.reason), (Action::ReportDeny, Reason::HostNotAllowed));
+        assert!(d.action.proceeds());
+        let bad = get(&p, "u@a.com", "/");
+        assert_eq!(bad.action, Action::Deny);
+        assert_eq!(bad.http_status(), 400);
+        assert_eq!(p.evaluate_tls(None, 443, None).action, Action::Deny);
+    }
+
+    #[test]
+    fn tls_passthrough_vets_the_sni() {
+        let p = policy(r#"{"rules":[{"name":"tls","hosts":["*.httpbin.org"],"ports":[443]},{"name":"m","hosts":["m.org"],"methods":["GET"]}]}"#);
+        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 443, None).action, Action::Allow);
+        assert_eq!(p.evaluate_tls(Some("httpbin.org"), 443, None).reason, Reason::HostNotAllowed);
+        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 8443, None).reason, Reason::PortNotAllowed);
+        assert_eq!(p.evaluate_tls(Some(""), 443, None).reason, Reason::MissingSni);
+        assert_eq!(p.evaluate_tls(Some("m.org"), 443, None).reason, Reason::MethodNotAllowed, "no method to check");
+        assert_eq!(p.evaluate_tls(Some("a@b.org"), 443, None).reason, Reason::MalformedAuthority(Malformed::Userinfo));
+    }
+
+    #[test]
+    fn reply_bodies() {
+        let p = policy(REFERENCE);
+        let denied: serde_json::Value = serde_json::from_str(&get(&p, "example.com", "/").http_body()).unwrap();
+        assert_eq!(
+            denied,
+            serde_json::json!({"error":"egress_denied","host":"example.com","port":80,"reason":"host_not_allowed","rule":null})
+        );
+        let malformed = get(&p, "a\\b.com", "/");
+        assert_eq!(malformed.http_status(), 400);
+        let body: serde_json::Value = serde_json::from_str(&malformed.http_body()).unwrap();
+        assert_eq!(body, serde_json::json!({"error":"malformed_request","reason":"malformed_authority","detail":"backslash"}));
+    }
+}

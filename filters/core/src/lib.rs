@@ -1,0 +1,18 @@
+//! The egress policy engine, free of any proxy host: the allow-list, redirect, identity and audit filters are thin
+//! glue over this crate, and everything security-relevant is tested here, natively and on wasm32.
+//!
+//! Inputs are plain values (an authority string, a method, a path, a peer certificate's URI SAN); outputs are typed
+//! [`Decision`]s with a machine [`Reason`] and the rule involved.
+
+pub mod authority;
+pub mod cidr;
+pub mod decision;
+pub mod hosts;
+pub mod identity;
+pub mod policy;
+pub mod state;
+
+pub use authority::{Authority, Host, Malformed};
+pub use decision::{Action, Decision, Destination, HttpRequest, Reason};
+pub use identity::{SpiffeError, SpiffeId};
+pub use policy::{ConfigError, ConfigErrors, Mode, Policy, PolicyDocument};

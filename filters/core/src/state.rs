@@ -1,0 +1,14 @@
+//! Filter-state keys: how the filters of the suite share what they decided (Envoy stores each under `wasm.<key>`,
+//! so an access log can print `%FILTER_STATE(wasm.egress.decision:PLAIN)%`). Every key is documented here, once.
+//! Values are UTF-8 strings; an absent key means the filter that writes it did not run.
+
+/// `allow` | `deny` | `report-deny` — written by the allow-list filter (HTTP and TLS passthrough).
+pub const DECISION: &str = "egress.decision";
+/// The machine reason, e.g. `host_not_allowed`, `malformed_authority` (see `Reason::code`).
+pub const REASON: &str = "egress.reason";
+/// The deciding rule's name; empty when no rule was involved.
+pub const RULE: &str = "egress.rule";
+/// The normalised destination `host:port` (IPv6 in brackets); empty when it could not be parsed.
+pub const DESTINATION: &str = "egress.destination";
+/// `enforce` | `report`: the mode the decision was made in.
+pub const MODE: &str = "egress.mode";

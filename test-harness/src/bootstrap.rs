@@ -1,0 +1,215 @@
+//! Renders the Envoy bootstrap of a local egress gateway: the suite's Wasm plugins in front of demo upstreams.
+//!
+//! Listeners (all on loopback; port 0 means "any free port", read back from the admin):
+//! - `egress_http` — plain HTTP forward proxy: origin-form, absolute-form (`curl -x`) and CONNECT;
+//! - `egress_mtls` — the same behind TLS that requires a client certificate from the test CA (the caller's identity);
+//! - `egress_tls` — TLS passthrough: vetted by SNI, then proxied as TCP.
+//!
+//! Every allowed destination routes to the echo upstream, so "external" hosts need no network.
+
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const HTTP_LISTENER: &str = "egress_http";
+pub const MTLS_LISTENER: &str = "egress_mtls";
+pub const TLS_LISTENER: &str = "egress_tls";
+
+/// One Wasm plugin as Envoy runs it (the fields Istio derives from a `WasmPlugin`).
+#[derive(Clone, Debug)]
+pub struct Plugin {
+    /// Root id (Istio `pluginName`).
+    pub root_id: String,
+    pub wasm: PathBuf,
+    /// Plugin configuration (Istio `pluginConfig`), as JSON.
+    pub config: String,
+    /// `failStrategy: FAIL_CLOSE`: if the VM fails, requests are refused, not passed.
+    pub fail_closed: bool,
+}
+
+/// Server certificate and CA for the mTLS listener, as files.
+#[derive(Clone, Debug)]
+pub struct MtlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a local gateway is made of.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// Address of the plain HTTP listener; the TLS and mTLS listeners use the same IP.
+    pub listen: SocketAddr,
+    /// Ports of the TLS-passthrough and mTLS listeners (0: any free port).
+    pub tls_port: u16,
+    pub mtls_port: u16,
+    /// HTTP filters, in chain order.
+    pub http_plugins: Vec<Plugin>,
+    /// Network filters of the TLS-passthrough listener, in chain order.
+    pub tls_plugins: Vec<Plugin>,
+    pub mtls: Option<MtlsFiles>,
+    pub echo_http: SocketAddr,
+    pub echo_https: SocketAddr,
+    /// Where Envoy writes its JSON access log.
+    pub access_log: PathBuf,
+}
+
+impl Gateway {
+    pub fn render(&self) -> Value {
+        let mut listeners = vec![self.http_listener(HTTP_LISTENER, self.listen, None)];
+        if let Some(mtls) = &self.mtls {
+            let address = SocketAddr::new(self.listen.ip(), self.mtls_port);
+            listeners.push(self.http_listener(MTLS_LISTENER, address, Some(downstream_mtls(mtls))));
+        }
+        listeners.push(self.tls_listener());
+        json!({
+            "admin": {"address": socket(SocketAddr::new(self.listen.ip(), 0))},
+            "static_resources": {
+                "listeners": listeners,
+                "clusters": [cluster("echo_http", self.echo_http), cluster("echo_https", self.echo_https)],
+            },
+        })
+    }
+
+    fn http_listener(&self, name: &str, address: SocketAddr, transport_socket: Option<Value>) -> Value {
+        let mut filters: Vec<Value> = self.http_plugins.iter().map(|p| wasm_filter(p, false)).collect();
+        filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }));
+        let connect_route = |cluster: &str, authority_suffix: Option<&str>| {
+            let mut matcher = json!({"connect_matcher": {}});
+            if let Some(suffix) = authority_suffix {
+                matcher["headers"] = json!([{"name": ":authority", "string_match": {"suffix": suffix}}]);
+            }
+            json!({"match": matcher, "route": {"cluster": cluster, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}})
+        };
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "codec_type": "AUTO",
+            // As an Istio gateway does (meshConfig.pathNormalization BASE plus merge_slashes).
+            "normalize_path": true,
+            "merge_slashes": true,
+            "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+            "http2_protocol_options": {"allow_connect": true},
+            "access_log": [self.access_log(name)],
+            "route_config": {
+                "name": "egress",
+                "virtual_hosts": [{
+                    "name": "egress",
+                    "domains": ["*"],
+                    "routes": [
+                        connect_route("echo_https", Some(":443")),
+                        connect_route("echo_http", None),
+                        {"match": {"prefix": "/"}, "route": {"cluster": "echo_http", "timeout": "30s"}},
+                    ],
+                }],
+            },
+            "http_filters": filters,
+        });
+        let mut chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
+        if let Some(transport_socket) = transport_socket {
+            chain["transport_socket"] = transport_socket;
+        }
+        json!({"name": name, "address": socket(address), "filter_chains": [chain]})
+    }
+
+    fn tls_listener(&self) -> Value {
+        let mut filters: Vec<Value> = self.tls_plugins.iter().map(|p| wasm_filter(p, true)).collect();
+        filters.push(json!({
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": TLS_LISTENER,
+                "cluster": "echo_https",
+                "access_log": [self.access_log(TLS_LISTENER)],
+            },
+        }));
+        json!({
+            "name": TLS_LISTENER,
+            "address": socket(SocketAddr::new(self.listen.ip(), self.tls_port)),
+            "listener_filters": [{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+            }],
+            "filter_chains": [{"filters": filters}],
+        })
+    }
+
+    /// One JSON line per request or connection, with what the filters published to filter state.
+    fn access_log(&self, listener: &str) -> Value {
+        let state = |key: &str| format!("%FILTER_STATE(wasm.{key}:PLAIN)%");
+        json!({
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": self.access_log,
+                "log_format": {"json_format": {
+                    "listener": listener,
+                    "method": "%REQ(:METHOD)%",
+                    "authority": "%REQ(:AUTHORITY)%",
+                    "path": "%REQ(:PATH)%",
+                    "sni": "%REQUESTED_SERVER_NAME%",
+                    "code": "%RESPONSE_CODE%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "decision": state(egress_core::state::DECISION),
+                    "reason": state(egress_core::state::REASON),
+                    "rule": state(egress_core::state::RULE),
+                    "destination": state(egress_core::state::DESTINATION),
+                }},
+            },
+        })
+    }
+}
+
+fn wasm_filter(plugin: &Plugin, network: bool) -> Value {
+    let (name, kind) = if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": format!("type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm"),
+            "config": {
+                "name": plugin.root_id,
+                "root_id": plugin.root_id,
+                "vm_config": {
+                    "vm_id": plugin.root_id,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": plugin.wasm}},
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin.config},
+                "failure_policy": if plugin.fail_closed { "FAIL_CLOSED" } else { "FAIL_OPEN" },
+            },
+        },
+    })
+}
+
+fn downstream_mtls(files: &MtlsFiles) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": files.cert}, "private_key": {"filename": files.key}}],
+                "validation_context": {"trusted_ca": {"filename": files.ca}},
+            },
+        },
+    })
+}
+
+fn cluster(name: &str, address: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(address)}}]}],
+        },
+    })
+}
+
+fn socket(address: SocketAddr) -> Value {
+    json!({"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}})
+}
