@@ -108,7 +108,8 @@ impl Gateway {
             },
             "http_filters": filters,
         });
-        let mut chain = json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
+        let mut chain =
+            json!({"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]});
         if let Some(transport_socket) = transport_socket {
             chain["transport_socket"] = transport_socket;
         }
@@ -164,7 +165,8 @@ impl Gateway {
 }
 
 fn wasm_filter(plugin: &Plugin, network: bool) -> Value {
-    let (name, kind) = if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
+    let (name, kind) =
+        if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
     json!({
         "name": name,
         "typed_config": {

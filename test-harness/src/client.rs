@@ -18,10 +18,7 @@ use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    StreamOwned,
-};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned};
 use serde_json::Value;
 
 use crate::pki::{self, Error};
@@ -40,10 +37,7 @@ pub struct Response {
 impl Response {
     /// Value of the first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON.
@@ -51,17 +45,10 @@ impl Response {
     /// # Panics
     /// If the body is not JSON. This is a test helper: the panic message shows the status and body, which is
     /// what a failing test wants to print anyway.
-    #[expect(
-        clippy::panic,
-        reason = "test-only convenience; a panic is how a test fails"
-    )]
+    #[expect(clippy::panic, reason = "test-only convenience; a panic is how a test fails")]
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!(
-                "response body is not JSON ({err}); status {}, body: {}",
-                self.status,
-                self.body_str()
-            )
+            panic!("response body is not JSON ({err}); status {}, body: {}", self.status, self.body_str())
         })
     }
 
@@ -80,12 +67,16 @@ impl Response {
 /// If the server closes the connection without answering, the error is of kind
 /// [`io::ErrorKind::UnexpectedEof`] (orderly close) or [`io::ErrorKind::ConnectionReset`] (reset).
 pub fn raw_http1(addr: SocketAddr, request_bytes: &[u8]) -> io::Result<Response> {
-    let mut stream = connect(addr)?;
+    exchange(&mut connect(addr)?, request_bytes)
+}
+
+/// Like [`raw_http1`], over a stream that is already connected (e.g. a CONNECT tunnel).
+pub fn exchange(stream: &mut TcpStream, request_bytes: &[u8]) -> io::Result<Response> {
     // A server may answer and close before reading a whole (say, oversized or malformed) request, making
     // the write fail. Whatever it sent back, or the way it closed, is what the test asserts on, so the write
     // error is dropped and the read decides the outcome.
     let _ = stream.write_all(request_bytes);
-    read_response(&mut BufReader::new(&stream), is_head(request_bytes))
+    read_response(&mut BufReader::new(&*stream), is_head(request_bytes))
 }
 
 /// `GET path` with the given `Host` header; see [`request`].
@@ -104,20 +95,13 @@ pub fn request(
     extra_headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
-    raw_http1(
-        addr,
-        &build_request(method, host_header, path, extra_headers, body),
-    )
+    raw_http1(addr, &build_request(method, host_header, path, extra_headers, body))
 }
 
 /// HTTP/2 with prior knowledge (cleartext h2c): `GET path` with `:authority` set to `authority`.
 pub fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Result<Response, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        tokio::time::timeout(TIMEOUT, h2_get_async(addr, authority, path)).await?
-    })
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async { tokio::time::timeout(TIMEOUT, h2_get_async(addr, authority, path)).await? })
 }
 
 async fn h2_get_async(addr: SocketAddr, authority: &str, path: &str) -> Result<Response, Error> {
@@ -127,20 +111,14 @@ async fn h2_get_async(addr: SocketAddr, authority: &str, path: &str) -> Result<R
     // The connection task ends by itself once `sender` is dropped, or with the runtime.
     tokio::spawn(connection);
     // hyper derives `:scheme` and `:authority` from the absolute URI.
-    let request =
-        hyper::Request::get(format!("http://{authority}{path}")).body(Empty::<Bytes>::new())?;
+    let request = hyper::Request::get(format!("http://{authority}{path}")).body(Empty::<Bytes>::new())?;
     let (parts, body) = sender.send_request(request).await?.into_parts();
     Ok(Response {
         status: parts.status.as_u16(),
         headers: parts
             .headers
             .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect(),
         body: body.collect().await?.to_bytes().to_vec(),
     })
@@ -157,24 +135,10 @@ pub fn connect_tunnel(addr: SocketAddr, target: &str) -> io::Result<(Response, O
     // in a buffer we then drop. The head is small; the extra syscalls do not matter.
     let (status, headers) = read_final_head(&mut BufReader::with_capacity(1, &stream))?;
     if (200..300).contains(&status) {
-        return Ok((
-            Response {
-                status,
-                headers,
-                body: Vec::new(),
-            },
-            Some(stream),
-        ));
+        return Ok((Response { status, headers, body: Vec::new() }, Some(stream)));
     }
     let body = read_body(&mut BufReader::new(&stream), &headers)?;
-    Ok((
-        Response {
-            status,
-            headers,
-            body,
-        },
-        None,
-    ))
+    Ok((Response { status, headers, body }, None))
 }
 
 /// Opens a TLS connection to `addr` and sends `GET path` with `Host: host_header`; see [`tls_get_over`].
@@ -200,34 +164,25 @@ pub fn tls_get_over(
     path: &str,
 ) -> Result<Response, Error> {
     let roots = pki::root_store(ca_pem)?;
-    let builder = ClientConfig::builder_with_provider(pki::provider())
-        .with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(pki::provider()).with_safe_default_protocol_versions()?;
     let (mut config, server_name) = match sni {
-        Some(name) => (
-            builder.with_root_certificates(roots).with_no_client_auth(),
-            ServerName::try_from(name.to_owned())?,
-        ),
+        Some(name) => {
+            (builder.with_root_certificates(roots).with_no_client_auth(), ServerName::try_from(name.to_owned())?)
+        }
         None => {
             let verifier = CaOnlyVerifier {
                 roots: Arc::new(roots),
                 algorithms: pki::provider().signature_verification_algorithms,
             };
-            let mut config = builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth();
+            let mut config =
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
             config.enable_sni = false;
             // rustls wants a name even when it sends none; `.invalid` can never be a real host (RFC 6761).
             (config, ServerName::try_from("no-sni.invalid")?)
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tls_exchange(
-        stream,
-        Arc::new(config),
-        server_name,
-        &build_request("GET", host_header, path, &[], &[]),
-    )
+    tls_exchange(stream, Arc::new(config), server_name, &build_request("GET", host_header, path, &[], &[]))
 }
 
 /// The general form behind [`tls_get_over`]: handshake with `config` (e.g. [`pki::TestPki::client_config`]
@@ -244,10 +199,7 @@ pub fn tls_exchange(
     // The first write drives the handshake; its failures come back as io::Errors wrapping rustls's.
     tls.write_all(request_bytes)?;
     tls.flush()?;
-    Ok(read_response(
-        &mut BufReader::new(tls),
-        is_head(request_bytes),
-    )?)
+    Ok(read_response(&mut BufReader::new(tls), is_head(request_bytes))?)
 }
 
 /// Verifies that the server certificate chains to the trusted CA, and nothing about its names: used when no
@@ -268,13 +220,7 @@ impl ServerCertVerifier for CaOnlyVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.algorithms.all)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -309,7 +255,8 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-fn build_request(
+/// A well-formed HTTP/1.1 request with `Connection: close` (and `Content-Length` when needed).
+pub fn build_request(
     method: &str,
     host_header: &str,
     path: &str,
@@ -320,10 +267,9 @@ fn build_request(
     for (name, value) in extra_headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    let framed_by_caller = extra_headers.iter().any(|(name, _)| {
-        name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-    });
+    let framed_by_caller = extra_headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding"));
     // RFC 9110 §8.6: a user agent should send Content-Length for POST/PUT-like methods even with no body.
     if !framed_by_caller && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -346,11 +292,7 @@ fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Result<Re
     } else {
         read_body(reader, &headers)?
     };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 type Head = (u16, Vec<(String, String)>);
@@ -367,27 +309,19 @@ fn read_final_head(reader: &mut impl BufRead) -> io::Result<Head> {
 
 fn read_head(reader: &mut impl BufRead) -> io::Result<Head> {
     let status_line = read_line(reader)?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed before a response was received",
-        )
+        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response was received")
     })?;
     let status = parse_status_line(&status_line)
         .ok_or_else(|| invalid_data(format!("malformed status line {status_line:?}")))?;
     let mut headers = Vec::new();
     loop {
-        let line = read_line(reader)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed inside a response head",
-            )
-        })?;
+        let line = read_line(reader)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a response head"))?;
         if line.is_empty() {
             return Ok((status, headers));
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| invalid_data(format!("malformed header line {line:?}")))?;
+        let (name, value) =
+            line.split_once(':').ok_or_else(|| invalid_data(format!("malformed header line {line:?}")))?;
         headers.push((name.to_owned(), value.trim().to_owned()));
     }
 }
@@ -404,25 +338,14 @@ fn parse_status_line(line: &str) -> Option<u16> {
 }
 
 fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> io::Result<Vec<u8>> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     // RFC 9112 §6.3: Transfer-Encoding wins over Content-Length, and is chunked if chunked is the last coding.
     if let Some(codings) = header("transfer-encoding") {
-        if codings
-            .rsplit(',')
-            .next()
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-        {
+        if codings.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked")) {
             return read_chunked(reader);
         }
     } else if let Some(length) = header("content-length") {
-        let length: usize = length
-            .parse()
-            .map_err(|_| invalid_data(format!("bad Content-Length {length:?}")))?;
+        let length: usize = length.parse().map_err(|_| invalid_data(format!("bad Content-Length {length:?}")))?;
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
         return Ok(body);
@@ -435,12 +358,11 @@ fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> io::Res
 fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let size_line =
-            read_line(reader)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let size_line = read_line(reader)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         // Chunk extensions (`;name=value`) carry nothing a test needs.
         let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| invalid_data(format!("bad chunk size {size_line:?}")))?;
+        let size =
+            usize::from_str_radix(size_hex, 16).map_err(|_| invalid_data(format!("bad chunk size {size_line:?}")))?;
         if size == 0 {
             break;
         }
@@ -463,10 +385,7 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
         return Ok(None);
     }
     if line.pop() != Some(b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed mid-line",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-line"));
     }
     if line.last() == Some(&b'\r') {
         line.pop();
@@ -493,10 +412,7 @@ mod tests {
         thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            while read_line(&mut reader)
-                .unwrap()
-                .is_some_and(|line| !line.is_empty())
-            {}
+            while read_line(&mut reader).unwrap().is_some_and(|line| !line.is_empty()) {}
             stream.write_all(reply).unwrap();
         });
         addr
@@ -516,7 +432,8 @@ mod tests {
 
     #[test]
     fn raw_http1_uses_content_length_and_skips_interim_responses() {
-        let addr = serve_once(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabcTRAILING");
+        let addr =
+            serve_once(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabcTRAILING");
         let response = raw_http1(addr, b"POST / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
         assert_eq!((response.status, response.body_str()), (201, "abc".into()));
     }
@@ -524,18 +441,10 @@ mod tests {
     #[test]
     fn raw_http1_reads_to_eof_without_framing_and_not_at_all_for_head() {
         let addr = serve_once(b"HTTP/1.0 200 OK\r\n\r\nuntil the end");
-        assert_eq!(
-            raw_http1(addr, b"GET / HTTP/1.0\r\n\r\n")
-                .unwrap()
-                .body_str(),
-            "until the end"
-        );
+        assert_eq!(raw_http1(addr, b"GET / HTTP/1.0\r\n\r\n").unwrap().body_str(), "until the end");
 
         let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
-        assert!(raw_http1(addr, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
-            .unwrap()
-            .body
-            .is_empty());
+        assert!(raw_http1(addr, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().body.is_empty());
     }
 
     #[test]
@@ -549,13 +458,7 @@ mod tests {
     fn request_frames_the_body_and_closes() {
         let bytes = build_request("PUT", "h:1", "/p", &[("X-Y", "z")], b"");
         assert_eq!(bytes, b"PUT /p HTTP/1.1\r\nHost: h:1\r\nX-Y: z\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        let chunked = build_request(
-            "POST",
-            "h",
-            "/",
-            &[("Transfer-Encoding", "chunked")],
-            b"0\r\n\r\n",
-        );
+        let chunked = build_request("POST", "h", "/", &[("Transfer-Encoding", "chunked")], b"0\r\n\r\n");
         assert!(!String::from_utf8_lossy(&chunked).contains("Content-Length"));
     }
 
@@ -570,14 +473,11 @@ mod tests {
 
         let addr = serve_once(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied");
         let (head, stream) = connect_tunnel(addr, "example.com:443").unwrap();
-        assert_eq!(
-            (head.status, head.body_str(), stream.is_none()),
-            (403, "denied".into(), true)
-        );
+        assert_eq!((head.status, head.body_str(), stream.is_none()), (403, "denied".into(), true));
     }
 
     #[test]
-    fn tls_get_over_a_tunnel_reaches_the_echo_server() {
+    fn tls_get_over_runs_on_the_callers_stream() {
         use crate::echo::Echo;
         use crate::pki::TestPki;
 
@@ -585,14 +485,7 @@ mod tests {
         let echo = Echo::start(&pki).unwrap();
         // Stand-in for a proxy's CONNECT: a plain TCP stream to the echo's TLS port.
         let stream = TcpStream::connect(echo.https_addr()).unwrap();
-        let response = tls_get_over(
-            stream,
-            Some("tunnelled.example"),
-            pki.ca_pem(),
-            "tunnelled.example",
-            "/",
-        )
-        .unwrap();
+        let response = tls_get_over(stream, Some("tunnelled.example"), pki.ca_pem(), "tunnelled.example", "/").unwrap();
         assert_eq!(response.json()["tls"]["sni"], "tunnelled.example");
     }
 }

@@ -82,9 +82,7 @@ impl Echo {
         let acceptor = TlsAcceptor::from(Arc::new(tls_config));
 
         // A current-thread runtime is plenty for test traffic and keeps each `Echo` down to one thread.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         // Bind before spawning so that bind errors and the addresses are known when `start` returns.
         let (http, https) = {
             let _in_runtime = runtime.enter();
@@ -96,26 +94,18 @@ impl Echo {
         let log = RequestLog::default();
         let (shutdown, shutdown_requested) = oneshot::channel();
         let server_log = Arc::clone(&log);
-        let thread = std::thread::Builder::new()
-            .name(format!("echo-{}", http_addr.port()))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    tokio::select! {
-                        () = accept_loop(http, None, Arc::clone(&server_log)) => {}
-                        () = accept_loop(https, Some(acceptor), server_log) => {}
-                        _ = shutdown_requested => {}
-                    }
-                });
-                // Dropping the runtime here drops every connection task, closing their sockets.
-            })?;
+        let thread = std::thread::Builder::new().name(format!("echo-{}", http_addr.port())).spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = accept_loop(http, None, Arc::clone(&server_log)) => {}
+                    () = accept_loop(https, Some(acceptor), server_log) => {}
+                    _ = shutdown_requested => {}
+                }
+            });
+            // Dropping the runtime here drops every connection task, closing their sockets.
+        })?;
 
-        Ok(Echo {
-            http_addr,
-            https_addr,
-            log,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        Ok(Echo { http_addr, https_addr, log, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
     /// Address of the plain-text listener (HTTP/1.1 and h2c).
@@ -130,10 +120,7 @@ impl Echo {
 
     /// Every request received so far, on either listener, in arrival order (the response bodies' JSON).
     pub fn requests(&self) -> Vec<Value> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Stops the servers and joins the background thread (what dropping does; this just reads better).
@@ -182,10 +169,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, log: Reque
         let log = Arc::clone(&log);
         match &tls {
             None => {
-                let conn = ConnInfo {
-                    server: "http",
-                    tls: None,
-                };
+                let conn = ConnInfo { server: "http", tls: None };
                 tokio::spawn(serve_connection(stream, conn, log));
             }
             Some(acceptor) => {
@@ -201,15 +185,7 @@ async fn serve_tls_connection(acceptor: TlsAcceptor, stream: TcpStream, log: Req
         return;
     };
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
-    serve_connection(
-        tls,
-        ConnInfo {
-            server: "https",
-            tls: Some(sni),
-        },
-        log,
-    )
-    .await;
+    serve_connection(tls, ConnInfo { server: "https", tls: Some(sni) }, log).await;
 }
 
 async fn serve_connection<S>(stream: S, conn: ConnInfo, log: RequestLog)
@@ -219,9 +195,7 @@ where
     let conn = Arc::new(conn);
     let service = service_fn(move |request| handle(request, Arc::clone(&conn), Arc::clone(&log)));
     // Errors here are clients hanging up or speaking garbage, both expected in proxy tests.
-    let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
 }
 
 #[derive(Serialize)]
@@ -249,21 +223,13 @@ enum Action {
     Echo,
     Status(StatusCode),
     Delay(Duration),
-    Redirect {
-        status: StatusCode,
-        location: HeaderValue,
-    },
+    Redirect { status: StatusCode, location: HeaderValue },
     BadRequest(&'static str),
 }
 
 fn route(path: &str, query: Option<&str>) -> Action {
     if let Some(code) = path.strip_prefix("/status/") {
-        return match code
-            .parse::<u16>()
-            .ok()
-            .filter(|c| (100..=599).contains(c))
-            .map(StatusCode::from_u16)
-        {
+        return match code.parse::<u16>().ok().filter(|c| (100..=599).contains(c)).map(StatusCode::from_u16) {
             Some(Ok(status)) => Action::Status(status),
             _ => Action::BadRequest("status must be an integer in 100..=599"),
         };
@@ -293,15 +259,12 @@ fn redirect_to(query: &str) -> Action {
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "url" => url = Some(value),
-            "status_code" => match value
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (300..=399).contains(c))
-                .map(StatusCode::from_u16)
-            {
-                Some(Ok(code)) => status = code,
-                _ => return Action::BadRequest("status_code must be an integer in 300..=399"),
-            },
+            "status_code" => {
+                match value.parse::<u16>().ok().filter(|c| (300..=399).contains(c)).map(StatusCode::from_u16) {
+                    Some(Ok(code)) => status = code,
+                    _ => return Action::BadRequest("status_code must be an integer in 300..=399"),
+                }
+            }
             _ => {}
         }
     }
@@ -330,12 +293,7 @@ async fn handle(
         Err(_) => {
             let reason = HeaderValue::from_static("request body could not be read");
             let error = (HeaderName::from_static(ERROR_HEADER), reason);
-            return Ok(respond(
-                &conn,
-                StatusCode::BAD_REQUEST,
-                Some(error),
-                Vec::new(),
-            ));
+            return Ok(respond(&conn, StatusCode::BAD_REQUEST, Some(error), Vec::new()));
         }
     };
 
@@ -348,23 +306,15 @@ async fn handle(
             .authority()
             .map(|authority| authority.as_str().to_owned())
             .or_else(|| parts.headers.get(HOST).map(|host| lossy(host.as_bytes()))),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), lossy(value.as_bytes())))
-            .collect(),
+        headers: parts.headers.iter().map(|(name, value)| (name.as_str(), lossy(value.as_bytes()))).collect(),
         body: lossy(&body),
         protocol: protocol_name(parts.version),
-        tls: conn.tls.as_ref().map(|sni| TlsInfo {
-            sni: sni.as_deref(),
-        }),
+        tls: conn.tls.as_ref().map(|sni| TlsInfo { sni: sni.as_deref() }),
         server: conn.server,
     };
     // Serializing cannot fail: the record holds only strings, integers and string-keyed objects.
     let json_body = serde_json::to_vec(&record).unwrap_or_default();
-    log.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(serde_json::to_value(&record).unwrap_or_default());
+    log.lock().unwrap_or_else(PoisonError::into_inner).push(serde_json::to_value(&record).unwrap_or_default());
 
     let (status, extra_header) = match route(parts.uri.path(), parts.uri.query()) {
         Action::Echo => (StatusCode::OK, None),
@@ -375,10 +325,7 @@ async fn handle(
         }
         Action::Redirect { status, location } => (status, Some((LOCATION, location))),
         Action::BadRequest(reason) => {
-            let error = (
-                HeaderName::from_static(ERROR_HEADER),
-                HeaderValue::from_static(reason),
-            );
+            let error = (HeaderName::from_static(ERROR_HEADER), HeaderValue::from_static(reason));
             (StatusCode::BAD_REQUEST, Some(error))
         }
     };
@@ -394,9 +341,8 @@ fn respond(
     json_body: Vec<u8>,
 ) -> Response<Full<Bytes>> {
     // 1xx, 204 and 304 responses cannot carry a body (RFC 9110 §15).
-    let body_allowed = !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED);
+    let body_allowed =
+        !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED);
     let json_body = if body_allowed { json_body } else { Vec::new() };
 
     let has_body = !json_body.is_empty();
@@ -483,8 +429,7 @@ mod tests {
     #[test]
     fn echoes_h2c_with_the_authority_as_host() {
         let (_pki, echo) = start();
-        let response =
-            client::h2_get(echo.http_addr(), "api.example.com:8080", "/headers").unwrap();
+        let response = client::h2_get(echo.http_addr(), "api.example.com:8080", "/headers").unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.header("x-echo-server"), Some("http"));
         let body = response.json();
@@ -499,9 +444,7 @@ mod tests {
     fn https_presents_a_ca_signed_cert_for_any_sni() {
         let (pki, echo) = start();
         for sni in ["api.example.com", "other.example.org"] {
-            let response =
-                client::tls_get(echo.https_addr(), Some(sni), pki.ca_pem(), sni, "/headers")
-                    .unwrap();
+            let response = client::tls_get(echo.https_addr(), Some(sni), pki.ca_pem(), sni, "/headers").unwrap();
             assert_eq!(response.header("x-echo-server"), Some("https"));
             let body = response.json();
             assert_eq!(body["tls"], json!({ "sni": sni }));
@@ -513,23 +456,12 @@ mod tests {
         assert_eq!(no_sni.json()["tls"], json!({ "sni": null }));
 
         let stranger = TestPki::new().unwrap();
-        let untrusted = client::tls_get(
-            echo.https_addr(),
-            Some("api.example.com"),
-            stranger.ca_pem(),
-            "x",
-            "/",
-        );
+        let untrusted = client::tls_get(echo.https_addr(), Some("api.example.com"), stranger.ca_pem(), "x", "/");
         assert!(untrusted.is_err());
         // Without SNI the name goes unchecked, but the chain still must lead to the given CA.
-        let untrusted_no_sni =
-            client::tls_get(echo.https_addr(), None, stranger.ca_pem(), "x", "/");
+        let untrusted_no_sni = client::tls_get(echo.https_addr(), None, stranger.ca_pem(), "x", "/");
         assert!(untrusted_no_sni.is_err());
-        assert_eq!(
-            echo.requests().len(),
-            3,
-            "the untrusted handshakes must not reach HTTP"
-        );
+        assert_eq!(echo.requests().len(), 3, "the untrusted handshakes must not reach HTTP");
     }
 
     #[test]
@@ -538,22 +470,16 @@ mod tests {
         let mut config = pki.client_config(None).unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let body = runtime.block_on(async {
             let tcp = TcpStream::connect(echo.https_addr()).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("h2.example").unwrap();
             let tls = connector.connect(name, tcp).await.unwrap();
             assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
             let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .unwrap();
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
             tokio::spawn(connection);
-            let request = Request::get("https://h2.example/headers")
-                .body(http_body_util::Empty::<Bytes>::new());
+            let request = Request::get("https://h2.example/headers").body(http_body_util::Empty::<Bytes>::new());
             let response = sender.send_request(request.unwrap()).await.unwrap();
             response.into_body().collect().await.unwrap().to_bytes()
         });
@@ -584,28 +510,14 @@ mod tests {
         let url = "/redirect-to?url=https%3A%2F%2Fexample.com%2Fa%3Fb%3Dc&status_code=307";
         let response = client::get(echo.http_addr(), "h", url).unwrap();
         assert_eq!(response.status, 307);
-        assert_eq!(
-            response.header("location"),
-            Some("https://example.com/a?b=c")
-        );
+        assert_eq!(response.header("location"), Some("https://example.com/a?b=c"));
         assert_eq!(response.json()["path"], "/redirect-to");
 
         let default_status = client::get(echo.http_addr(), "h", "/redirect-to?url=/x").unwrap();
-        assert_eq!(
-            (default_status.status, default_status.header("location")),
-            (302, Some("/x"))
-        );
+        assert_eq!((default_status.status, default_status.header("location")), (302, Some("/x")));
 
-        for bad in [
-            "/redirect-to?url=/x&status_code=200",
-            "/redirect-to",
-            "/redirect-to?url=%0Aevil",
-        ] {
-            assert_eq!(
-                client::get(echo.http_addr(), "h", bad).unwrap().status,
-                400,
-                "{bad}"
-            );
+        for bad in ["/redirect-to?url=/x&status_code=200", "/redirect-to", "/redirect-to?url=%0Aevil"] {
+            assert_eq!(client::get(echo.http_addr(), "h", bad).unwrap().status, 400, "{bad}");
         }
     }
 
@@ -613,34 +525,18 @@ mod tests {
     fn redirect_n_counts_down_to_a_plain_echo() {
         let (_pki, echo) = start();
         let hop = client::get(echo.http_addr(), "h", "/redirect/2").unwrap();
-        assert_eq!(
-            (hop.status, hop.header("location")),
-            (302, Some("/redirect/1"))
-        );
-        assert_eq!(
-            client::get(echo.http_addr(), "h", "/redirect/0")
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!((hop.status, hop.header("location")), (302, Some("/redirect/1")));
+        assert_eq!(client::get(echo.http_addr(), "h", "/redirect/0").unwrap().status, 200);
     }
 
     #[test]
     fn delay_is_capped_and_validated() {
-        assert_eq!(
-            route("/delay/3", None),
-            Action::Delay(Duration::from_secs(3))
-        );
+        assert_eq!(route("/delay/3", None), Action::Delay(Duration::from_secs(3)));
         assert_eq!(route("/delay/3600", None), Action::Delay(MAX_DELAY));
         assert!(matches!(route("/delay/-1", None), Action::BadRequest(_)));
 
         let (_pki, echo) = start();
-        assert_eq!(
-            client::get(echo.http_addr(), "h", "/delay/0")
-                .unwrap()
-                .status,
-            200
-        );
+        assert_eq!(client::get(echo.http_addr(), "h", "/delay/0").unwrap().status, 200);
     }
 
     #[test]

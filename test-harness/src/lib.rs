@@ -54,6 +54,41 @@ pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
     Ok(json)
 }
 
+/// The gateway of a [`Lab`] without the mTLS listener: the suite on `policy_json`, in front of the given upstreams.
+fn gateway(
+    policy_json: &str,
+    listen: SocketAddr,
+    echo_http: SocketAddr,
+    echo_https: SocketAddr,
+) -> Result<Gateway, Error> {
+    let allowlist = wasm_module("egress_allowlist")?;
+    let plugin = |root_id: &str| Plugin {
+        root_id: root_id.to_string(),
+        wasm: allowlist.clone(),
+        config: policy_json.to_string(),
+        fail_closed: true,
+    };
+    let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
+    Ok(Gateway {
+        listen,
+        tls_port: next_port(1),
+        mtls_port: next_port(2),
+        http_plugins: vec![plugin(ALLOWLIST_ROOT_ID)],
+        tls_plugins: vec![plugin(ALLOWLIST_TLS_ROOT_ID)],
+        mtls: None,
+        echo_http,
+        echo_https,
+        access_log: env::temp_dir().join("egress-lab-access.log"),
+    })
+}
+
+/// A complete bootstrap for `policy_json` that needs no running upstreams or certificates: for `envoy --mode
+/// validate`, which loads the Wasm modules and runs their `on_configure`.
+pub fn gateway_bootstrap(policy_json: &str) -> Result<serde_json::Value, Error> {
+    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+    Ok(gateway(policy_json, SocketAddr::from(([127, 0, 0, 1], 0)), unused, unused)?.render())
+}
+
 /// How to start a [`Lab`].
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -84,31 +119,22 @@ impl Lab {
     pub fn start(options: &LabOptions) -> Result<Lab, Error> {
         let pki = TestPki::new()?;
         let echo = Echo::start(&pki)?;
-        let files = env::temp_dir().join(format!("egress-lab-pki-{}-{}", std::process::id(), options.listen.port()));
-        fs::create_dir_all(&files)?;
+        let files = envoy::run_dir()?;
         let ca = pki.write_ca(&files)?;
         let (cert, key) = pki.write_files(&files, "gateway", &pki.issue_server(&["egress-gateway", "localhost"])?)?;
-        let allowlist = wasm_module("egress_allowlist")?;
-        let plugin = |root_id: &str| Plugin {
-            root_id: root_id.to_string(),
-            wasm: allowlist.clone(),
-            config: options.policy_json.clone(),
-            fail_closed: true,
-        };
-        let next_port = |offset: u16| if options.listen.port() == 0 { 0 } else { options.listen.port().saturating_add(offset) };
-        let gateway = Gateway {
-            listen: options.listen,
-            tls_port: next_port(1),
-            mtls_port: next_port(2),
-            http_plugins: vec![plugin(ALLOWLIST_ROOT_ID)],
-            tls_plugins: vec![plugin(ALLOWLIST_TLS_ROOT_ID)],
-            mtls: Some(MtlsFiles { ca, cert, key }),
-            echo_http: echo.http_addr(),
-            echo_https: echo.https_addr(),
-            access_log: files.join("access.log"),
-        };
+        let mut gateway = gateway(&options.policy_json, options.listen, echo.http_addr(), echo.https_addr())?;
+        gateway.mtls = Some(MtlsFiles { ca, cert, key });
+        gateway.access_log = files.join("access.log");
         let envoy = Envoy::start(&Launcher::find()?, &gateway.render())?;
         Ok(Lab { envoy, echo, pki, files })
+    }
+
+    /// One HTTP/1.1 GET through the mTLS listener, presenting `cert` as the caller's certificate.
+    pub fn mtls_get(&self, cert: &CertKey, host: &str, path: &str) -> Result<client::Response, Error> {
+        let config = std::sync::Arc::new(self.pki.client_config(Some(cert))?);
+        let request = client::build_request("GET", host, path, &[], &[]);
+        let stream = std::net::TcpStream::connect(self.mtls())?;
+        client::tls_exchange(stream, config, "egress-gateway".try_into()?, &request)
     }
 
     /// The plain HTTP (and CONNECT) listener.

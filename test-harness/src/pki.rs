@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -43,8 +43,7 @@ pub struct CertKey {
 
 impl CertKey {
     fn cert_chain_der(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
         if chain.is_empty() {
             return Err("no certificate in PEM".into());
         }
@@ -71,9 +70,7 @@ struct CertAuthority {
 impl fmt::Debug for CertAuthority {
     // `CertifiedIssuer`'s own Debug elides the key; the PEM is public but only noise in test output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertAuthority")
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("CertAuthority").field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -82,20 +79,13 @@ impl TestPki {
     pub fn new() -> Result<Self, Error> {
         let mut params = CertificateParams::default();
         set_validity(&mut params);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, CA_COMMON_NAME);
+        params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         let cert_pem = issuer.pem();
-        Ok(Self {
-            ca: Arc::new(CertAuthority { issuer, cert_pem }),
-        })
+        Ok(Self { ca: Arc::new(CertAuthority { issuer, cert_pem }) })
     }
 
     /// The CA certificate, PEM.
@@ -106,15 +96,8 @@ impl TestPki {
     /// Issues a server-auth leaf for `dns_names` (the first is also the CN). Entries that parse as IP
     /// addresses become IP SANs, so `"127.0.0.1"` works too.
     pub fn issue_server(&self, dns_names: &[&str]) -> Result<CertKey, Error> {
-        let first = dns_names
-            .first()
-            .ok_or("a server certificate needs at least one name")?;
-        let mut params = CertificateParams::new(
-            dns_names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )?;
+        let first = dns_names.first().ok_or("a server certificate needs at least one name")?;
+        let mut params = CertificateParams::new(dns_names.iter().map(|name| name.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, *first);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign_leaf(params)
@@ -124,9 +107,7 @@ impl TestPki {
     /// `spiffe://cluster.local/ns/app/sa/sleep`) becomes its only SAN.
     pub fn issue_client(&self, uri_san: Option<&str>) -> Result<CertKey, Error> {
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, CLIENT_COMMON_NAME);
+        params.distinguished_name.push(DnType::CommonName, CLIENT_COMMON_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if let Some(uri) = uri_san {
             params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
@@ -135,12 +116,7 @@ impl TestPki {
     }
 
     /// Writes `dir/name.crt` and `dir/name.key` and returns their paths (in that order).
-    pub fn write_files(
-        &self,
-        dir: &Path,
-        name: &str,
-        ck: &CertKey,
-    ) -> io::Result<(PathBuf, PathBuf)> {
+    pub fn write_files(&self, dir: &Path, name: &str, ck: &CertKey) -> io::Result<(PathBuf, PathBuf)> {
         let cert_path = dir.join(format!("{name}.crt"));
         let key_path = dir.join(format!("{name}.key"));
         fs::write(&cert_path, &ck.cert_pem)?;
@@ -167,10 +143,7 @@ impl TestPki {
     /// name), and a leaf for [`NO_SNI_NAME`] when the client sends no SNI. This is what lets one upstream
     /// stand in for every external host a test routes through Envoy.
     pub fn any_sni_server_config(&self) -> Result<ServerConfig, Error> {
-        let resolver = IssueForSni {
-            pki: self.clone(),
-            cache: Mutex::default(),
-        };
+        let resolver = IssueForSni { pki: self.clone(), cache: Mutex::default() };
         Ok(ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -195,10 +168,7 @@ impl TestPki {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.ca.issuer)?;
-        Ok(CertKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -237,20 +207,13 @@ struct IssueForSni {
 impl IssueForSni {
     fn issue(&self, name: &str) -> Result<Arc<CertifiedKey>, Error> {
         let ck = self.pki.issue_server(&[name])?;
-        Ok(Arc::new(CertifiedKey::from_der(
-            ck.cert_chain_der()?,
-            ck.key_der()?,
-            &provider(),
-        )?))
+        Ok(Arc::new(CertifiedKey::from_der(ck.cert_chain_der()?, ck.key_der()?, &provider())?))
     }
 }
 
 impl ResolvesServerCert for IssueForSni {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = client_hello
-            .server_name()
-            .unwrap_or(NO_SNI_NAME)
-            .to_ascii_lowercase();
+        let name = client_hello.server_name().unwrap_or(NO_SNI_NAME).to_ascii_lowercase();
         // Holding the lock while issuing keeps concurrent handshakes for one name from minting twice;
         // issuing takes well under a millisecond.
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -275,10 +238,7 @@ mod tests {
     use rustls::{ClientConnection, ServerConnection};
 
     /// Runs a full handshake between two in-memory connections; returns the error either side hit.
-    fn handshake(
-        client: &mut ClientConnection,
-        server: &mut ServerConnection,
-    ) -> Result<(), rustls::Error> {
+    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) -> Result<(), rustls::Error> {
         let mut wire = Vec::new();
         while client.is_handshaking() || server.is_handshaking() {
             wire.clear();
@@ -293,17 +253,9 @@ mod tests {
         Ok(())
     }
 
-    fn connect(
-        pki: &TestPki,
-        server_config: ServerConfig,
-        name: &str,
-    ) -> Result<ServerConnection, rustls::Error> {
+    fn connect(pki: &TestPki, server_config: ServerConfig, name: &str) -> Result<ServerConnection, rustls::Error> {
         let client_config = Arc::new(pki.client_config(None).unwrap());
-        let mut client = ClientConnection::new(
-            client_config,
-            ServerName::try_from(name.to_string()).unwrap(),
-        )
-        .unwrap();
+        let mut client = ClientConnection::new(client_config, ServerName::try_from(name.to_string()).unwrap()).unwrap();
         let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
         handshake(&mut client, &mut server)?;
         Ok(server)
@@ -315,10 +267,7 @@ mod tests {
         let ck = pki.issue_server(&["api.example.com", "127.0.0.1"]).unwrap();
         connect(&pki, pki.server_config(&ck).unwrap(), "api.example.com").unwrap();
         let err = connect(&pki, pki.server_config(&ck).unwrap(), "other.example.com").unwrap_err();
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
     }
 
     #[test]
@@ -326,16 +275,8 @@ mod tests {
         let pki = TestPki::new().unwrap();
         let stranger = TestPki::new().unwrap();
         let ck = stranger.issue_server(&["api.example.com"]).unwrap();
-        let err = connect(
-            &pki,
-            stranger.server_config(&ck).unwrap(),
-            "api.example.com",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, rustls::Error::InvalidCertificate(_)),
-            "{err:?}"
-        );
+        let err = connect(&pki, stranger.server_config(&ck).unwrap(), "api.example.com").unwrap_err();
+        assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
     }
 
     #[test]
@@ -367,10 +308,7 @@ mod tests {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                server_ck.cert_chain_der().unwrap(),
-                server_ck.key_der().unwrap(),
-            )
+            .with_single_cert(server_ck.cert_chain_der().unwrap(), server_ck.key_der().unwrap())
             .unwrap();
         let server_config = Arc::new(server_config);
         let name = ServerName::try_from("mtls.example").unwrap();
@@ -396,10 +334,7 @@ mod tests {
         let (crt, key) = pki.write_files(&dir, "upstream", &ck).unwrap();
         assert_eq!(crt, dir.join("upstream.crt"));
         assert_eq!(fs::read_to_string(&key).unwrap(), ck.key_pem);
-        assert_eq!(
-            fs::read_to_string(pki.write_ca(&dir).unwrap()).unwrap(),
-            pki.ca_pem()
-        );
+        assert_eq!(fs::read_to_string(pki.write_ca(&dir).unwrap()).unwrap(), pki.ca_pem());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

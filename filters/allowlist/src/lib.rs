@@ -82,7 +82,8 @@ impl RootContext for AllowListRoot {
         match self.configure() {
             Ok(()) => true,
             Err(message) => {
-                let _ = hostcalls::log(LogLevel::Error, &format!("egress-allowlist: refusing configuration: {message}"));
+                let _ =
+                    hostcalls::log(LogLevel::Error, &format!("egress-allowlist: refusing configuration: {message}"));
                 false
             }
         }

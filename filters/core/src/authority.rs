@@ -179,7 +179,8 @@ fn unbracketed_colon(raw: &str) -> Malformed {
 
 /// Canonical decimal only: `080`, `+80`, `` and `0` are refused, since proxies disagree on them.
 fn parse_port(raw: &str) -> Result<u16, Malformed> {
-    let canonical = !raw.is_empty() && raw.len() <= 5 && raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
+    let canonical =
+        !raw.is_empty() && raw.len() <= 5 && raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
     match raw.parse::<u16>() {
         Ok(port) if canonical => Ok(port),
         _ => Err(Malformed::InvalidPort),
@@ -308,7 +309,9 @@ mod tests {
     fn ports_must_be_canonical_and_in_range() {
         assert_eq!(parse("a.com:1"), Ok((name("a.com"), Some(1))));
         assert_eq!(parse("a.com:65535"), Ok((name("a.com"), Some(65535))));
-        for bad in ["a.com:0", "a.com:65536", "a.com:99999", "a.com:", "a.com:080", "a.com:+80", "a.com:8a", "a.com:123456"] {
+        for bad in
+            ["a.com:0", "a.com:65536", "a.com:99999", "a.com:", "a.com:080", "a.com:+80", "a.com:8a", "a.com:123456"]
+        {
             assert_eq!(parse(bad), Err(Malformed::InvalidPort), "{bad}");
         }
     }
@@ -352,7 +355,18 @@ mod tests {
 
     #[test]
     fn every_ipv4_spelling_is_an_ip_literal() {
-        for raw in ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "0177.0.0.01", "127.1", "127.0.1", "0x7F.0.0.1", "127.0.0.1."] {
+        for raw in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.1",
+            "0177.0.0.1",
+            "0177.0.0.01",
+            "127.1",
+            "127.0.1",
+            "0x7F.0.0.1",
+            "127.0.0.1.",
+        ] {
             assert_eq!(parse(raw), Ok((v4("127.0.0.1"), None)), "{raw}");
         }
         assert_eq!(parse("169.254.169.254:80"), Ok((v4("169.254.169.254"), Some(80))));
@@ -363,7 +377,18 @@ mod tests {
 
     #[test]
     fn numeric_hosts_that_are_not_addresses_are_malformed() {
-        for raw in ["4294967296", "1.2.3.4.5", "256.1.1.1", "1.256.1.1", "08.1.1.1", "1.2.3.0x", "example.123", "1.2.65536", "0x100000000", "99999999999999999999"] {
+        for raw in [
+            "4294967296",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.256.1.1",
+            "08.1.1.1",
+            "1.2.3.0x",
+            "example.123",
+            "1.2.65536",
+            "0x100000000",
+            "99999999999999999999",
+        ] {
             let got = parse(raw);
             if raw == "1.2.3.0x" {
                 // `0x` alone is a number (zero) in the WHATWG parser.

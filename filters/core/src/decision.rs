@@ -177,7 +177,8 @@ impl Policy {
         };
         let destination = Destination { host: authority.host, port };
         let path = if request.method == "CONNECT" { None } else { request.path };
-        let target = Target { destination: &destination, method: Some(request.method), path, identity: request.identity };
+        let target =
+            Target { destination: &destination, method: Some(request.method), path, identity: request.identity };
         let (reason, rule) = self.judge(&target);
         self.decide(reason, rule, Some(destination))
     }
@@ -310,7 +311,13 @@ mod tests {
     }
 
     fn get<'p>(policy: &'p Policy, authority: &str, path: &str) -> Decision<'p> {
-        policy.evaluate_http(&HttpRequest { authority, scheme: "http", method: "GET", path: Some(path), identity: None })
+        policy.evaluate_http(&HttpRequest {
+            authority,
+            scheme: "http",
+            method: "GET",
+            path: Some(path),
+            identity: None,
+        })
     }
 
     fn reason(decision: &Decision<'_>) -> &'static str {
@@ -377,7 +384,8 @@ mod tests {
         assert_eq!(reason(&get(&p, "169.254.169.254", "/")), "deny_listed");
         assert_eq!(reason(&get(&p, "2852039166", "/")), "deny_listed", "decimal 169.254.169.254");
         assert_eq!(reason(&get(&p, "[::ffff:169.254.169.254]", "/")), "deny_listed");
-        let all = policy(r#"{"rules":[{"name":"all","hosts":["*"],"cidrs":["0.0.0.0/0"]}],"deny":{"hosts":["*.internal"]}}"#);
+        let all =
+            policy(r#"{"rules":[{"name":"all","hosts":["*"],"cidrs":["0.0.0.0/0"]}],"deny":{"hosts":["*.internal"]}}"#);
         assert_eq!(reason(&get(&all, "a.internal", "/")), "deny_listed");
         assert_eq!(reason(&get(&all, "internal", "/")), "allowed", "`*.internal` is below, never the apex");
     }
@@ -388,7 +396,14 @@ mod tests {
         let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
         let other = SpiffeId::parse("spiffe://cluster.local/ns/web/sa/sleep").unwrap();
         let eval = |host: &str, id: Option<&SpiffeId>| {
-            p.evaluate_http(&HttpRequest { authority: host, scheme: "https", method: "GET", path: Some("/"), identity: id }).reason
+            p.evaluate_http(&HttpRequest {
+                authority: host,
+                scheme: "https",
+                method: "GET",
+                path: Some("/"),
+                identity: id,
+            })
+            .reason
         };
         assert_eq!(eval("internal.example", Some(&sleep)), Reason::Allowed);
         assert_eq!(eval("internal.example", Some(&other)), Reason::IdentityNotAllowed);
@@ -403,14 +418,24 @@ mod tests {
         let p = policy(
             r#"{"rules":[{"name":"get-only","hosts":["a.com"],"methods":["GET"]},{"name":"any-post","hosts":["*.com"],"methods":["POST"]}]}"#,
         );
-        let post = p.evaluate_http(&HttpRequest { authority: "a.com", scheme: "http", method: "POST", path: Some("/"), identity: None });
+        let post = p.evaluate_http(&HttpRequest {
+            authority: "a.com",
+            scheme: "http",
+            method: "POST",
+            path: Some("/"),
+            identity: None,
+        });
         assert_eq!((post.action, post.rule), (Action::Allow, Some("any-post")));
     }
 
     #[test]
     fn connect_needs_a_port_and_ignores_paths() {
-        let p = policy(r#"{"rules":[{"name":"tls","hosts":["httpbin.org"],"ports":[443]},{"name":"p","hosts":["p.org"],"paths":["/x"]}]}"#);
-        let connect = |authority| p.evaluate_http(&HttpRequest { authority, scheme: "http", method: "CONNECT", path: None, identity: None });
+        let p = policy(
+            r#"{"rules":[{"name":"tls","hosts":["httpbin.org"],"ports":[443]},{"name":"p","hosts":["p.org"],"paths":["/x"]}]}"#,
+        );
+        let connect = |authority| {
+            p.evaluate_http(&HttpRequest { authority, scheme: "http", method: "CONNECT", path: None, identity: None })
+        };
         assert_eq!(connect("httpbin.org:443").action, Action::Allow);
         assert_eq!(connect("httpbin.org:80").reason, Reason::PortNotAllowed);
         assert_eq!(connect("httpbin.org").reason, Reason::MalformedAuthority(Malformed::InvalidPort));
@@ -431,7 +456,9 @@ mod tests {
 
     #[test]
     fn tls_passthrough_vets_the_sni() {
-        let p = policy(r#"{"rules":[{"name":"tls","hosts":["*.httpbin.org"],"ports":[443]},{"name":"m","hosts":["m.org"],"methods":["GET"]}]}"#);
+        let p = policy(
+            r#"{"rules":[{"name":"tls","hosts":["*.httpbin.org"],"ports":[443]},{"name":"m","hosts":["m.org"],"methods":["GET"]}]}"#,
+        );
         assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 443, None).action, Action::Allow);
         assert_eq!(p.evaluate_tls(Some("httpbin.org"), 443, None).reason, Reason::HostNotAllowed);
         assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 8443, None).reason, Reason::PortNotAllowed);
@@ -451,6 +478,9 @@ mod tests {
         let malformed = get(&p, "a\\b.com", "/");
         assert_eq!(malformed.http_status(), 400);
         let body: serde_json::Value = serde_json::from_str(&malformed.http_body()).unwrap();
-        assert_eq!(body, serde_json::json!({"error":"malformed_request","reason":"malformed_authority","detail":"backslash"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error":"malformed_request","reason":"malformed_authority","detail":"backslash"})
+        );
     }
 }

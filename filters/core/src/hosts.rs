@@ -182,9 +182,21 @@ mod tests {
     #[test]
     fn wildcard_table() {
         let table: &[(&str, &[&str], &[&str])] = &[
-            ("api.example.com", &["api.example.com", "API.Example.COM."], &["x.api.example.com", "example.com", "api.example.co"]),
-            ("*.example.com", &["a.example.com", "a.b.example.com", "A.B.C.Example.com."], &["example.com", "xexample.com", "example.com.evil"]),
-            ("ec2.*.aws.com", &["ec2.us-east-1.aws.com", "EC2.x.AWS.com"], &["ec2.aws.com", "ec2.a.b.aws.com", "x.ec2.a.aws.com", "ec2.a.aws.co"]),
+            (
+                "api.example.com",
+                &["api.example.com", "API.Example.COM."],
+                &["x.api.example.com", "example.com", "api.example.co"],
+            ),
+            (
+                "*.example.com",
+                &["a.example.com", "a.b.example.com", "A.B.C.Example.com."],
+                &["example.com", "xexample.com", "example.com.evil"],
+            ),
+            (
+                "ec2.*.aws.com",
+                &["ec2.us-east-1.aws.com", "EC2.x.AWS.com"],
+                &["ec2.aws.com", "ec2.a.b.aws.com", "x.ec2.a.aws.com", "ec2.a.aws.co"],
+            ),
             ("a.*.b.*.c.com", &["a.1.b.2.c.com"], &["a.1.b.c.com", "a.1.x.2.c.com"]),
             ("*", &["a", "a.b.c.example"], &["127.0.0.1", "2130706433", "[::1]"]),
             ("*.com", &["x.com", "a.b.com"], &["com", "x.org"]),

@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn parses_istio_workload_ids() {
         let id = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
-        assert_eq!((id.trust_domain.as_str(), id.namespace.as_str(), id.service_account.as_str()), ("cluster.local", "app", "sleep"));
+        assert_eq!(
+            (id.trust_domain.as_str(), id.namespace.as_str(), id.service_account.as_str()),
+            ("cluster.local", "app", "sleep")
+        );
         assert_eq!(id.principal(), "cluster.local/ns/app/sa/sleep");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/app/sa/sleep");
     }
@@ -184,7 +187,9 @@ mod tests {
     #[test]
     fn principal_syntax() {
         assert!(StringMatch::parse("cluster.local/ns/app/sa/sleep").unwrap().matches("cluster.local/ns/app/sa/sleep"));
-        assert!(!StringMatch::parse("cluster.local/ns/app/sa/sleep").unwrap().matches("cluster.local/ns/app/sa/sleepy"));
+        assert!(!StringMatch::parse("cluster.local/ns/app/sa/sleep")
+            .unwrap()
+            .matches("cluster.local/ns/app/sa/sleepy"));
         let prefix = StringMatch::parse("cluster.local/ns/app/sa/*").unwrap();
         assert!(prefix.matches("cluster.local/ns/app/sa/x"));
         assert!(!prefix.matches("cluster.local/ns/other/sa/x"));

@@ -195,7 +195,10 @@ impl Policy {
                 policy.cidrs.insert(cidr, index);
             }
             let ports = errors.list(&at, "ports", &rule.ports, |&port| {
-                u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(|| format!("port {port} is out of range 1-65535"))
+                u16::try_from(port)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("port {port} is out of range 1-65535"))
             });
             let methods = errors.list(&at, "methods", &rule.methods, |raw| {
                 let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
@@ -239,8 +242,8 @@ impl Policy {
 
 /// Rule names appear in reply headers, metrics and audit events, so they are kept to a safe, readable alphabet.
 fn check_rule_name(name: &str) -> Result<(), String> {
-    let valid = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    let valid =
+        (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
     if valid {
         Ok(())
     } else {
@@ -330,12 +333,15 @@ mod tests {
     #[test]
     fn type_errors_name_the_field_path() {
         assert_eq!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"portz":[1]}]}"#).len(), 1);
-        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"portz":[1]}]}"#)[0].starts_with("rules[0].portz: unknown field `portz`"));
-        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com", 7]}]}"#)[0].starts_with("rules[0].hosts[1]: invalid type"));
+        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"portz":[1]}]}"#)[0]
+            .starts_with("rules[0].portz: unknown field `portz`"));
+        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com", 7]}]}"#)[0]
+            .starts_with("rules[0].hosts[1]: invalid type"));
         assert!(errors(r#"{"rules":[],"mode":"audit"}"#)[0].starts_with("mode: unknown variant `audit`"));
         assert!(errors(r#"{"rulez":[]}"#)[0].contains("unknown field `rulez`"));
         assert!(errors(r#"{}"#)[0].contains("missing field `rules`"));
-        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"ports":["80"]}]}"#)[0].starts_with("rules[0].ports[0]: invalid type"));
+        assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"ports":["80"]}]}"#)[0]
+            .starts_with("rules[0].ports[0]: invalid type"));
     }
 
     #[test]

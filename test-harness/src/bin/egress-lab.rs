@@ -1,1 +1,133 @@
-fn main() {}
+//! `egress-lab up --policy FILE [--listen 127.0.0.1:PORT]`: a local egress gateway (a real Envoy with the suite)
+//! in front of demo upstreams, until SIGINT/SIGTERM. Builds nothing: run `make build` first (`make run` does).
+
+use egress_core::{HttpRequest, Policy};
+use egress_harness::pki::Error;
+use egress_harness::{load_policy, Lab, LabOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage: egress-lab up --policy FILE [--listen 127.0.0.1:10000]
+
+Starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
+Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
+Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.";
+
+struct Args {
+    policy: PathBuf,
+    listen: SocketAddr,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("up") {
+        return Err(USAGE.into());
+    }
+    let (mut policy, mut listen) = (None, SocketAddr::from(([127, 0, 0, 1], 10000)));
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        match flag.as_str() {
+            "--policy" => policy = Some(PathBuf::from(value)),
+            "--listen" => listen = value.parse().map_err(|e| format!("--listen {value}: {e}"))?,
+            _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
+        }
+    }
+    if !listen.ip().is_loopback() {
+        return Err(format!("--listen {listen}: the lab listens on loopback only"));
+    }
+    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, listen })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("egress-lab: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), Error> {
+    let policy_json = load_policy(&args.policy)?;
+    let policy = Policy::from_json(policy_json.as_bytes())?;
+    let mut lab = Lab::start(&LabOptions { policy_json, listen: args.listen })?;
+    let workloads =
+        [("sleep", "spiffe://cluster.local/ns/app/sa/sleep"), ("billing", "spiffe://cluster.local/ns/billing/sa/api")];
+    for (name, id) in workloads {
+        lab.pki.write_files(&lab.files, name, &lab.client_cert(Some(id))?)?;
+    }
+    println!(
+        "egress-lab ready: http={} (forward proxy, CONNECT) tls={} (TLS passthrough by SNI) mtls={} (client certificate required) admin={} policy={}",
+        lab.http(),
+        lab.tls(),
+        lab.mtls(),
+        lab.envoy.admin(),
+        args.policy.display()
+    );
+    print_tries(&lab, &policy);
+    wait_for_shutdown(&mut lab)?;
+    println!("egress-lab: stopping");
+    Ok(())
+}
+
+/// A few curl lines for the policy at hand, each with the outcome the policy engine predicts.
+fn print_tries(lab: &Lab, policy: &Policy) {
+    let (http, tls, mtls) = (lab.http(), lab.tls(), lab.mtls());
+    let ca = lab.files.join("ca.crt");
+    let ca = ca.display();
+    let expect = |host: &str, method: &str| {
+        let request = HttpRequest { authority: host, scheme: "http", method, path: Some("/headers"), identity: None };
+        let decision = policy.evaluate_http(&request);
+        match decision.rule {
+            Some(rule) if decision.action.proceeds() => format!("{} (rule {rule})", decision.action.as_str()),
+            _ => format!("{} ({})", decision.action.as_str(), decision.reason),
+        }
+    };
+    println!("\nTry (outcomes as this policy decides them):");
+    for host in ["httpbin.org", "eu.httpbin.org", "www.example.com", "169.254.169.254"] {
+        println!("  curl -si -x http://{http} http://{host}/headers    # {}", expect(host, "GET"));
+    }
+    println!(
+        "  curl -si -p -x http://{http} http://httpbin.org/headers    # CONNECT httpbin.org:80: {}",
+        expect("httpbin.org:80", "CONNECT")
+    );
+    println!(
+        "  curl -si --cacert {ca} --connect-to httpbin.org:443:{tls} https://httpbin.org/headers    # TLS passthrough, SNI httpbin.org"
+    );
+    println!(
+        "  curl -si --cacert {ca} --cert {dir}/billing.crt --key {dir}/billing.key --connect-to egress-gateway:443:{mtls} -H 'Host: api.stripe.com' https://egress-gateway/headers    # as spiffe://cluster.local/ns/billing/sa/api",
+        dir = lab.files.display()
+    );
+    println!("  curl -s http://{}/stats?filter=wasmcustom    # decisions counted", lab.envoy.admin());
+    println!("\nCtrl-C stops the gateway.");
+}
+
+/// Blocks until SIGINT or SIGTERM; fails if Envoy dies first.
+fn wait_for_shutdown(lab: &mut Lab) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                _ = watchdog.tick() => {
+                    if !lab.envoy.is_running() {
+                        return Err(format!("Envoy exited:\n{}", lab.envoy.log()).into());
+                    }
+                }
+            }
+        }
+    })
+}

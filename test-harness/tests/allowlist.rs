@@ -1,0 +1,293 @@
+//! The allow-list filter in a real Envoy: start the gateway, send traffic through it, look at what the upstream
+//! received, what the client got back, and what the access log and metrics say.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use egress_harness::client::{self, Response};
+use egress_harness::envoy::Launcher;
+use egress_harness::{Lab, LabOptions};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"{
+  "rules": [
+    {"name": "httpbin", "hosts": ["httpbin.org", "*.httpbin.org"]},
+    {"name": "wild", "hosts": ["*.wild.example"]},
+    {"name": "aws", "hosts": ["ec2.*.amazonaws.com"], "ports": [80, 443]},
+    {"name": "status-only", "hosts": ["api.example.com"], "methods": ["GET"], "paths": ["/status/*"]},
+    {"name": "docs-net", "cidrs": ["203.0.113.0/24"]},
+    {"name": "sleep-only", "hosts": ["internal.example"], "principals": ["cluster.local/ns/app/sa/sleep"]},
+    {"name": "app-namespace", "hosts": ["ns.example"], "namespaces": ["app"]}
+  ],
+  "deny": {"hosts": ["metadata.google.internal", "*.blocked.httpbin.org"], "cidrs": ["169.254.0.0/16"]}
+}"#;
+
+fn lab() -> Lab {
+    lab_with(POLICY)
+}
+
+fn lab_with(policy: &str) -> Lab {
+    Lab::start(&LabOptions::new(policy)).expect("start the gateway")
+}
+
+fn get(lab: &Lab, host: &str, path: &str) -> Response {
+    client::get(lab.http(), host, path).expect("HTTP exchange")
+}
+
+/// Asserts a 403 from the filter with `reason`.
+#[track_caller]
+fn assert_denied(response: &Response, reason: &str) {
+    assert_eq!(response.status, 403, "body: {}", response.body_str());
+    assert_eq!(response.header("x-egress-denied-reason"), Some(reason), "body: {}", response.body_str());
+    let body = response.json();
+    assert_eq!(body["error"], "egress_denied");
+    assert_eq!(body["reason"], reason);
+}
+
+/// Asserts the echo upstream answered and saw `host`.
+#[track_caller]
+fn assert_reached_upstream(response: &Response, host: &str) {
+    assert_eq!(response.status, 200, "body: {}", response.body_str());
+    assert_eq!(response.json()["host"], host);
+}
+
+/// The access log is flushed by Envoy on its own schedule: wait for `count` lines.
+fn access_log(lab: &Lab, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = lab.access_log();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn allowed_hosts_reach_the_upstream_and_others_get_a_403_with_the_reason() {
+    let lab = lab();
+    assert_reached_upstream(&get(&lab, "httpbin.org", "/headers"), "httpbin.org");
+    assert_reached_upstream(&get(&lab, "HTTPBIN.org.", "/headers"), "HTTPBIN.org.");
+
+    let denied = get(&lab, "example.com", "/headers");
+    assert_denied(&denied, "host_not_allowed");
+    assert_eq!(denied.json()["host"], "example.com");
+    assert_eq!(denied.json()["port"], 80);
+
+    let upstream_saw: Vec<String> =
+        lab.echo.requests().iter().map(|r| r["host"].as_str().unwrap().to_string()).collect();
+    assert_eq!(upstream_saw, ["httpbin.org", "HTTPBIN.org."], "the denied request never left the gateway");
+
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_allowed"), Some(2));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_denied"), Some(1));
+
+    let log = access_log(&lab, 3);
+    let denied_line = log.iter().find(|l| l["authority"] == "example.com").expect("access log line");
+    assert_eq!(denied_line["decision"], "deny");
+    assert_eq!(denied_line["reason"], "host_not_allowed");
+    assert_eq!(denied_line["destination"], "example.com:80");
+    let allowed_line = log.iter().find(|l| l["authority"] == "httpbin.org").expect("access log line");
+    assert_eq!((allowed_line["decision"].as_str(), allowed_line["rule"].as_str()), (Some("allow"), Some("httpbin")));
+}
+
+#[test]
+fn wildcards_cover_any_depth_below_but_never_the_apex_and_inner_stars_exactly_one_label() {
+    let lab = lab();
+    for host in ["a.wild.example", "a.b.c.wild.example", "A.Wild.Example:8080"] {
+        assert_reached_upstream(&get(&lab, host, "/"), host);
+    }
+    for host in ["wild.example", "xwild.example", "wild.example.evil"] {
+        assert_denied(&get(&lab, host, "/"), "host_not_allowed");
+    }
+    assert_reached_upstream(&get(&lab, "ec2.us-east-1.amazonaws.com", "/"), "ec2.us-east-1.amazonaws.com");
+    for host in ["ec2.amazonaws.com", "ec2.a.b.amazonaws.com", "x.ec2.a.amazonaws.com"] {
+        assert_denied(&get(&lab, host, "/"), "host_not_allowed");
+    }
+}
+
+#[test]
+fn the_deny_list_wins_over_every_rule_in_every_spelling() {
+    let lab = lab();
+    for host in ["x.blocked.httpbin.org", "metadata.google.internal", "Metadata.Google.Internal."] {
+        assert_denied(&get(&lab, host, "/"), "deny_listed");
+    }
+    for address in [
+        "169.254.169.254",
+        "2852039166",
+        "0xa9.0xfe.0xa9.0xfe",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+        "[::ffff:169.254.169.254]",
+    ] {
+        assert_denied(&get(&lab, address, "/latest/meta-data/"), "deny_listed");
+    }
+    assert!(lab.echo.requests().is_empty());
+}
+
+#[test]
+fn ip_literals_are_allowed_only_by_cidrs() {
+    let lab = lab();
+    assert_reached_upstream(&get(&lab, "203.0.113.9", "/"), "203.0.113.9");
+    assert_reached_upstream(&get(&lab, "3405803785", "/"), "3405803785");
+    for address in ["10.0.0.1", "127.1", "0x7f.1", "2130706433", "[::1]", "[::ffff:127.0.0.1]:8080"] {
+        assert_denied(&get(&lab, address, "/"), "ip_literal_not_allowed");
+    }
+}
+
+#[test]
+fn ports_methods_and_paths_narrow_a_rule() {
+    let lab = lab();
+    assert_reached_upstream(&get(&lab, "api.example.com", "/status/200"), "api.example.com");
+    assert_denied(&get(&lab, "api.example.com", "/headers"), "path_not_allowed");
+    assert_denied(&get(&lab, "api.example.com", "/status/../headers"), "path_not_allowed");
+    let post = client::request(lab.http(), "POST", "api.example.com", "/status/200", &[], b"x").unwrap();
+    assert_denied(&post, "method_not_allowed");
+    assert_eq!(post.json()["rule"], "status-only");
+    assert_reached_upstream(&get(&lab, "ec2.x.amazonaws.com:443", "/"), "ec2.x.amazonaws.com:443");
+    assert_denied(&get(&lab, "ec2.x.amazonaws.com:8080", "/"), "port_not_allowed");
+}
+
+#[test]
+fn report_mode_lets_denied_requests_through_and_records_them() {
+    let lab = lab_with(r#"{"mode": "report", "rules": [{"name": "httpbin", "hosts": ["httpbin.org"]}]}"#);
+    assert_reached_upstream(&get(&lab, "example.com", "/"), "example.com");
+    assert_reached_upstream(&get(&lab, "httpbin.org", "/"), "httpbin.org");
+    // What cannot be parsed is never forwarded, whatever the mode.
+    let malformed =
+        client::raw_http1(lab.http(), b"GET / HTTP/1.1\r\nHost: a%2ecom\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(malformed.status, 400);
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_would_deny"), Some(1));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_allowed"), Some(1));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_malformed"), Some(1));
+    let log = access_log(&lab, 3);
+    let line = log.iter().find(|l| l["authority"] == "example.com").expect("access log line");
+    assert_eq!((line["decision"].as_str(), line["reason"].as_str()), (Some("report-deny"), Some("host_not_allowed")));
+}
+
+#[test]
+fn absolute_form_requests_are_vetted_by_their_target() {
+    let lab = lab();
+    let allowed = client::raw_http1(
+        lab.http(),
+        b"GET http://httpbin.org/headers HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_reached_upstream(&allowed, "httpbin.org");
+    let denied = client::raw_http1(
+        lab.http(),
+        b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_denied(&denied, "host_not_allowed");
+}
+
+#[test]
+fn connect_tunnels_are_vetted_by_their_target() {
+    let lab = lab();
+    let (reply, tunnel) = client::connect_tunnel(lab.http(), "httpbin.org:80").unwrap();
+    assert_eq!(reply.status, 200);
+    let mut tunnel = tunnel.unwrap();
+    let inside =
+        client::exchange(&mut tunnel, b"GET /headers HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    assert_reached_upstream(&inside, "httpbin.org");
+
+    // TLS end to end through the tunnel: the gateway sees only the CONNECT target.
+    let (reply, tunnel) = client::connect_tunnel(lab.http(), "a.wild.example:443").unwrap();
+    assert_eq!(reply.status, 200);
+    let tls =
+        client::tls_get_over(tunnel.unwrap(), Some("a.wild.example"), lab.pki.ca_pem(), "a.wild.example", "/headers")
+            .unwrap();
+    assert_eq!(tls.json()["tls"]["sni"], "a.wild.example");
+
+    let (reply, tunnel) = client::connect_tunnel(lab.http(), "example.com:443").unwrap();
+    assert_denied(&reply, "host_not_allowed");
+    assert!(tunnel.is_none());
+    let (reply, _) = client::connect_tunnel(lab.http(), "ec2.x.amazonaws.com:22").unwrap();
+    assert_denied(&reply, "port_not_allowed");
+    let (reply, _) = client::connect_tunnel(lab.http(), "169.254.169.254:80").unwrap();
+    assert_denied(&reply, "deny_listed");
+}
+
+#[test]
+fn http2_requests_are_vetted_like_http1() {
+    let lab = lab();
+    let allowed = client::h2_get(lab.http(), "a.wild.example", "/headers").unwrap();
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.json()["host"], "a.wild.example");
+    let denied = client::h2_get(lab.http(), "example.com", "/headers").unwrap();
+    assert_denied(&denied, "host_not_allowed");
+    let deny_listed = client::h2_get(lab.http(), "[::ffff:169.254.169.254]", "/").unwrap();
+    assert_denied(&deny_listed, "deny_listed");
+}
+
+#[test]
+fn tls_passthrough_is_vetted_by_sni_and_closed_without_one() {
+    let lab = lab();
+    let ca = lab.pki.ca_pem();
+    let allowed = client::tls_get(lab.tls(), Some("a.wild.example"), ca, "a.wild.example", "/headers").unwrap();
+    assert_eq!(allowed.json()["tls"]["sni"], "a.wild.example", "end-to-end TLS with the upstream");
+    assert!(client::tls_get(lab.tls(), Some("example.com"), ca, "example.com", "/").is_err(), "denied SNI: closed");
+    assert!(client::tls_get(lab.tls(), None, ca, "a.wild.example", "/").is_err(), "no SNI: closed");
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_tls_allowed"), Some(1));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_tls_denied"), Some(1));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_tls_malformed"), Some(1));
+    let log = access_log(&lab, 3);
+    let tls_lines: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|l| l["listener"] == "egress_tls")
+        .map(|l| (l["decision"].as_str().unwrap_or(""), l["reason"].as_str().unwrap_or("")))
+        .collect();
+    for want in [("allow", "allowed"), ("deny", "host_not_allowed"), ("deny", "missing_sni")] {
+        assert!(tls_lines.contains(&want), "{want:?} in {tls_lines:?}");
+    }
+}
+
+#[test]
+fn identity_scoped_rules_follow_the_callers_verified_certificate() {
+    let lab = lab();
+    let sleep = lab.client_cert(Some("spiffe://cluster.local/ns/app/sa/sleep")).unwrap();
+    let other_app = lab.client_cert(Some("spiffe://cluster.local/ns/app/sa/other")).unwrap();
+    let web = lab.client_cert(Some("spiffe://cluster.local/ns/web/sa/sleep")).unwrap();
+    let no_spiffe = lab.client_cert(None).unwrap();
+
+    assert_reached_upstream(&lab.mtls_get(&sleep, "internal.example", "/").unwrap(), "internal.example");
+    assert_denied(&lab.mtls_get(&other_app, "internal.example", "/").unwrap(), "identity_not_allowed");
+    assert_denied(&lab.mtls_get(&no_spiffe, "internal.example", "/").unwrap(), "identity_not_allowed");
+    assert_denied(&get(&lab, "internal.example", "/"), "identity_not_allowed");
+
+    assert_reached_upstream(&lab.mtls_get(&other_app, "ns.example", "/").unwrap(), "ns.example");
+    assert_denied(&lab.mtls_get(&web, "ns.example", "/").unwrap(), "identity_not_allowed");
+    assert_denied(&get(&lab, "ns.example", "/"), "identity_not_allowed");
+}
+
+#[test]
+fn a_non_utf8_host_is_refused_and_the_filter_keeps_serving() {
+    let lab = lab();
+    let latin1 =
+        client::raw_http1(lab.http(), b"GET / HTTP/1.1\r\nHost: b\xfccher.de\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(latin1.status, 400, "{}", latin1.body_str());
+    assert_reached_upstream(&get(&lab, "httpbin.org", "/"), "httpbin.org");
+}
+
+#[test]
+fn envoy_refuses_an_invalid_policy_naming_the_field() {
+    let launcher = Launcher::find().unwrap();
+    let bad = r#"{"rules": [{"name": "a", "hosts": ["ok.example", "api-*.example.com"]}, {"name": "a", "hosts": ["b"], "ports": [0]}]}"#;
+    let error = launcher.validate(&egress_harness::gateway_bootstrap(bad).unwrap()).unwrap_err();
+    for want in [
+        "rules[0].hosts[1]: `api-*.example.com`: `*` must be a whole label",
+        "rules[1].name: duplicate rule name `a`",
+        "rules[1].ports[0]: port 0 is out of range 1-65535",
+    ] {
+        assert!(error.contains(want), "missing {want:?} in Envoy's output:\n{error}");
+    }
+    let unknown_field = launcher
+        .validate(&egress_harness::gateway_bootstrap(r#"{"rules": [], "modee": "report"}"#).unwrap())
+        .unwrap_err();
+    assert!(unknown_field.contains("modee: unknown field `modee`"), "{unknown_field}");
+    launcher.validate(&egress_harness::gateway_bootstrap(POLICY).unwrap()).expect("the valid policy passes validation");
+
+    let refused = Lab::start(&LabOptions::new(bad));
+    assert!(refused.is_err(), "Envoy must not start serving with an invalid policy");
+}
