@@ -91,7 +91,11 @@ impl std::error::Error for ConfigErrors {}
 pub fn from_json_with_path<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigErrors> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
+        // serde_path_to_error names the document root ".".
+        let path = match err.path().to_string() {
+            root if root == "." => "(document)".to_string(),
+            path => path,
+        };
         let message = err.into_inner().to_string();
         ConfigErrors(vec![ConfigError { path, message }])
     })

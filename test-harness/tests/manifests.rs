@@ -1,0 +1,40 @@
+//! The shipped WasmPlugin manifests agree with the example policy and with the filter's own validation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use egress_harness::envoy::workspace_root;
+use egress_harness::{policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID};
+use serde::Deserialize;
+use serde_json::Value;
+use std::fs;
+
+fn documents(file: &str) -> Vec<Value> {
+    let text = fs::read_to_string(workspace_root().join(file)).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect()
+}
+
+#[test]
+fn allowlist_plugins_carry_the_example_policy_and_fail_closed() {
+    let policy: Value =
+        serde_yaml_ng::from_str(&fs::read_to_string(workspace_root().join("examples/policy.yaml")).unwrap()).unwrap();
+    let plugins = documents("wasmplugin-manifests/allowlist.yaml");
+    let mut seen = Vec::new();
+    for plugin in &plugins {
+        assert_eq!(plugin["kind"], "WasmPlugin");
+        let spec = &plugin["spec"];
+        let root_id = spec["pluginName"].as_str().unwrap();
+        let want_type = match root_id {
+            ALLOWLIST_ROOT_ID => "HTTP",
+            ALLOWLIST_TLS_ROOT_ID => "NETWORK",
+            other => panic!("unknown pluginName {other}"),
+        };
+        assert_eq!(spec["type"], want_type, "{root_id}");
+        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{root_id}: an allow-list must fail closed");
+        assert_eq!(spec["selector"]["matchLabels"]["istio"], "egressgateway");
+        assert_eq!(spec["pluginConfig"], policy, "{root_id}: pluginConfig drifted from examples/policy.yaml");
+        policy_json_from_yaml(&spec["pluginConfig"].to_string()).expect("pluginConfig passes the filter's validation");
+        seen.push(root_id.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, [ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID]);
+}
