@@ -291,3 +291,107 @@ fn envoy_refuses_an_invalid_policy_naming_the_field() {
     let refused = Lab::start(&LabOptions::new(bad));
     assert!(refused.is_err(), "Envoy must not start serving with an invalid policy");
 }
+
+/// Who refused a malformed request: Envoy's HTTP codec before any filter ran, or the allow-list filter.
+#[derive(Debug, PartialEq)]
+enum RefusedBy {
+    Envoy,
+    Filter(&'static str),
+}
+
+fn refused_by(response: &Response) -> RefusedBy {
+    assert_eq!(response.status, 400, "body: {}", response.body_str());
+    match response.header("x-egress-denied-reason") {
+        None => RefusedBy::Envoy,
+        Some(reason) => {
+            assert_eq!(reason, "malformed_authority");
+            let detail = response.json()["detail"].as_str().unwrap().to_string();
+            RefusedBy::Filter(Box::leak(detail.into_boxed_str()))
+        }
+    }
+}
+
+#[test]
+fn malformed_authorities_are_refused_by_envoy_or_by_the_filter_and_never_forwarded() {
+    let lab = lab();
+    let label64 = format!("{}.httpbin.org", "a".repeat(64));
+    let name300 = format!("{}httpbin.org", "abcdefghi.".repeat(29));
+    let cases: Vec<(Vec<u8>, RefusedBy)> = vec![
+        // Envoy's codec refuses these itself (response code details http.invalid_authority, http1.invalid_characters,
+        // missing_host_header): the filter never sees them. Core refuses them too (unit tests), should Envoy change.
+        (host_header(b"httpbin.org\\evil.com"), RefusedBy::Envoy),
+        (host_header(b"httpbin .org"), RefusedBy::Envoy),
+        (host_header(b"httpbin\t.org"), RefusedBy::Envoy),
+        (host_header(b"httpbin\x01.org"), RefusedBy::Envoy),
+        (host_header("bücher.de".as_bytes()), RefusedBy::Envoy),
+        (host_header(b"httpbin.org/evil"), RefusedBy::Envoy),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), RefusedBy::Envoy),
+        // Envoy passes these on; the filter refuses them.
+        (host_header(b"user@httpbin.org"), RefusedBy::Filter("userinfo")),
+        (host_header(b"user:pw@httpbin.org"), RefusedBy::Filter("userinfo")),
+        (host_header(b"httpbin%2eorg"), RefusedBy::Filter("percent_escape")),
+        (host_header(b"httpbin.org,evil.com"), RefusedBy::Filter("invalid_character")),
+        (host_header(b""), RefusedBy::Filter("empty_host")),
+        (host_header(b"httpbin.org.."), RefusedBy::Filter("empty_label")),
+        (host_header(label64.as_bytes()), RefusedBy::Filter("label_too_long")),
+        (host_header(name300.as_bytes()), RefusedBy::Filter("name_too_long")),
+        (host_header(b"::1"), RefusedBy::Filter("unbracketed_ipv6")),
+        (host_header(b"[fe80::1%25eth0]"), RefusedBy::Filter("percent_escape")),
+        (host_header(b"1.2.3.4.5"), RefusedBy::Filter("invalid_ipv4")),
+        // Two Host headers: Envoy joins them into one value with a comma, which no host contains.
+        (
+            b"GET / HTTP/1.1\r\nHost: httpbin.org\r\nHost: evil.com\r\nConnection: close\r\n\r\n".to_vec(),
+            RefusedBy::Filter("invalid_character"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: httpbin.org\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n".to_vec(),
+            RefusedBy::Filter("invalid_character"),
+        ),
+        // CONNECT needs host:port; Envoy refuses a CONNECT without a port itself.
+        (b"CONNECT httpbin.org HTTP/1.1\r\nHost: httpbin.org\r\n\r\n".to_vec(), RefusedBy::Envoy),
+    ];
+    for port in ["0", "65536", "99999", "", "080", "+80"] {
+        let request = host_header(format!("httpbin.org:{port}").as_bytes());
+        let got = refused_by(&client::raw_http1(lab.http(), &request).unwrap());
+        assert_eq!(got, RefusedBy::Filter("invalid_port"), "port {port:?}");
+    }
+    for (request, want) in cases {
+        let response = client::raw_http1(lab.http(), &request).unwrap();
+        assert_eq!(refused_by(&response), want, "{}", String::from_utf8_lossy(&request).escape_debug());
+    }
+    // HTTP/2: Envoy resets streams whose :authority has userinfo, spaces or controls (the test client cannot even
+    // send a `%`); the rest reaches the filter.
+    for (authority, detail) in [
+        ("httpbin.org,evil.com", "invalid_character"),
+        ("httpbin.org:0", "invalid_port"),
+        ("httpbin.org..", "empty_label"),
+    ] {
+        let response = client::h2_get(lab.http(), authority, "/").unwrap();
+        assert_eq!(refused_by(&response), RefusedBy::Filter(detail), "h2 :authority {authority}");
+    }
+    assert!(client::h2_get(lab.http(), "user@httpbin.org", "/").is_err(), "Envoy resets the stream");
+    assert!(lab.echo.requests().is_empty(), "nothing malformed reached the upstream: {:?}", lab.echo.requests());
+}
+
+#[test]
+fn an_absolute_form_target_replaces_a_disagreeing_host_before_the_filter_decides() {
+    // RFC 9112 §3.2.2: with an absolute-form target the Host header is ignored. Envoy rewrites `:authority` to the
+    // target and drops the Host it received, so the decision and the upstream both use the same authority.
+    let lab = lab();
+    let smuggle = b"GET http://example.com/ HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n";
+    assert_denied(&client::raw_http1(lab.http(), smuggle).unwrap(), "host_not_allowed");
+    let reverse = b"GET http://httpbin.org/headers HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
+    let response = client::raw_http1(lab.http(), reverse).unwrap();
+    assert_reached_upstream(&response, "httpbin.org");
+    let headers = response.json()["headers"].to_string();
+    assert!(!headers.contains("example.com"), "the disagreeing Host never reaches the upstream: {headers}");
+    // Envoy's URL parser drops userinfo from an absolute-form target: what is decided is what is routed.
+    let userinfo = b"GET http://httpbin.org@example.com/ HTTP/1.1\r\nHost: httpbin.org\r\nConnection: close\r\n\r\n";
+    assert_denied(&client::raw_http1(lab.http(), userinfo).unwrap(), "host_not_allowed");
+    let userinfo = b"GET http://example.com@httpbin.org/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
+    assert_reached_upstream(&client::raw_http1(lab.http(), userinfo).unwrap(), "httpbin.org");
+}
+
+fn host_header(host: &[u8]) -> Vec<u8> {
+    [b"GET / HTTP/1.1\r\nHost: ".as_slice(), host, b"\r\nConnection: close\r\n\r\n"].concat()
+}
