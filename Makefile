@@ -50,7 +50,7 @@ test-wasm: tools
 	cargo test -p egress-core --target wasm32-unknown-unknown
 
 test-integration: build envoy
-	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} cargo test -p egress-harness --tests
+	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} cargo test -p egress-harness --test '*'
 
 test-matrix: build ## The real-Envoy suite on every version of ENVOY_MATRIX
 	@for v in $(ENVOY_MATRIX); do \
