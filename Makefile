@@ -9,10 +9,11 @@ ENVOY_VERSION ?= $(shell cat test-harness/envoy-version)
 # Versions the integration suite must pass on: the oldest supported (Istio 1.28 era) and the newest.
 ENVOY_MATRIX ?= 1.36.2 $(ENVOY_VERSION)
 POLICY ?= examples/policy.yaml
+IDENTITY ?= examples/identity.yaml
 LISTEN ?= 127.0.0.1:10000
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/release
-FILTERS := egress-allowlist
+FILTERS := egress-allowlist egress-identity
 # The runner must match the wasm-bindgen version in Cargo.lock.
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 
@@ -63,9 +64,9 @@ lint: tools ## rustfmt and clippy (native and wasm32), warnings are errors
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
 
-run: build envoy ## A local egress gateway on POLICY (default examples/policy.yaml) at LISTEN
+run: build envoy ## A local egress gateway: POLICY (examples/policy.yaml), IDENTITY (examples/identity.yaml), LISTEN
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
-		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --listen $(LISTEN)
+		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --listen $(LISTEN)
 
 bench: ## Matcher cost at 10 / 1k / 100k / 1M rules
 	cargo bench -p egress-core --bench matcher

@@ -25,6 +25,9 @@ pub struct Plugin {
     pub config: String,
     /// `failStrategy: FAIL_CLOSE`: if the VM fails, requests are refused, not passed.
     pub fail_closed: bool,
+    /// Environment variables the VM takes from Envoy's own environment (Istio `vmConfig.env` with
+    /// `valueFrom: HOST`).
+    pub host_env_keys: Vec<String>,
 }
 
 /// Server certificate and CA for the mTLS listener, as files.
@@ -48,6 +51,9 @@ pub struct Gateway {
     /// Network filters of the TLS-passthrough listener, in chain order.
     pub tls_plugins: Vec<Plugin>,
     pub mtls: Option<MtlsFiles>,
+    /// HCM `forward_client_cert_details: FORWARD_ONLY` instead of Envoy's default SANITIZE, so the identity filter
+    /// sees a trusted hop's XFCC (it strips every client copy itself). Istio: `gatewayTopology.forwardClientCertDetails`.
+    pub forward_client_cert: bool,
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
     /// Where Envoy writes its JSON access log.
@@ -93,6 +99,7 @@ impl Gateway {
             "merge_slashes": true,
             "upgrade_configs": [{"upgrade_type": "CONNECT"}],
             "http2_protocol_options": {"allow_connect": true},
+            "forward_client_cert_details": if self.forward_client_cert { "FORWARD_ONLY" } else { "SANITIZE" },
             "access_log": [self.access_log(name)],
             "route_config": {
                 "name": "egress",
@@ -158,6 +165,8 @@ impl Gateway {
                     "reason": state(egress_core::state::REASON),
                     "rule": state(egress_core::state::RULE),
                     "destination": state(egress_core::state::DESTINATION),
+                    "identity": state(egress_core::state::IDENTITY),
+                    "identity_source": state(egress_core::state::IDENTITY_SOURCE),
                 }},
             },
         })
@@ -167,6 +176,14 @@ impl Gateway {
 fn wasm_filter(plugin: &Plugin, network: bool) -> Value {
     let (name, kind) =
         if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
+    let mut vm_config = json!({
+        "vm_id": plugin.root_id,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": plugin.wasm}},
+    });
+    if !plugin.host_env_keys.is_empty() {
+        vm_config["environment_variables"] = json!({"host_env_keys": plugin.host_env_keys});
+    }
     json!({
         "name": name,
         "typed_config": {
@@ -174,11 +191,7 @@ fn wasm_filter(plugin: &Plugin, network: bool) -> Value {
             "config": {
                 "name": plugin.root_id,
                 "root_id": plugin.root_id,
-                "vm_config": {
-                    "vm_id": plugin.root_id,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": plugin.wasm}},
-                },
+                "vm_config": vm_config,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin.config},
                 "failure_policy": if plugin.fail_closed { "FAIL_CLOSED" } else { "FAIL_OPEN" },
             },

@@ -10,6 +10,7 @@ pub mod pki;
 use bootstrap::{Gateway, MtlsFiles, Plugin};
 use echo::Echo;
 use egress_core::policy::from_json_with_path;
+use egress_core::workload::IdentityConfig;
 use egress_core::{Policy, PolicyDocument};
 use envoy::{Envoy, Launcher};
 use pki::{CertKey, Error, TestPki};
@@ -20,6 +21,8 @@ use std::{env, fs};
 /// Root ids of the allow-list plugins (`filters/allowlist`).
 pub const ALLOWLIST_ROOT_ID: &str = "egress-allowlist";
 pub const ALLOWLIST_TLS_ROOT_ID: &str = "egress-allowlist-tls";
+/// Root id of the identity plugin (`filters/identity`).
+pub const IDENTITY_ROOT_ID: &str = "egress-identity";
 
 /// Where the built `.wasm` files are: `$EGRESS_WASM_DIR`, else the workspace's release output.
 pub fn wasm_dir() -> PathBuf {
@@ -45,6 +48,19 @@ pub fn load_policy(path: &Path) -> Result<String, Error> {
     policy_json_from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
+/// Reads an identity filter configuration file (YAML or JSON), validates it as the filter will (with `env` as the
+/// VM environment), and returns it as JSON.
+pub fn load_identity(path: &Path, env: &[(String, String)]) -> Result<String, Error> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let lookup = |var: &str| env.iter().find(|(key, _)| key == var).map(|(_, value)| value.clone());
+    let parsed = (|| -> Result<String, Error> {
+        let json = serde_yaml_ng::from_str::<serde_json::Value>(&text)?.to_string();
+        IdentityConfig::from_json(json.as_bytes(), lookup)?;
+        Ok(json)
+    })();
+    parsed.map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
 /// YAML (a superset of JSON) → validated policy JSON.
 pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
     let value: serde_json::Value = serde_yaml_ng::from_str(text)?;
@@ -54,39 +70,48 @@ pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
     Ok(json)
 }
 
-/// The gateway of a [`Lab`] without the mTLS listener: the suite on `policy_json`, in front of the given upstreams.
-fn gateway(
-    policy_json: &str,
-    listen: SocketAddr,
-    echo_http: SocketAddr,
-    echo_https: SocketAddr,
-) -> Result<Gateway, Error> {
-    let allowlist = wasm_module("egress_allowlist")?;
-    let plugin = |root_id: &str| Plugin {
-        root_id: root_id.to_string(),
-        wasm: allowlist.clone(),
-        config: policy_json.to_string(),
-        fail_closed: true,
+/// The gateway's own identity on its mTLS listener (XFCC `By=`), as Istio names the egress gateway.
+pub const GATEWAY_SPIFFE_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
+
+/// The gateway of a [`Lab`] without the mTLS listener: the suite on `options`, in front of the given upstreams.
+fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) -> Result<Gateway, Error> {
+    let plugin = |module: &str, root_id: &str, config: &str, host_env_keys: Vec<String>| {
+        Ok::<_, Error>(Plugin {
+            root_id: root_id.to_string(),
+            wasm: wasm_module(module)?,
+            config: config.to_string(),
+            fail_closed: true,
+            host_env_keys,
+        })
     };
+    // Chain order as Istio's phases give it: identity (AUTHN) before the allow-list (AUTHZ).
+    let mut http_plugins = Vec::new();
+    if let Some(identity) = &options.identity_json {
+        let env_keys = options.host_env.iter().map(|(key, _)| key.clone()).collect();
+        http_plugins.push(plugin("egress_identity", IDENTITY_ROOT_ID, identity, env_keys)?);
+    }
+    http_plugins.push(plugin("egress_allowlist", ALLOWLIST_ROOT_ID, &options.policy_json, Vec::new())?);
+    let listen = options.listen;
     let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
     Ok(Gateway {
         listen,
         tls_port: next_port(1),
         mtls_port: next_port(2),
-        http_plugins: vec![plugin(ALLOWLIST_ROOT_ID)],
-        tls_plugins: vec![plugin(ALLOWLIST_TLS_ROOT_ID)],
+        http_plugins,
+        tls_plugins: vec![plugin("egress_allowlist", ALLOWLIST_TLS_ROOT_ID, &options.policy_json, Vec::new())?],
         mtls: None,
+        forward_client_cert: options.identity_json.is_some(),
         echo_http,
         echo_https,
         access_log: env::temp_dir().join("egress-lab-access.log"),
     })
 }
 
-/// A complete bootstrap for `policy_json` that needs no running upstreams or certificates: for `envoy --mode
+/// A complete bootstrap for `options` that needs no running upstreams or certificates: for `envoy --mode
 /// validate`, which loads the Wasm modules and runs their `on_configure`.
-pub fn gateway_bootstrap(policy_json: &str) -> Result<serde_json::Value, Error> {
+pub fn gateway_bootstrap(options: &LabOptions) -> Result<serde_json::Value, Error> {
     let unused = SocketAddr::from(([127, 0, 0, 1], 9));
-    Ok(gateway(policy_json, SocketAddr::from(([127, 0, 0, 1], 0)), unused, unused)?.render())
+    Ok(gateway(options, unused, unused)?.render())
 }
 
 /// How to start a [`Lab`].
@@ -94,6 +119,10 @@ pub fn gateway_bootstrap(policy_json: &str) -> Result<serde_json::Value, Error> 
 pub struct LabOptions {
     /// The allow-list policy, as JSON.
     pub policy_json: String,
+    /// The identity filter's configuration, as JSON; `None` leaves the filter out.
+    pub identity_json: Option<String>,
+    /// Environment of the Envoy process that the Wasm VMs may read (Istio `vmConfig.env`, `valueFrom: HOST`).
+    pub host_env: Vec<(String, String)>,
     /// The plain HTTP listener; the TLS-passthrough and mTLS listeners take the next two ports (or any free port
     /// when this one is 0).
     pub listen: SocketAddr,
@@ -101,7 +130,18 @@ pub struct LabOptions {
 
 impl LabOptions {
     pub fn new(policy_json: impl Into<String>) -> LabOptions {
-        LabOptions { policy_json: policy_json.into(), listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        LabOptions {
+            policy_json: policy_json.into(),
+            identity_json: None,
+            host_env: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    /// Adds the identity filter with `config` (JSON) in front of the allow-list.
+    pub fn with_identity(mut self, config: impl Into<String>) -> LabOptions {
+        self.identity_json = Some(config.into());
+        self
     }
 }
 
@@ -121,18 +161,33 @@ impl Lab {
         let echo = Echo::start(&pki)?;
         let files = envoy::run_dir()?;
         let ca = pki.write_ca(&files)?;
-        let (cert, key) = pki.write_files(&files, "gateway", &pki.issue_server(&["egress-gateway", "localhost"])?)?;
-        let mut gateway = gateway(&options.policy_json, options.listen, echo.http_addr(), echo.https_addr())?;
+        let gateway_cert = pki.issue_server_with_uri(&["egress-gateway", "localhost"], GATEWAY_SPIFFE_ID)?;
+        let (cert, key) = pki.write_files(&files, "gateway", &gateway_cert)?;
+        let mut gateway = gateway(options, echo.http_addr(), echo.https_addr())?;
         gateway.mtls = Some(MtlsFiles { ca, cert, key });
         gateway.access_log = files.join("access.log");
-        let envoy = Envoy::start(&Launcher::find()?, &gateway.render())?;
+        let mut launcher = Launcher::find()?;
+        launcher.env.extend(options.host_env.iter().cloned());
+        let envoy = Envoy::start(&launcher, &gateway.render())?;
         Ok(Lab { envoy, echo, pki, files })
     }
 
     /// One HTTP/1.1 GET through the mTLS listener, presenting `cert` as the caller's certificate.
     pub fn mtls_get(&self, cert: &CertKey, host: &str, path: &str) -> Result<client::Response, Error> {
+        self.mtls_request(cert, "GET", host, path, &[])
+    }
+
+    /// One HTTP/1.1 request through the mTLS listener with extra headers, presenting `cert`.
+    pub fn mtls_request(
+        &self,
+        cert: &CertKey,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<client::Response, Error> {
         let config = std::sync::Arc::new(self.pki.client_config(Some(cert))?);
-        let request = client::build_request("GET", host, path, &[], &[]);
+        let request = client::build_request(method, host, path, headers, &[]);
         let stream = std::net::TcpStream::connect(self.mtls())?;
         client::tls_exchange(stream, config, "egress-gateway".try_into()?, &request)
     }

@@ -103,6 +103,17 @@ impl TestPki {
         self.sign_leaf(params)
     }
 
+    /// Issues a server-auth leaf for `dns_names` that also names a workload, as an Istio gateway certificate does
+    /// (`uri_san`, e.g. the gateway's SPIFFE ID).
+    pub fn issue_server_with_uri(&self, dns_names: &[&str], uri_san: &str) -> Result<CertKey, Error> {
+        let first = dns_names.first().ok_or("a server certificate needs at least one DNS name")?;
+        let mut params = CertificateParams::new(dns_names.iter().map(|name| name.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, *first);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.subject_alt_names.push(SanType::URI(uri_san.try_into()?));
+        self.sign_leaf(params)
+    }
+
     /// Issues a client-auth leaf with CN [`CLIENT_COMMON_NAME`]; `uri_san` (typically a SPIFFE ID such as
     /// `spiffe://cluster.local/ns/app/sa/sleep`) becomes its only SAN.
     pub fn issue_client(&self, uri_san: Option<&str>) -> Result<CertKey, Error> {

@@ -274,7 +274,7 @@ fn a_non_utf8_host_is_refused_and_the_filter_keeps_serving() {
 fn envoy_refuses_an_invalid_policy_naming_the_field() {
     let launcher = Launcher::find().unwrap();
     let bad = r#"{"rules": [{"name": "a", "hosts": ["ok.example", "api-*.example.com"]}, {"name": "a", "hosts": ["b"], "ports": [0]}]}"#;
-    let error = launcher.validate(&egress_harness::gateway_bootstrap(bad).unwrap()).unwrap_err();
+    let error = launcher.validate(&egress_harness::gateway_bootstrap(&LabOptions::new(bad)).unwrap()).unwrap_err();
     for want in [
         "rules[0].hosts[1]: `api-*.example.com`: `*` must be a whole label",
         "rules[1].name: duplicate rule name `a`",
@@ -283,10 +283,12 @@ fn envoy_refuses_an_invalid_policy_naming_the_field() {
         assert!(error.contains(want), "missing {want:?} in Envoy's output:\n{error}");
     }
     let unknown_field = launcher
-        .validate(&egress_harness::gateway_bootstrap(r#"{"rules": [], "modee": "report"}"#).unwrap())
+        .validate(&egress_harness::gateway_bootstrap(&LabOptions::new(r#"{"rules": [], "modee": "report"}"#)).unwrap())
         .unwrap_err();
     assert!(unknown_field.contains("modee: unknown field `modee`"), "{unknown_field}");
-    launcher.validate(&egress_harness::gateway_bootstrap(POLICY).unwrap()).expect("the valid policy passes validation");
+    launcher
+        .validate(&egress_harness::gateway_bootstrap(&LabOptions::new(POLICY)).unwrap())
+        .expect("the valid policy passes validation");
 
     let refused = Lab::start(&LabOptions::new(bad));
     assert!(refused.is_err(), "Envoy must not start serving with an invalid policy");

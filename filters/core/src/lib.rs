@@ -4,6 +4,7 @@
 //! Inputs are plain values (an authority string, a method, a path, a peer certificate's URI SAN); outputs are typed
 //! [`Decision`]s with a machine [`Reason`] and the rule involved.
 
+pub mod assertion;
 pub mod authority;
 pub mod cidr;
 pub mod decision;
@@ -11,6 +12,8 @@ pub mod hosts;
 pub mod identity;
 pub mod policy;
 pub mod state;
+pub mod workload;
+pub mod xfcc;
 
 pub use authority::{Authority, Host, Malformed};
 pub use decision::{Action, Decision, Destination, HttpRequest, Reason};

@@ -12,3 +12,10 @@ pub const RULE: &str = "egress.rule";
 pub const DESTINATION: &str = "egress.destination";
 /// `enforce` | `report`: the mode the decision was made in.
 pub const MODE: &str = "egress.mode";
+
+/// The caller's SPIFFE ID as the identity filter established it; empty for an anonymous caller. Written by the
+/// identity filter; when present, the allow-list uses it instead of reading the peer certificate itself (so a
+/// caller forwarded by a trusted hop is judged as that caller).
+pub const IDENTITY: &str = "egress.identity";
+/// `mtls` (the peer certificate) | `trusted_hop` (the XFCC of a trusted proxy) | `none`.
+pub const IDENTITY_SOURCE: &str = "egress.identity.source";

@@ -3,20 +3,26 @@
 
 use egress_core::{HttpRequest, Policy};
 use egress_harness::pki::Error;
-use egress_harness::{load_policy, Lab, LabOptions};
+use egress_harness::{load_identity, load_policy, Lab, LabOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: egress-lab up --policy FILE [--listen 127.0.0.1:10000]
+const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--listen 127.0.0.1:10000]
 
 Starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
+With --identity, the workload identity filter runs first; a signing key named by its `signing.keyEnv` is made
+fresh at start and saved beside the lab's certificates.
 Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.";
+
+/// The environment variable the example identity configuration reads its signing key from.
+const SIGNING_KEY_ENV: &str = "EGRESS_ASSERTION_KEY";
 
 struct Args {
     policy: PathBuf,
+    identity: Option<PathBuf>,
     listen: SocketAddr,
 }
 
@@ -25,11 +31,12 @@ fn parse_args() -> Result<Args, String> {
     if args.next().as_deref() != Some("up") {
         return Err(USAGE.into());
     }
-    let (mut policy, mut listen) = (None, SocketAddr::from(([127, 0, 0, 1], 10000)));
+    let (mut policy, mut identity, mut listen) = (None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
         match flag.as_str() {
             "--policy" => policy = Some(PathBuf::from(value)),
+            "--identity" => identity = Some(PathBuf::from(value)),
             "--listen" => listen = value.parse().map_err(|e| format!("--listen {value}: {e}"))?,
             _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
         }
@@ -37,7 +44,7 @@ fn parse_args() -> Result<Args, String> {
     if !listen.ip().is_loopback() {
         return Err(format!("--listen {listen}: the lab listens on loopback only"));
     }
-    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, listen })
+    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, identity, listen })
 }
 
 fn main() -> ExitCode {
@@ -60,7 +67,13 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), Error> {
     let policy_json = load_policy(&args.policy)?;
     let policy = Policy::from_json(policy_json.as_bytes())?;
-    let mut lab = Lab::start(&LabOptions { policy_json, listen: args.listen })?;
+    // The signing key lives only in Envoy's environment (as a Secret-fed env var would) and in one local file.
+    let signing_key = random_hex_key()?;
+    let host_env = vec![(SIGNING_KEY_ENV.to_string(), signing_key.clone())];
+    let identity_json = args.identity.as_deref().map(|path| load_identity(path, &host_env)).transpose()?;
+    let options = LabOptions { identity_json, host_env, listen: args.listen, ..LabOptions::new(policy_json) };
+    let mut lab = Lab::start(&options)?;
+    std::fs::write(lab.files.join("signing.key"), &signing_key)?;
     let workloads =
         [("sleep", "spiffe://cluster.local/ns/app/sa/sleep"), ("billing", "spiffe://cluster.local/ns/billing/sa/api")];
     for (name, id) in workloads {
@@ -109,7 +122,19 @@ fn print_tries(lab: &Lab, policy: &Policy) {
         dir = lab.files.display()
     );
     println!("  curl -s http://{}/stats?filter=wasmcustom    # decisions counted", lab.envoy.admin());
+    println!(
+        "\nSigned identity assertions (when the identity filter signs): key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id <kid> --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers",
+        dir = lab.files.display()
+    );
     println!("\nCtrl-C stops the gateway.");
+}
+
+/// 32 random bytes from the OS, hex-encoded: a fresh HMAC key for each lab.
+fn random_hex_key() -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Blocks until SIGINT or SIGTERM; fails if Envoy dies first.

@@ -1,0 +1,131 @@
+//! Host glue shared by the egress filters. Every proxy-wasm host call goes through `hostcalls` (which return
+//! `Result`), never the SDK's trait helpers (which unwrap): a panic kills the VM and every later request on that
+//! worker fails until reload. Values from clients are read as bytes, because the SDK's `get_map_value` unwraps
+//! UTF-8 and a client-sent Latin-1 byte would be enough to kill the VM.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
+
+/// Reply header carrying the machine reason of a local 4xx/5xx, for every filter of the suite.
+pub const REASON_HEADER: &str = "x-egress-denied-reason";
+
+pub fn log(level: LogLevel, message: &str) {
+    // Nothing sensible to do if logging itself fails.
+    let _ = hostcalls::log(level, message);
+}
+
+/// The plugin configuration (Istio `pluginConfig`) as bytes; an error when there is none.
+pub fn plugin_config() -> Result<Vec<u8>, String> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .map_err(|s| format!("cannot read plugin configuration: {s:?}"))?
+        .ok_or_else(|| "no plugin configuration".to_string())
+}
+
+/// The plugin's root id (Istio `pluginName`).
+pub fn root_id() -> Result<String, String> {
+    property_string(&["plugin_root_id"])
+        .map_err(|s| format!("cannot read root id: {s:?}"))
+        .map(Option::unwrap_or_default)
+}
+
+/// A string property. Invalid UTF-8 becomes U+FFFD, which no host name or SPIFFE ID accepts: it fails closed.
+pub fn property_string(path: &[&str]) -> Result<Option<String>, Status> {
+    let value = hostcalls::get_property(path.to_vec())?;
+    Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+pub fn property_bool(path: &[&str]) -> Result<bool, Status> {
+    Ok(hostcalls::get_property(path.to_vec())?.is_some_and(|bytes| bytes.first().is_some_and(|&b| b != 0)))
+}
+
+/// An integer property (Envoy encodes them as 8 little-endian bytes).
+pub fn property_u64(path: &[&str]) -> Result<Option<u64>, Status> {
+    let value = hostcalls::get_property(path.to_vec())?;
+    Ok(value.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok()).map(u64::from_le_bytes))
+}
+
+/// A request header (first value), as lossy UTF-8.
+pub fn request_header(name: &str) -> Result<Option<String>, Status> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)?;
+    Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Every value of a request header, in order (Envoy keeps repeated headers as separate entries).
+pub fn request_header_values(name: &str) -> Result<Vec<String>, Status> {
+    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
+    Ok(headers
+        .into_iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| String::from_utf8_lossy(&value).into_owned())
+        .collect())
+}
+
+/// Removes every copy of a request header (Envoy's header map is case-insensitive).
+pub fn remove_request_header(name: &str) -> Result<(), Status> {
+    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+}
+
+/// Replaces every copy of a request header with one value.
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+/// What Envoy verified about the downstream TLS peer: a client certificate and its first URI SAN.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificate {
+    pub mtls: bool,
+    pub uri_san: Option<String>,
+}
+
+impl PeerCertificate {
+    pub fn read() -> Result<PeerCertificate, Status> {
+        if !property_bool(&["connection", "mtls"])? {
+            return Ok(PeerCertificate::default());
+        }
+        Ok(PeerCertificate { mtls: true, uri_san: property_string(&["connection", "uri_san_peer_certificate"])? })
+    }
+}
+
+/// Publishes values to filter state (Envoy stores each under `wasm.<key>`).
+pub fn publish(entries: &[(&str, &str)]) -> Result<(), Status> {
+    for (key, value) in entries {
+        hostcalls::set_property(vec![key], Some(value.as_bytes()))?;
+    }
+    Ok(())
+}
+
+/// A local JSON reply carrying `reason` in [`REASON_HEADER`]; the request goes no further. If even the reply
+/// fails, the stream is reset: never forwarded.
+pub fn reply(status: u16, reason: &str, body: &str) -> Action {
+    let headers = vec![("content-type", "application/json"), (REASON_HEADER, reason)];
+    if hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes())).is_err() {
+        let _ = hostcalls::reset_http_request();
+    }
+    Action::Pause
+}
+
+/// The reply when a filter itself cannot work (a host call failed): 500, logged, never forwarded.
+pub fn reply_internal_error(filter: &str, why: &str) -> Action {
+    log(LogLevel::Error, &format!("{filter}: {why}"));
+    reply(500, "internal_error", r#"{"error":"egress_filter_error","reason":"internal_error"}"#)
+}
+
+/// A counter metric. Failing to count never changes a decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter(u32);
+
+impl Counter {
+    pub fn define(name: &str) -> Result<Counter, String> {
+        hostcalls::define_metric(MetricType::Counter, name).map(Counter).map_err(|s| format!("metric {name}: {s:?}"))
+    }
+
+    pub fn increment(self) {
+        let _ = hostcalls::increment_metric(self.0, 1);
+    }
+}
+
+/// Seconds since the Unix epoch, from the host clock.
+pub fn unix_now() -> Result<u64, Status> {
+    let now = hostcalls::get_current_time()?;
+    Ok(now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
