@@ -2,8 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use egress_core::workload::IdentityConfig;
 use egress_harness::envoy::workspace_root;
-use egress_harness::{policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID};
+use egress_harness::{policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID, IDENTITY_ROOT_ID};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;
@@ -37,4 +38,26 @@ fn allowlist_plugins_carry_the_example_policy_and_fail_closed() {
     }
     seen.sort();
     assert_eq!(seen, [ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID]);
+}
+
+#[test]
+fn the_identity_plugin_runs_first_fails_closed_and_takes_its_key_from_the_host() {
+    let plugins = documents("wasmplugin-manifests/identity.yaml");
+    assert_eq!(plugins.len(), 1);
+    let spec = &plugins[0]["spec"];
+    assert_eq!(spec["pluginName"], IDENTITY_ROOT_ID);
+    assert_eq!((spec["phase"].as_str(), spec["type"].as_str()), (Some("AUTHN"), Some("HTTP")), "before the allow-list");
+    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
+    let key_env = spec["pluginConfig"]["signing"]["keyEnv"].as_str().unwrap();
+    let env = &spec["vmConfig"]["env"][0];
+    assert_eq!((env["name"].as_str(), env["valueFrom"].as_str()), (Some(key_env), Some("HOST")));
+    let config = spec["pluginConfig"].to_string();
+    let with_key = |var: &str| (var == key_env).then(|| "k".repeat(64));
+    let compiled =
+        IdentityConfig::from_json(config.as_bytes(), with_key).expect("pluginConfig passes the filter's validation");
+    assert!(compiled.signer.is_some());
+
+    let patch = documents("wasmplugin-manifests/egressgateway-env-patch.yaml");
+    let container_env = patch[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(container_env.contains(key_env), "the gateway pod provides {key_env}: {container_env}");
 }
