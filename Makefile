@@ -45,7 +45,8 @@ build: tools ## Build every filter as a release .wasm
 test: build envoy test-unit test-wasm test-integration ## Unit tests (native and wasm32) and the real-Envoy suite
 
 test-unit:
-	cargo test --workspace --lib --bins
+	cargo test --workspace --exclude egress-harness
+	cargo test -p egress-harness --lib --bins
 
 test-wasm: tools
 	cargo test -p egress-core --target wasm32-unknown-unknown
