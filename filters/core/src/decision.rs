@@ -109,6 +109,8 @@ pub struct Decision<'p> {
     pub rule: Option<&'p str>,
     /// `None` when the destination could not be parsed.
     pub destination: Option<Destination>,
+    /// Index of `rule` in the policy, for per-rule settings.
+    pub rule_index: Option<u32>,
 }
 
 impl Decision<'_> {
@@ -206,8 +208,8 @@ impl Policy {
             (reason, Mode::Report) if !reason.refused_in_every_mode() => Action::ReportDeny,
             _ => Action::Deny,
         };
-        let rule = rule.and_then(|i| self.rules.get(i as usize)).map(|r| r.name.as_str());
-        Decision { action, reason, rule, destination }
+        let name = rule.and_then(|i| self.rules.get(i as usize)).map(|r| r.name.as_str());
+        Decision { action, reason, rule: name, destination, rule_index: rule }
     }
 
     /// The deny list first, then the first rule (in policy order) whose every condition holds.

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod hosts;
 pub mod identity;
 pub mod policy;
+pub mod redirect;
 pub mod state;
 pub mod workload;
 pub mod xfcc;

@@ -28,6 +28,59 @@ pub struct PolicyDocument {
     pub rules: Vec<RuleDocument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny: Option<DenyDocument>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<RedirectsDocument>,
+}
+
+/// How 3xx responses are handled (the redirect filter; the allow-list ignores it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectsDocument {
+    /// Follow allowed redirects at the gateway; off by default (then they are only vetted).
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default = "RedirectsDocument::default_max_hops")]
+    pub max_hops: i64,
+    /// Status of the reply that replaces a refused redirect.
+    #[serde(default = "RedirectsDocument::default_deny_status")]
+    pub deny_status: i64,
+    /// Hosts the gateway originates TLS for: `https://` Locations to them are rewritten to `http://`, so clients
+    /// follow through the gateway (istio#44881), and `http://` to them is no downgrade.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub originate_tls: Vec<String>,
+}
+
+impl RedirectsDocument {
+    fn default_max_hops() -> i64 {
+        5
+    }
+    fn default_deny_status() -> i64 {
+        403
+    }
+}
+
+impl Default for RedirectsDocument {
+    fn default() -> Self {
+        RedirectsDocument {
+            follow: false,
+            max_hops: Self::default_max_hops(),
+            deny_status: Self::default_deny_status(),
+            originate_tls: Vec::new(),
+        }
+    }
+}
+
+/// A rule's own redirect settings; they apply to redirects whose target this rule allows.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleRedirectsDocument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hops: Option<i64>,
+    /// Allow an `https` → `http` redirect to this rule's hosts.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// One allow rule. Absent fields match anything; present fields must all match.
@@ -49,6 +102,8 @@ pub struct RuleDocument {
     pub namespaces: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidrs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<RuleRedirectsDocument>,
 }
 
 /// Destinations refused whatever the rules say.
@@ -145,7 +200,28 @@ pub(crate) struct Rule {
     pub(crate) paths: Option<Vec<PathMatch>>,
     pub(crate) principals: Option<Vec<StringMatch>>,
     pub(crate) namespaces: Option<Vec<StringMatch>>,
+    pub(crate) redirects: RuleRedirects,
 }
+
+/// A rule's redirect overrides, compiled.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RuleRedirects {
+    pub(crate) follow: Option<bool>,
+    pub(crate) max_hops: Option<u32>,
+    pub(crate) allow_downgrade: bool,
+}
+
+/// The policy's redirect settings, compiled.
+#[derive(Debug)]
+pub struct Redirects {
+    pub follow: bool,
+    pub max_hops: u32,
+    pub deny_status: u16,
+    pub(crate) originate_tls: HostIndex<()>,
+}
+
+/// Most hops a follow may take: each is a full upstream request on the client's time.
+pub const MAX_REDIRECT_HOPS: i64 = 20;
 
 /// A validated, indexed policy. Matching cost depends on the request (its labels, the distinct CIDR prefix lengths),
 /// not on the number of rules.
@@ -157,6 +233,7 @@ pub struct Policy {
     pub(crate) cidrs: CidrIndex<u32>,
     pub(crate) deny_hosts: HostIndex<()>,
     pub(crate) deny_cidrs: CidrIndex<()>,
+    pub(crate) redirects: Redirects,
 }
 
 impl Policy {
@@ -180,6 +257,7 @@ impl Policy {
             cidrs: CidrIndex::default(),
             deny_hosts: HostIndex::default(),
             deny_cidrs: CidrIndex::default(),
+            redirects: Redirects { follow: false, max_hops: 5, deny_status: 403, originate_tls: HostIndex::default() },
         };
         let mut names = HashSet::with_capacity(doc.rules.len());
         for (i, rule) in doc.rules.iter().enumerate() {
@@ -216,7 +294,20 @@ impl Policy {
                 StringMatch::parse(raw)
             });
             let namespaces = errors.list(&at, "namespaces", &rule.namespaces, |raw| StringMatch::parse(raw));
-            policy.rules.push(Rule { name: rule.name.clone(), ports, methods, paths, principals, namespaces });
+            let redirects = rule.redirects.as_ref().map_or_else(RuleRedirects::default, |r| RuleRedirects {
+                follow: r.follow,
+                max_hops: r.max_hops.and_then(|hops| errors.max_hops(&format!("{at}.redirects.maxHops"), hops)),
+                allow_downgrade: r.allow_downgrade,
+            });
+            policy.rules.push(Rule {
+                name: rule.name.clone(),
+                ports,
+                methods,
+                paths,
+                principals,
+                namespaces,
+                redirects,
+            });
         }
         if let Some(deny) = &doc.deny {
             let hosts = Some(deny.hosts.clone()).filter(|h| !h.is_empty());
@@ -226,6 +317,21 @@ impl Policy {
             let cidrs = Some(deny.cidrs.clone()).filter(|c| !c.is_empty());
             for cidr in errors.each("deny", "cidrs", &cidrs, |raw| Cidr::parse(raw)) {
                 policy.deny_cidrs.insert(cidr, ());
+            }
+        }
+        if let Some(redirects) = &doc.redirects {
+            policy.redirects.follow = redirects.follow;
+            policy.redirects.max_hops = errors.max_hops("redirects.maxHops", redirects.max_hops).unwrap_or(0);
+            match u16::try_from(redirects.deny_status) {
+                Ok(status @ 400..=599) => policy.redirects.deny_status = status,
+                _ => errors.add(
+                    "redirects.denyStatus".into(),
+                    format!("{} is not a 4xx or 5xx status", redirects.deny_status),
+                ),
+            }
+            let hosts = Some(redirects.originate_tls.clone()).filter(|h| !h.is_empty());
+            for pattern in errors.each("redirects", "originateTls", &hosts, |raw| HostPattern::parse(raw)) {
+                policy.redirects.originate_tls.insert(&pattern, ());
             }
         }
         if errors.found.is_empty() {
@@ -241,6 +347,21 @@ impl Policy {
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    pub fn redirects(&self) -> &Redirects {
+        &self.redirects
+    }
+
+    /// Whether to follow a redirect whose target `rule_index` allowed, and how many hops at most: the rule's own
+    /// settings, else the policy's.
+    pub fn follow_settings(&self, rule_index: Option<u32>) -> (bool, u32) {
+        let own = rule_index.and_then(|i| self.rules.get(i as usize)).map(|rule| rule.redirects).unwrap_or_default();
+        (own.follow.unwrap_or(self.redirects.follow), own.max_hops.unwrap_or(self.redirects.max_hops))
+    }
+
+    pub(crate) fn rule_allows_downgrade(&self, rule_index: u32) -> bool {
+        self.rules.get(rule_index as usize).is_some_and(|rule| rule.redirects.allow_downgrade)
     }
 }
 
@@ -288,6 +409,16 @@ impl Errors<'_> {
             }
         }
         parsed
+    }
+
+    fn max_hops(&mut self, path: &str, hops: i64) -> Option<u32> {
+        match u32::try_from(hops) {
+            Ok(hops) if (1..=MAX_REDIRECT_HOPS).contains(&i64::from(hops)) => Some(hops),
+            _ => {
+                self.add(path.to_string(), format!("{hops} hops: allowed 1-{MAX_REDIRECT_HOPS}"));
+                None
+            }
+        }
     }
 
     /// Like `each`, keeping the parsed values as the rule's condition (`None` when the field is absent).

@@ -1,0 +1,480 @@
+//! Vetting 3xx redirects against the same policy and caller as the request that received them.
+//!
+//! A `Location` is resolved against the request URL (absolute, protocol-relative `//host/p`, path-absolute `/p`,
+//! or relative `p`, `../p`, `?q`), its authority normalised by [`Authority::parse`] (so userinfo, percent-escapes
+//! and the rest are refused exactly as in requests), and the request a client would send to follow it is evaluated
+//! like any other. A backslash anywhere is refused: browsers read `/\evil.example` as `//evil.example`.
+
+use crate::authority::{Authority, Host};
+use crate::decision::{Action, Decision, HttpRequest, Reason};
+use crate::identity::SpiffeId;
+use crate::policy::{Mode, Policy};
+use std::fmt;
+
+/// The status codes that redirect (RFC 9110 §15.4).
+pub fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+/// The method a client uses to follow `status` after a request with `method`: 303 turns everything but HEAD into
+/// GET (RFC 9110 §15.4.4); 301 and 302 turn POST into GET, as every browser does and RFC 9110 §15.4.2–3 allows;
+/// 307 and 308 keep the method and body.
+pub fn follow_method(status: u16, method: &str) -> &str {
+    match status {
+        303 if method != "HEAD" => "GET",
+        301 | 302 if method == "POST" => "GET",
+        _ => method,
+    }
+}
+
+/// Whether the follow-up request carries the original body (only when the method is kept and may have one).
+pub fn keeps_body(status: u16, method: &str) -> bool {
+    follow_method(status, method) == method && matches!(status, 307 | 308)
+}
+
+/// The request that received the redirect, as the client sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct BaseRequest<'a> {
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+}
+
+/// A resolved redirect target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: String,
+    pub authority: Authority,
+    /// Path and query (no fragment: it never leaves the client).
+    pub path: String,
+}
+
+impl Target {
+    /// `scheme://host[:port]/path?query`, normalised.
+    pub fn url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority_text(), self.path)
+    }
+
+    /// The URL without its query, for logs and audit (queries often carry tokens).
+    pub fn url_without_query(&self) -> String {
+        let path = self.path.split('?').next().unwrap_or(&self.path);
+        format!("{}://{}{}", self.scheme, self.authority_text(), path)
+    }
+
+    fn authority_text(&self) -> String {
+        match self.authority.port {
+            Some(port) => format!("{}:{port}", self.authority.host),
+            None => self.authority.host.to_string(),
+        }
+    }
+}
+
+/// Why a `Location` could not be resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationError {
+    /// `javascript:`, `file:`, `gopher:`, `data:`, `ftp:` …
+    NonHttpScheme,
+    /// Unparseable, or a trick: backslash, userinfo, escapes or spaces in the authority, `http:host` without `//`.
+    Malformed,
+}
+
+/// Resolves `location` against `base`.
+pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, LocationError> {
+    if location.is_empty() || location.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'\\') {
+        return Err(LocationError::Malformed);
+    }
+    let location = location.split('#').next().unwrap_or(location);
+    let (scheme, rest) = match split_scheme(location) {
+        Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            if scheme != "http" && scheme != "https" {
+                return Err(LocationError::NonHttpScheme);
+            }
+            // `http:host` and `http:/host` are read differently by different parsers.
+            let rest = rest.strip_prefix("//").ok_or(LocationError::Malformed)?;
+            (scheme, Some(rest))
+        }
+        None => (base.scheme.to_ascii_lowercase(), location.strip_prefix("//")),
+    };
+    let (authority, path) = match rest {
+        Some(rest) => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let path = match &rest[end..] {
+                "" => "/".to_string(),
+                p if p.starts_with('?') => format!("/{p}"),
+                p => p.to_string(),
+            };
+            (&rest[..end], path)
+        }
+        None => (base.authority, merge(base.path, location)),
+    };
+    let authority = Authority::parse(authority).map_err(|_| LocationError::Malformed)?;
+    Ok(Target { scheme, authority, path: remove_dot_segments_keep_query(&path) })
+}
+
+/// `scheme:` prefix per RFC 3986 §3.1.
+fn split_scheme(location: &str) -> Option<(&str, &str)> {
+    let colon = location.find(':')?;
+    let scheme = &location[..colon];
+    let valid = scheme.bytes().next()?.is_ascii_alphabetic()
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !location[..colon].contains(['/', '?']);
+    valid.then(|| (scheme, &location[colon + 1..]))
+}
+
+/// RFC 3986 §5.2: a path-absolute, query-only or relative reference against the base path.
+fn merge(base_path: &str, reference: &str) -> String {
+    let base_path_only = base_path.split('?').next().unwrap_or(base_path);
+    if reference.starts_with('/') {
+        reference.to_string()
+    } else if reference.starts_with('?') {
+        format!("{base_path_only}{reference}")
+    } else {
+        let directory = base_path_only.rfind('/').map_or("/", |i| &base_path_only[..=i]);
+        format!("{directory}{reference}")
+    }
+}
+
+/// RFC 3986 §5.2.4 on the path part; the query is kept as is.
+fn remove_dot_segments_keep_query(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let mut output: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    output.pop();
+                }
+                if last {
+                    output.push("");
+                }
+            }
+            other => output.push(other),
+        }
+    }
+    let mut resolved = format!("/{}", output.join("/"));
+    if let Some(query) = query {
+        resolved.push('?');
+        resolved.push_str(query);
+    }
+    resolved
+}
+
+/// Why a redirect was refused (or would be, in report mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectReason {
+    /// The target's request is denied by the policy (the inner reason says why).
+    Policy(Reason),
+    NonHttpScheme,
+    /// `https` → `http`, and no rule allows it for that target.
+    Downgrade,
+    MalformedLocation,
+}
+
+impl RedirectReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            RedirectReason::Policy(reason) => reason.code(),
+            RedirectReason::NonHttpScheme => "non_http_scheme",
+            RedirectReason::Downgrade => "redirect_downgrade",
+            RedirectReason::MalformedLocation => "malformed_location",
+        }
+    }
+}
+
+impl fmt::Display for RedirectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The verdict on one redirect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vetted<'p> {
+    pub action: Action,
+    /// `None` when allowed.
+    pub reason: Option<RedirectReason>,
+    pub target: Option<Target>,
+    /// The allow-list's decision on the follow-up request, when there was one to evaluate.
+    pub decision: Option<Decision<'p>>,
+}
+
+impl Vetted<'_> {
+    /// The JSON body of the reply that replaces a refused redirect. The `Location` itself is never echoed.
+    pub fn http_body(&self, status: u16) -> String {
+        serde_json::json!({
+            "error": "redirect_denied",
+            "reason": self.reason.map(RedirectReason::code),
+            "status": status,
+            "host": self.target.as_ref().map(|t| t.authority.host.to_string()),
+        })
+        .to_string()
+    }
+}
+
+impl Policy {
+    /// Vets a redirect (`status`, `location`) received for `base`, for the same caller.
+    pub fn vet_redirect(
+        &self,
+        base: &BaseRequest<'_>,
+        status: u16,
+        location: &str,
+        identity: Option<&SpiffeId>,
+    ) -> Vetted<'_> {
+        let refuse = |reason, target, decision| self.refused(reason, target, decision);
+        let target = match resolve(base, location) {
+            Ok(target) => target,
+            Err(LocationError::NonHttpScheme) => return refuse(RedirectReason::NonHttpScheme, None, None),
+            Err(LocationError::Malformed) => return refuse(RedirectReason::MalformedLocation, None, None),
+        };
+        let authority = match target.authority.port {
+            Some(port) => format!("{}:{port}", target.authority.host),
+            None => target.authority.host.to_string(),
+        };
+        let decision = self.evaluate_http(&HttpRequest {
+            authority: &authority,
+            scheme: &target.scheme,
+            method: follow_method(status, base.method),
+            path: Some(&target.path),
+            identity,
+        });
+        if decision.action != Action::Allow {
+            return refuse(RedirectReason::Policy(decision.reason), Some(target), Some(decision));
+        }
+        let downgrade = target.scheme == "http"
+            && self.effective_scheme(base) == "https"
+            && !self.originates_tls(&target.authority.host)
+            && !decision.rule_index.is_some_and(|rule| self.rule_allows_downgrade(rule));
+        if downgrade {
+            return refuse(RedirectReason::Downgrade, Some(target), Some(decision));
+        }
+        Vetted { action: Action::Allow, reason: None, target: Some(target), decision: Some(decision) }
+    }
+
+    /// A refused redirect: denied, or recorded in report mode (a malformed `Location` is refused in every mode).
+    fn refused<'p>(
+        &'p self,
+        reason: RedirectReason,
+        target: Option<Target>,
+        decision: Option<Decision<'p>>,
+    ) -> Vetted<'p> {
+        let action = match (self.mode, reason) {
+            (_, RedirectReason::MalformedLocation) => Action::Deny,
+            (Mode::Report, _) => Action::ReportDeny,
+            (Mode::Enforce, _) => Action::Deny,
+        };
+        Vetted { action, reason: Some(reason), target, decision }
+    }
+
+    /// The scheme the request really went out with: `https` when the gateway originates TLS for its host.
+    fn effective_scheme<'a>(&self, base: &BaseRequest<'a>) -> &'a str {
+        match Authority::parse(base.authority) {
+            Ok(authority) if self.originates_tls(&authority.host) => "https",
+            _ => base.scheme,
+        }
+    }
+
+    /// Whether the gateway originates TLS for `host` (`redirects.originateTls`).
+    pub fn originates_tls(&self, host: &Host) -> bool {
+        match host {
+            Host::Name(name) => self.redirects.originate_tls.matches(name),
+            Host::Ip(_) => false,
+        }
+    }
+
+    /// TLS-origination mode (istio#44881): an allowed `https://host/…` Location for a host the gateway originates
+    /// TLS for, rewritten to `http://host/…`, so the client follows it through the gateway's origination path.
+    pub fn rewrite_for_tls_origination(&self, vetted: &Vetted<'_>) -> Option<String> {
+        let target = vetted.target.as_ref().filter(|_| vetted.action == Action::Allow)?;
+        if target.scheme != "https" || !self.originates_tls(&target.authority.host) {
+            return None;
+        }
+        // The client-facing port for an originated host is the plain one: drop an explicit :443.
+        let host = target.authority.host.to_string();
+        let port = target.authority.port.filter(|&p| p != 443).map(|p| format!(":{p}")).unwrap_or_default();
+        Some(format!("http://{host}{port}{}", target.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const BASE: BaseRequest<'static> =
+        BaseRequest { scheme: "http", authority: "httpbin.org", path: "/a/b/c?x=1", method: "GET" };
+
+    fn url(location: &str) -> Result<String, LocationError> {
+        resolve(&BASE, location).map(|t| t.url())
+    }
+
+    #[test]
+    fn resolves_every_reference_form() {
+        assert_eq!(url("http://Other.Example/p?q=1#frag"), Ok("http://other.example/p?q=1".into()));
+        assert_eq!(url("HTTPS://other.example:8443"), Ok("https://other.example:8443/".into()));
+        assert_eq!(url("https://other.example?q"), Ok("https://other.example/?q".into()));
+        assert_eq!(url("//other.example/p"), Ok("http://other.example/p".into()));
+        assert_eq!(url("/p/q"), Ok("http://httpbin.org/p/q".into()));
+        assert_eq!(url("d"), Ok("http://httpbin.org/a/b/d".into()));
+        assert_eq!(url("../d"), Ok("http://httpbin.org/a/d".into()));
+        assert_eq!(url("../../../../d"), Ok("http://httpbin.org/d".into()));
+        assert_eq!(url("./"), Ok("http://httpbin.org/a/b/".into()));
+        assert_eq!(url("?y=2"), Ok("http://httpbin.org/a/b/c?y=2".into()));
+        assert_eq!(url("/a/./b/../c"), Ok("http://httpbin.org/a/c".into()));
+        assert_eq!(url("http://[::1]:8080/x"), Ok("http://[::1]:8080/x".into()));
+        assert_eq!(url("http://2130706433/"), Ok("http://127.0.0.1/".into()));
+    }
+
+    #[test]
+    fn refuses_schemes_and_tricks() {
+        for location in
+            ["javascript:alert(1)", "file:///etc/passwd", "gopher://x/", "data:text/html,x", "ftp://x/", "mailto:a@b"]
+        {
+            assert_eq!(url(location), Err(LocationError::NonHttpScheme), "{location}");
+        }
+        let tricks = [
+            "http://user@evil.example/",
+            "http://httpbin.org@evil.example/",
+            "http://evil.example\\@httpbin.org/",
+            "/\\evil.example/",
+            "\\\\evil.example/",
+            "http://evil%2eexample/",
+            "http://evil .example/",
+            "http:evil.example",
+            "http:/evil.example",
+            "http:///path",
+            "",
+            "http://a.example/\u{1}",
+        ];
+        for location in tricks {
+            assert_eq!(url(location), Err(LocationError::Malformed), "{location:?}");
+        }
+    }
+
+    #[test]
+    fn follow_methods_match_browsers_and_rfc_9110() {
+        assert_eq!(follow_method(303, "POST"), "GET");
+        assert_eq!(follow_method(303, "HEAD"), "HEAD");
+        assert_eq!(follow_method(302, "POST"), "GET");
+        assert_eq!(follow_method(301, "PUT"), "PUT");
+        assert_eq!(follow_method(307, "POST"), "POST");
+        assert_eq!(follow_method(308, "PUT"), "PUT");
+        assert!(keeps_body(307, "POST") && keeps_body(308, "PUT"));
+        assert!(!keeps_body(303, "POST") && !keeps_body(302, "POST"));
+    }
+
+    fn policy(json: &str) -> Policy {
+        Policy::from_json(json.as_bytes()).unwrap()
+    }
+
+    const POLICY: &str = r#"{
+      "rules": [
+        {"name": "httpbin", "hosts": ["httpbin.org", "*.httpbin.org"]},
+        {"name": "legacy", "hosts": ["legacy.example"], "redirects": {"allowDowngrade": true}},
+        {"name": "sleep-only", "hosts": ["internal.example"], "principals": ["cluster.local/ns/app/sa/sleep"]},
+        {"name": "get-only", "hosts": ["ro.example"], "methods": ["GET"]}
+      ],
+      "deny": {"hosts": ["*.evil.httpbin.org"], "cidrs": ["169.254.0.0/16"]},
+      "redirects": {"originateTls": ["*.httpbin.org", "httpbin.org"]}
+    }"#;
+
+    fn vet<'p>(p: &'p Policy, base: BaseRequest<'_>, status: u16, location: &str) -> Vetted<'p> {
+        p.vet_redirect(&base, status, location, None)
+    }
+
+    fn code(v: &Vetted<'_>) -> &'static str {
+        v.reason.map_or("allowed", RedirectReason::code)
+    }
+
+    #[test]
+    fn vets_the_target_like_a_request() {
+        let p = policy(POLICY);
+        assert_eq!(code(&vet(&p, BASE, 302, "http://eu.httpbin.org/get")), "allowed");
+        assert_eq!(code(&vet(&p, BASE, 302, "/relative")), "allowed");
+        assert_eq!(code(&vet(&p, BASE, 302, "http://example.com/")), "host_not_allowed");
+        assert_eq!(code(&vet(&p, BASE, 302, "http://x.evil.httpbin.org/")), "deny_listed");
+        assert_eq!(code(&vet(&p, BASE, 302, "http://169.254.169.254/latest")), "deny_listed");
+        assert_eq!(code(&vet(&p, BASE, 302, "http://10.0.0.1/")), "ip_literal_not_allowed");
+        assert_eq!(code(&vet(&p, BASE, 302, "javascript:alert(1)")), "non_http_scheme");
+        assert_eq!(code(&vet(&p, BASE, 302, "http://user@httpbin.org/")), "malformed_location");
+        assert_eq!(code(&vet(&p, BASE, 302, "https://internal.example/")), "identity_not_allowed");
+        let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
+        assert_eq!(p.vet_redirect(&BASE, 302, "https://internal.example/", Some(&sleep)).action, Action::Allow);
+        // httpbin.org is reached over TLS the gateway originates: a plain-http target is a real downgrade.
+        assert_eq!(code(&vet(&p, BASE, 302, "http://internal.example/")), "identity_not_allowed", "policy first");
+        assert_eq!(
+            p.vet_redirect(&BASE, 302, "http://internal.example/", Some(&sleep)).reason,
+            Some(RedirectReason::Downgrade)
+        );
+    }
+
+    #[test]
+    fn the_follow_method_is_what_gets_vetted() {
+        let p = policy(POLICY);
+        let post = BaseRequest { method: "POST", authority: "plain.httpbin.example", ..BASE };
+        assert_eq!(code(&vet(&p, post, 303, "http://ro.example/")), "allowed", "303 follows with GET");
+        assert_eq!(code(&vet(&p, post, 307, "http://ro.example/")), "method_not_allowed", "307 keeps POST");
+    }
+
+    #[test]
+    fn downgrades_need_a_rule_that_allows_them() {
+        let p = policy(POLICY);
+        let https = BaseRequest { scheme: "https", authority: "api.other.example", ..BASE };
+        // The rule that allows the target (the first that matches, as everywhere) governs its redirect settings.
+        let all = policy(
+            r#"{"rules":[{"name":"legacy","hosts":["legacy.example"],"redirects":{"allowDowngrade":true}},{"name":"all","hosts":["*"]}]}"#,
+        );
+        assert_eq!(code(&vet(&all, https, 301, "http://www.other.example/")), "redirect_downgrade");
+        assert_eq!(code(&vet(&all, https, 301, "https://www.other.example/")), "allowed");
+        assert_eq!(code(&vet(&all, https, 301, "http://legacy.example/")), "allowed", "rule allows it");
+        // For a host the gateway originates TLS for, the client-side http is not a downgrade.
+        assert_eq!(code(&vet(&p, BASE, 301, "http://eu.httpbin.org/")), "allowed");
+        let originated = BaseRequest { scheme: "http", authority: "httpbin.org", ..BASE };
+        let legacy_all =
+            policy(r#"{"rules":[{"name":"all","hosts":["*"]}],"redirects":{"originateTls":["httpbin.org"]}}"#);
+        assert_eq!(
+            code(&vet(&legacy_all, originated, 301, "http://plain.example/")),
+            "redirect_downgrade",
+            "the request really went out over https"
+        );
+    }
+
+    #[test]
+    fn report_mode_records_but_never_passes_malformed_locations() {
+        let p = policy(r#"{"mode":"report","rules":[{"name":"a","hosts":["a.example"]}]}"#);
+        let base = BaseRequest { authority: "a.example", ..BASE };
+        assert_eq!(vet(&p, base, 302, "http://b.example/").action, Action::ReportDeny);
+        assert_eq!(vet(&p, base, 302, "gopher://b.example/").action, Action::ReportDeny);
+        assert_eq!(vet(&p, base, 302, "http://u@b.example/").action, Action::Deny);
+    }
+
+    #[test]
+    fn tls_origination_rewrites_allowed_https_locations() {
+        let p = policy(POLICY);
+        let rewrite = |location: &str| p.rewrite_for_tls_origination(&vet(&p, BASE, 302, location));
+        assert_eq!(rewrite("https://eu.httpbin.org/get?a=1"), Some("http://eu.httpbin.org/get?a=1".into()));
+        assert_eq!(rewrite("https://httpbin.org:443/x"), Some("http://httpbin.org/x".into()));
+        assert_eq!(rewrite("https://httpbin.org:8443/x"), Some("http://httpbin.org:8443/x".into()));
+        assert_eq!(rewrite("http://eu.httpbin.org/"), None, "already plain");
+        assert_eq!(rewrite("https://x.evil.httpbin.org/"), None, "refused redirects are never rewritten");
+    }
+
+    #[test]
+    fn refusal_bodies_never_echo_the_location() {
+        let p = policy(POLICY);
+        let v = vet(&p, BASE, 302, "http://example.com/secret?token=abc");
+        let body = v.http_body(302);
+        assert!(!body.contains("secret") && !body.contains("token"), "{body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"error":"redirect_denied","reason":"host_not_allowed","status":302,"host":"example.com"})
+        );
+    }
+}
