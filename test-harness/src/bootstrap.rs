@@ -54,6 +54,8 @@ pub struct Gateway {
     /// HCM `forward_client_cert_details: FORWARD_ONLY` instead of Envoy's default SANITIZE, so the identity filter
     /// sees a trusted hop's XFCC (it strips every client copy itself). Istio: `gatewayTopology.forwardClientCertDetails`.
     pub forward_client_cert: bool,
+    /// Follow redirects at the gateway (Envoy `internal_redirect_policy`) up to this many hops.
+    pub follow_redirects: Option<u32>,
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
     /// Where Envoy writes its JSON access log.
@@ -109,7 +111,7 @@ impl Gateway {
                     "routes": [
                         connect_route("echo_https", Some(":443")),
                         connect_route("echo_http", None),
-                        {"match": {"prefix": "/"}, "route": {"cluster": "echo_http", "timeout": "30s"}},
+                        {"match": {"prefix": "/"}, "route": self.default_route()},
                     ],
                 }],
             },
@@ -121,6 +123,20 @@ impl Gateway {
             chain["transport_socket"] = transport_socket;
         }
         json!({"name": name, "address": socket(address), "filter_chains": [chain]})
+    }
+
+    /// Every allowed host goes to the echo; followed redirects come back through the whole filter chain.
+    fn default_route(&self) -> Value {
+        let mut route = json!({"cluster": "echo_http", "timeout": "30s"});
+        if let Some(hops) = self.follow_redirects {
+            route["internal_redirect_policy"] = json!({
+                "redirect_response_codes": [301, 302, 303, 307, 308],
+                "max_internal_redirects": hops,
+                // The redirects filter vets the scheme of every hop itself (Envoy would even follow ftp://).
+                "allow_cross_scheme_redirect": true,
+            });
+        }
+        route
     }
 
     fn tls_listener(&self) -> Value {
@@ -167,6 +183,7 @@ impl Gateway {
                     "destination": state(egress_core::state::DESTINATION),
                     "identity": state(egress_core::state::IDENTITY),
                     "identity_source": state(egress_core::state::IDENTITY_SOURCE),
+                    "redirects": state(egress_core::state::REDIRECTS),
                 }},
             },
         })

@@ -63,6 +63,8 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 /// - `/delay/N`: answers after min(N, 10) seconds.
 /// - `/redirect-to?url=U&status_code=C`: status C (3xx, default 302) with `Location: U`.
 /// - `/redirect/N`: 302 to `/redirect/{N-1}` for N >= 1; `/redirect/0` is a plain 200.
+/// - `/absolute-redirect/N`: the same with absolute `http://<host>/absolute-redirect/{N-1}` Locations.
+/// - `/loop`: 302 to `http://<host>/loop`, forever.
 #[derive(Debug)]
 pub struct Echo {
     http_addr: SocketAddr,
@@ -227,7 +229,7 @@ enum Action {
     BadRequest(&'static str),
 }
 
-fn route(path: &str, query: Option<&str>) -> Action {
+fn route(path: &str, query: Option<&str>, host: Option<&str>) -> Action {
     if let Some(code) = path.strip_prefix("/status/") {
         return match code.parse::<u16>().ok().filter(|c| (100..=599).contains(c)).map(StatusCode::from_u16) {
             Some(Ok(status)) => Action::Status(status),
@@ -242,6 +244,17 @@ fn route(path: &str, query: Option<&str>) -> Action {
     }
     if path == "/redirect-to" {
         return redirect_to(query.unwrap_or(""));
+    }
+    let host = host.unwrap_or("localhost");
+    if let Some(hops) = path.strip_prefix("/absolute-redirect/") {
+        return match hops.parse::<u32>() {
+            Ok(0) => Action::Echo,
+            Ok(hops) => redirect(StatusCode::FOUND, &format!("http://{host}/absolute-redirect/{}", hops - 1)),
+            Err(_) => Action::BadRequest("redirect count must be a non-negative integer"),
+        };
+    }
+    if path == "/loop" {
+        return redirect(StatusCode::FOUND, &format!("http://{host}/loop"));
     }
     if let Some(hops) = path.strip_prefix("/redirect/") {
         return match hops.parse::<u32>() {
@@ -316,7 +329,7 @@ async fn handle(
     let json_body = serde_json::to_vec(&record).unwrap_or_default();
     log.lock().unwrap_or_else(PoisonError::into_inner).push(serde_json::to_value(&record).unwrap_or_default());
 
-    let (status, extra_header) = match route(parts.uri.path(), parts.uri.query()) {
+    let (status, extra_header) = match route(parts.uri.path(), parts.uri.query(), record.host.as_deref()) {
         Action::Echo => (StatusCode::OK, None),
         Action::Status(status) => (status, None),
         Action::Delay(delay) => {
@@ -531,9 +544,9 @@ mod tests {
 
     #[test]
     fn delay_is_capped_and_validated() {
-        assert_eq!(route("/delay/3", None), Action::Delay(Duration::from_secs(3)));
-        assert_eq!(route("/delay/3600", None), Action::Delay(MAX_DELAY));
-        assert!(matches!(route("/delay/-1", None), Action::BadRequest(_)));
+        assert_eq!(route("/delay/3", None, None), Action::Delay(Duration::from_secs(3)));
+        assert_eq!(route("/delay/3600", None, None), Action::Delay(MAX_DELAY));
+        assert!(matches!(route("/delay/-1", None, None), Action::BadRequest(_)));
 
         let (_pki, echo) = start();
         assert_eq!(client::get(echo.http_addr(), "h", "/delay/0").unwrap().status, 200);

@@ -21,6 +21,8 @@ use std::{env, fs};
 /// Root ids of the allow-list plugins (`filters/allowlist`).
 pub const ALLOWLIST_ROOT_ID: &str = "egress-allowlist";
 pub const ALLOWLIST_TLS_ROOT_ID: &str = "egress-allowlist-tls";
+/// Root id of the redirects plugin (`filters/redirects`).
+pub const REDIRECTS_ROOT_ID: &str = "egress-redirects";
 /// Root id of the identity plugin (`filters/identity`).
 pub const IDENTITY_ROOT_ID: &str = "egress-identity";
 
@@ -91,6 +93,11 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         http_plugins.push(plugin("egress_identity", IDENTITY_ROOT_ID, identity, env_keys)?);
     }
     http_plugins.push(plugin("egress_allowlist", ALLOWLIST_ROOT_ID, &options.policy_json, Vec::new())?);
+    if options.redirects {
+        // One policy document, read by both filters.
+        http_plugins.push(plugin("egress_redirects", REDIRECTS_ROOT_ID, &options.policy_json, Vec::new())?);
+    }
+    let follow_redirects = Policy::from_json(options.policy_json.as_bytes()).ok().and_then(|p| p.follow_route_hops());
     let listen = options.listen;
     let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
     Ok(Gateway {
@@ -101,6 +108,7 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         tls_plugins: vec![plugin("egress_allowlist", ALLOWLIST_TLS_ROOT_ID, &options.policy_json, Vec::new())?],
         mtls: None,
         forward_client_cert: options.identity_json.is_some(),
+        follow_redirects: follow_redirects.filter(|_| options.redirects),
         echo_http,
         echo_https,
         access_log: env::temp_dir().join("egress-lab-access.log"),
@@ -121,6 +129,9 @@ pub struct LabOptions {
     pub policy_json: String,
     /// The identity filter's configuration, as JSON; `None` leaves the filter out.
     pub identity_json: Option<String>,
+    /// Adds the redirects filter (after the allow-list), reading the same policy; with `redirects.follow` the
+    /// route follows redirects.
+    pub redirects: bool,
     /// Environment of the Envoy process that the Wasm VMs may read (Istio `vmConfig.env`, `valueFrom: HOST`).
     pub host_env: Vec<(String, String)>,
     /// The plain HTTP listener; the TLS-passthrough and mTLS listeners take the next two ports (or any free port
@@ -133,6 +144,7 @@ impl LabOptions {
         LabOptions {
             policy_json: policy_json.into(),
             identity_json: None,
+            redirects: false,
             host_env: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }

@@ -7,8 +7,8 @@
 //! The plugin configuration is the policy (JSON). Invalid policy: `on_configure` fails, so Envoy refuses the
 //! listener. A host call that fails denies the request (fail closed) instead of panicking.
 
-use egress_core::{state, Action, Decision, HttpRequest, Mode, Policy, Reason, SpiffeId};
-use egress_proxy::{self as proxy, Counter, PeerCertificate};
+use egress_core::{state, Action, Decision, HttpRequest, Mode, Policy, Reason};
+use egress_proxy::{self as proxy, Counter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
@@ -137,7 +137,7 @@ impl Context for AllowListHttp {}
 impl HttpContext for AllowListHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
         let Some(filter) = &self.filter else { return proxy::reply_internal_error(FILTER, "not configured") };
-        let (request, identity) = match read_request().and_then(|request| Ok((request, caller_identity()?))) {
+        let (request, identity) = match read_request().and_then(|request| Ok((request, proxy::caller_identity()?))) {
             Ok(inputs) => inputs,
             Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
         };
@@ -185,7 +185,7 @@ impl StreamContext for AllowListTls {
             let sni = proxy::property_string(&["connection", "requested_server_name"])?;
             // Unknown is 0, which no rule with `ports` allows.
             let port = proxy::property_u64(&["destination", "port"])?.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-            Ok((sni, port, caller_identity()?))
+            Ok((sni, port, proxy::caller_identity()?))
         })();
         let (sni, port, identity) = match inputs {
             Ok(inputs) => inputs,
@@ -225,16 +225,4 @@ fn publish(decision: &Decision<'_>, policy: &Policy) -> Result<(), Status> {
         (state::DESTINATION, &destination),
         (state::MODE, mode),
     ])
-}
-
-/// The caller's SPIFFE identity: as the identity filter established it when that filter runs first (it may have
-/// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A URI SAN that is not a valid
-/// Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
-fn caller_identity() -> Result<Option<SpiffeId>, Status> {
-    if proxy::property_string(&[state::IDENTITY_SOURCE])?.is_some() {
-        let id = proxy::property_string(&[state::IDENTITY])?;
-        return Ok(id.and_then(|id| SpiffeId::parse(&id).ok()));
-    }
-    let peer = PeerCertificate::read()?;
-    Ok(peer.uri_san.filter(|_| peer.mtls).and_then(|uri| SpiffeId::parse(&uri).ok()))
 }

@@ -70,6 +70,18 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The target a request itself names (a followed hop arrives as a request).
+    pub fn of_request(request: &BaseRequest<'_>) -> Result<Target, LocationError> {
+        let scheme = request.scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(LocationError::NonHttpScheme);
+        }
+        let authority = Authority::parse(request.authority).map_err(|_| LocationError::Malformed)?;
+        Ok(Target { scheme, authority, path: request.path.to_string() })
+    }
+}
+
 /// Why a `Location` could not be resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocationError {
@@ -228,11 +240,22 @@ impl Policy {
         identity: Option<&SpiffeId>,
     ) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
-        let target = match resolve(base, location) {
-            Ok(target) => target,
-            Err(LocationError::NonHttpScheme) => return refuse(RedirectReason::NonHttpScheme, None, None),
-            Err(LocationError::Malformed) => return refuse(RedirectReason::MalformedLocation, None, None),
-        };
+        match resolve(base, location) {
+            Ok(target) => self.vet_target(base, target, follow_method(status, base.method), identity),
+            Err(LocationError::NonHttpScheme) => refuse(RedirectReason::NonHttpScheme, None, None),
+            Err(LocationError::Malformed) => refuse(RedirectReason::MalformedLocation, None, None),
+        }
+    }
+
+    /// Vets a resolved target reached from `base` with `method`: the policy, then the scheme change.
+    pub fn vet_target(
+        &self,
+        base: &BaseRequest<'_>,
+        target: Target,
+        method: &str,
+        identity: Option<&SpiffeId>,
+    ) -> Vetted<'_> {
+        let refuse = |reason, target, decision| self.refused(reason, target, decision);
         let authority = match target.authority.port {
             Some(port) => format!("{}:{port}", target.authority.host),
             None => target.authority.host.to_string(),
@@ -240,7 +263,7 @@ impl Policy {
         let decision = self.evaluate_http(&HttpRequest {
             authority: &authority,
             scheme: &target.scheme,
-            method: follow_method(status, base.method),
+            method,
             path: Some(&target.path),
             identity,
         });
@@ -255,6 +278,18 @@ impl Policy {
             return refuse(RedirectReason::Downgrade, Some(target), Some(decision));
         }
         Vetted { action: Action::Allow, reason: None, target: Some(target), decision: Some(decision) }
+    }
+
+    /// The `max_internal_redirects` of the gateway route: the most hops any rule (or the policy) may follow, or
+    /// `None` when nothing is followed. The filter enforces each rule's own limit on every hop.
+    pub fn follow_route_hops(&self) -> Option<u32> {
+        let policy = self.redirects.follow.then_some(self.redirects.max_hops);
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| r.redirects.follow.unwrap_or(self.redirects.follow))
+            .map(|r| r.redirects.max_hops.unwrap_or(self.redirects.max_hops));
+        policy.into_iter().chain(rules).max()
     }
 
     /// A refused redirect: denied, or recorded in report mode (a malformed `Location` is refused in every mode).
@@ -299,6 +334,101 @@ impl Policy {
         let host = target.authority.host.to_string();
         let port = target.authority.port.filter(|&p| p != 443).map(|p| format!(":{p}")).unwrap_or_default();
         Some(format!("http://{host}{port}{}", target.path))
+    }
+}
+
+/// What the redirects filter remembers across the hops of one followed request (kept in a filter-state property
+/// that lives as long as the downstream request, so a client cannot set or reset it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HopState {
+    /// Host of the first request: credentials never follow a redirect to another host.
+    pub origin_host: String,
+    /// The previous hop's request: scheme, authority, path, method.
+    pub last: [String; 4],
+    /// Fingerprints of every URL requested so far (not the URLs: queries may hold tokens).
+    pub visited: Vec<u64>,
+}
+
+impl HopState {
+    /// The state after the first request.
+    pub fn start(request: &BaseRequest<'_>, target: &Target) -> HopState {
+        let mut state = HopState { origin_host: target.authority.host.to_string(), ..HopState::default() };
+        state.record(request, target);
+        state
+    }
+
+    /// Records a hop as the new "previous request".
+    pub fn record(&mut self, request: &BaseRequest<'_>, target: &Target) {
+        self.last = [request.scheme, request.authority, request.path, request.method].map(str::to_string);
+        self.visited.push(fingerprint(&target.url()));
+    }
+
+    fn last_request(&self) -> BaseRequest<'_> {
+        let [scheme, authority, path, method] = &self.last;
+        BaseRequest { scheme, authority, path, method }
+    }
+}
+
+/// FNV-1a: a stable, dependency-free fingerprint; collisions only make a loop stop early.
+fn fingerprint(url: &str) -> u64 {
+    url.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The verdict on a hop Envoy is about to send while following a redirect.
+#[derive(Debug)]
+pub enum FollowedHop<'p> {
+    /// Send it; strip credentials when it leaves the original host.
+    Proceed { vetted: Vetted<'p>, strip_credentials: bool },
+    /// Refuse with `status` (508 for loops and hop limits, `redirects.denyStatus` otherwise).
+    Refuse { status: u16, reason: &'static str, vetted: Option<Vetted<'p>> },
+    /// The target's rule does not follow: hand the redirect back to the client (302 to this URL).
+    Bounce { location: String, vetted: Vetted<'p> },
+}
+
+pub const LOOP_REASON: &str = "redirect_loop";
+pub const HOP_LIMIT_REASON: &str = "too_many_redirects";
+/// `508 Loop Detected`, for loops and hop limits.
+pub const LOOP_STATUS: u16 = 508;
+
+impl Policy {
+    /// Judges `current`, the `hops`-th request Envoy sends while following redirects from the request in `state`.
+    pub fn judge_followed_hop(
+        &self,
+        state: &HopState,
+        current: &BaseRequest<'_>,
+        hops: u32,
+        identity: Option<&SpiffeId>,
+    ) -> FollowedHop<'_> {
+        let deny_status = self.redirects.deny_status;
+        let target = match Target::of_request(current) {
+            Ok(target) => target,
+            Err(LocationError::NonHttpScheme) => {
+                let vetted = self.refused(RedirectReason::NonHttpScheme, None, None);
+                return FollowedHop::Refuse { status: deny_status, reason: "non_http_scheme", vetted: Some(vetted) };
+            }
+            Err(LocationError::Malformed) => {
+                let vetted = self.refused(RedirectReason::MalformedLocation, None, None);
+                return FollowedHop::Refuse { status: deny_status, reason: "malformed_location", vetted: Some(vetted) };
+            }
+        };
+        if state.visited.contains(&fingerprint(&target.url())) {
+            return FollowedHop::Refuse { status: LOOP_STATUS, reason: LOOP_REASON, vetted: None };
+        }
+        let strip_credentials = target.authority.host.to_string() != state.origin_host;
+        let url = target.url();
+        let vetted = self.vet_target(&state.last_request(), target, current.method, identity);
+        if vetted.action == Action::Deny {
+            let reason = vetted.reason.map_or("redirect_denied", RedirectReason::code);
+            return FollowedHop::Refuse { status: deny_status, reason, vetted: Some(vetted) };
+        }
+        let (follow, max_hops) = self.follow_settings(vetted.decision.as_ref().and_then(|d| d.rule_index));
+        if hops > max_hops {
+            return FollowedHop::Refuse { status: LOOP_STATUS, reason: HOP_LIMIT_REASON, vetted: Some(vetted) };
+        }
+        if !follow {
+            return FollowedHop::Bounce { location: url, vetted };
+        }
+        FollowedHop::Proceed { vetted, strip_credentials }
     }
 }
 
@@ -464,6 +594,60 @@ mod tests {
         assert_eq!(rewrite("https://httpbin.org:8443/x"), Some("http://httpbin.org:8443/x".into()));
         assert_eq!(rewrite("http://eu.httpbin.org/"), None, "already plain");
         assert_eq!(rewrite("https://x.evil.httpbin.org/"), None, "refused redirects are never rewritten");
+    }
+
+    #[test]
+    fn the_route_follows_as_far_as_the_most_generous_rule() {
+        assert_eq!(policy(POLICY).follow_route_hops(), None);
+        let p = policy(
+            r#"{"rules":[{"name":"a","hosts":["a.example"],"redirects":{"maxHops":9}},{"name":"b","hosts":["b.example"]}],"redirects":{"follow":true,"maxHops":2}}"#,
+        );
+        assert_eq!(p.follow_route_hops(), Some(9));
+        let only_rule = policy(r#"{"rules":[{"name":"a","hosts":["a.example"],"redirects":{"follow":true}}]}"#);
+        assert_eq!(only_rule.follow_route_hops(), Some(5));
+        assert_eq!(only_rule.follow_settings(Some(0)), (true, 5));
+        assert_eq!(only_rule.follow_settings(None), (false, 5));
+    }
+
+    fn hop(p: &Policy, state: &HopState, scheme: &str, authority: &str, path: &str, hops: u32) -> String {
+        let current = BaseRequest { scheme, authority, path, method: "GET" };
+        match p.judge_followed_hop(state, &current, hops, None) {
+            FollowedHop::Proceed { strip_credentials, .. } => format!("proceed strip={strip_credentials}"),
+            FollowedHop::Refuse { status, reason, .. } => format!("{status} {reason}"),
+            FollowedHop::Bounce { location, .. } => format!("bounce {location}"),
+        }
+    }
+
+    #[test]
+    fn followed_hops_are_judged_before_they_are_sent() {
+        let p = policy(
+            r#"{
+          "rules": [
+            {"name": "short", "hosts": ["short.example"], "redirects": {"maxHops": 1}},
+            {"name": "manual", "hosts": ["manual.example"], "redirects": {"follow": false}},
+            {"name": "all", "hosts": ["*"]}
+          ],
+          "redirects": {"follow": true, "maxHops": 3}
+        }"#,
+        );
+        let first = BaseRequest { scheme: "https", authority: "a.example", path: "/start?token=x", method: "GET" };
+        let mut state = HopState::start(&first, &Target::of_request(&first).unwrap());
+        assert_eq!(hop(&p, &state, "https", "b.example", "/next", 1), "proceed strip=true");
+        assert_eq!(
+            hop(&p, &state, "https", "a.example", "/other", 1),
+            "proceed strip=false",
+            "same host keeps credentials"
+        );
+        assert_eq!(hop(&p, &state, "https", "A.Example", "/start?token=x", 1), "508 redirect_loop");
+        assert_eq!(hop(&p, &state, "ftp", "b.example", "/", 1), "403 non_http_scheme");
+        assert_eq!(hop(&p, &state, "http", "b.example", "/", 1), "403 redirect_downgrade");
+        assert_eq!(hop(&p, &state, "https", "b.example", "/", 4), "508 too_many_redirects");
+        assert_eq!(hop(&p, &state, "https", "short.example", "/", 2), "508 too_many_redirects", "the rule's own limit");
+        assert_eq!(hop(&p, &state, "https", "manual.example", "/p?q=1", 1), "bounce https://manual.example/p?q=1");
+        let next = BaseRequest { scheme: "https", authority: "b.example", path: "/next", method: "GET" };
+        state.record(&next, &Target::of_request(&next).unwrap());
+        assert_eq!(hop(&p, &state, "https", "b.example", "/next", 2), "508 redirect_loop");
+        assert_eq!(hop(&p, &state, "https", "c.example", "/", 2), "proceed strip=true");
     }
 
     #[test]

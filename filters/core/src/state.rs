@@ -19,3 +19,14 @@ pub const MODE: &str = "egress.mode";
 pub const IDENTITY: &str = "egress.identity";
 /// `mtls` (the peer certificate) | `trusted_hop` (the XFCC of a trusted proxy) | `none`.
 pub const IDENTITY_SOURCE: &str = "egress.identity.source";
+
+/// The redirects of this request, as a JSON array of hops, oldest first:
+/// `[{"status":302,"location":"https://host:443/path","action":"allow","reason":"allowed"}]` — `location` is the
+/// resolved target without its query (queries often carry tokens), `null` when it could not be resolved; `action`
+/// is `allow` | `deny` | `report-deny` | `bounce` (handed back to the client); `reason` a redirect reason code;
+/// `followed` is true for hops the gateway sent itself (their 3xx never reaches a filter, so `status` is `null`).
+/// Written by the redirects filter; lives as long as the downstream request, so it spans every followed hop.
+pub const REDIRECTS: &str = "egress.redirects";
+/// The redirects filter's own hop state (origin host, previous hop, URL fingerprints), request-long like
+/// `egress.redirects`. Internal: read by nobody else.
+pub const REDIRECT_HOPS: &str = "egress.redirects.hops";

@@ -3,6 +3,7 @@
 //! worker fails until reload. Values from clients are read as bytes, because the SDK's `get_map_value` unwraps
 //! UTF-8 and a client-sent Latin-1 byte would be enough to kill the VM.
 
+use egress_core::{state, SpiffeId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
 
@@ -97,7 +98,13 @@ pub fn publish(entries: &[(&str, &str)]) -> Result<(), Status> {
 /// A local JSON reply carrying `reason` in [`REASON_HEADER`]; the request goes no further. If even the reply
 /// fails, the stream is reset: never forwarded.
 pub fn reply(status: u16, reason: &str, body: &str) -> Action {
-    let headers = vec![("content-type", "application/json"), (REASON_HEADER, reason)];
+    reply_with(status, reason, body, &[])
+}
+
+/// [`reply`] with extra headers (e.g. a `location`).
+pub fn reply_with(status: u16, reason: &str, body: &str, extra: &[(&str, &str)]) -> Action {
+    let mut headers = vec![("content-type", "application/json"), (REASON_HEADER, reason)];
+    headers.extend_from_slice(extra);
     if hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes())).is_err() {
         let _ = hostcalls::reset_http_request();
     }
@@ -128,4 +135,51 @@ impl Counter {
 pub fn unix_now() -> Result<u64, Status> {
     let now = hostcalls::get_current_time()?;
     Ok(now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// The caller's SPIFFE identity: as the identity filter established it when that filter runs first (it may have
+/// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A URI SAN that is not a valid
+/// Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
+pub fn caller_identity() -> Result<Option<SpiffeId>, Status> {
+    if property_string(&[state::IDENTITY_SOURCE])?.is_some() {
+        let id = property_string(&[state::IDENTITY])?;
+        return Ok(id.and_then(|id| SpiffeId::parse(&id).ok()));
+    }
+    let peer = PeerCertificate::read()?;
+    Ok(peer.uri_san.filter(|_| peer.mtls).and_then(|uri| SpiffeId::parse(&uri).ok()))
+}
+
+/// A response header (first value), as lossy UTF-8.
+pub fn response_header(name: &str) -> Result<Option<String>, Status> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)?;
+    Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Every value of a response header, in order.
+pub fn response_header_values(name: &str) -> Result<Vec<String>, Status> {
+    let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
+    Ok(headers
+        .into_iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| String::from_utf8_lossy(&value).into_owned())
+        .collect())
+}
+
+/// Replaces every copy of a response header with one value.
+pub fn set_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
+}
+
+/// Declares a filter-state property that lives as long as the downstream request, so it survives Envoy's internal
+/// redirects (undeclared properties live as long as one filter chain pass). Envoy's `declare_property` foreign
+/// function takes a protobuf `DeclarePropertyArguments {name = 1, type = 3 (0: bytes), span = 5 (1: request)}`.
+/// Only effective from a root context (`on_configure`).
+pub fn declare_request_property(name: &str) -> Result<(), String> {
+    let len = u8::try_from(name.len()).map_err(|_| format!("property name {name} is too long"))?;
+    let mut arguments = vec![0x0a, len];
+    arguments.extend_from_slice(name.as_bytes());
+    arguments.extend_from_slice(&[0x18, 0x00, 0x28, 0x01]);
+    hostcalls::call_foreign_function("declare_property", Some(&arguments))
+        .map(|_| ())
+        .map_err(|s| format!("declare_property {name}: {s:?}"))
 }

@@ -1,0 +1,304 @@
+//! The redirects filter: glue between Envoy and `egress_core::redirect`. Root id: `egress-redirects`; its plugin
+//! configuration is the allow-list's policy document.
+//!
+//! **Vet** (response side): every 301/302/303/307/308 with a `Location` that reaches the client is vetted against
+//! the same policy and caller as the request; a refused one is replaced by a JSON reply, so its `Location` never
+//! reaches the client.
+//!
+//! **Follow** (request side): Envoy's route `internal_redirect_policy` follows redirects by sending each next hop
+//! through the filter chain again, where the allow-list vets it before it leaves. This filter keeps the hop state
+//! in a request-long property a client cannot touch (never `x-envoy-original-url`) and, before each hop is sent,
+//! refuses non-http(s) schemes, downgrades, loops (508) and hops over the target rule's limit (508), hands the
+//! redirect back to the client when the target's rule does not follow, and strips credentials when a hop leaves
+//! the original host. A 3xx that Envoy stopped following at the route's limit becomes a 508.
+
+use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
+use egress_core::{state, Action, Policy, SpiffeId};
+use egress_proxy::{self as proxy, Counter};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
+use std::rc::Rc;
+
+pub const ROOT_ID: &str = "egress-redirects";
+const FILTER: &str = "egress-redirects";
+
+#[allow(unsafe_code)] // proxy_wasm::main! exports the module's `_initialize` entry point.
+mod entry {
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        proxy_wasm::set_root_context(|_| Box::<super::RedirectsRoot>::default());
+    }}
+}
+
+#[derive(Clone, Copy)]
+struct Metrics {
+    allowed: Counter,
+    denied: Counter,
+    would_deny: Counter,
+    rewritten: Counter,
+    followed: Counter,
+    bounced: Counter,
+    loops: Counter,
+    hop_limit: Counter,
+}
+
+impl Metrics {
+    fn define() -> Result<Metrics, String> {
+        let counter = |name: &str| Counter::define(&format!("egress_redirects_{name}"));
+        Ok(Metrics {
+            allowed: counter("allowed")?,
+            denied: counter("denied")?,
+            would_deny: counter("would_deny")?,
+            rewritten: counter("rewritten")?,
+            followed: counter("followed")?,
+            bounced: counter("bounced")?,
+            loops: counter("loops")?,
+            hop_limit: counter("hop_limit")?,
+        })
+    }
+}
+
+#[derive(Default)]
+struct RedirectsRoot {
+    filter: Option<(Rc<Policy>, Metrics)>,
+}
+
+impl Context for RedirectsRoot {}
+
+impl RootContext for RedirectsRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let configured = (|| -> Result<(Rc<Policy>, Metrics), String> {
+            let policy = Policy::from_json(&proxy::plugin_config()?).map_err(|errors| errors.to_string())?;
+            // Both must outlive one filter-chain pass to span the hops of a followed redirect.
+            proxy::declare_request_property(state::REDIRECTS)?;
+            proxy::declare_request_property(state::REDIRECT_HOPS)?;
+            let metrics = match &self.filter {
+                Some((_, metrics)) => *metrics,
+                None => Metrics::define()?,
+            };
+            Ok((Rc::new(policy), metrics))
+        })();
+        match configured {
+            Ok(filter) => {
+                let redirects = filter.0.redirects();
+                proxy::log(
+                    LogLevel::Info,
+                    &format!("{FILTER}: configured; follow {}, maxHops {}", redirects.follow, redirects.max_hops),
+                );
+                self.filter = Some(filter);
+                true
+            }
+            Err(message) => {
+                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {message}"));
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(RedirectsHttp { filter: self.filter.clone(), request: None }))
+    }
+}
+
+/// What the response side needs of the request.
+struct Request {
+    scheme: String,
+    authority: String,
+    path: String,
+    method: String,
+    identity: Option<SpiffeId>,
+}
+
+impl Request {
+    fn base(&self) -> BaseRequest<'_> {
+        BaseRequest { scheme: &self.scheme, authority: &self.authority, path: &self.path, method: &self.method }
+    }
+}
+
+struct RedirectsHttp {
+    filter: Option<(Rc<Policy>, Metrics)>,
+    request: Option<Request>,
+}
+
+impl Context for RedirectsHttp {}
+
+impl HttpContext for RedirectsHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
+        let read = || -> Result<Request, Status> {
+            let header = |name| proxy::request_header(name).map(Option::unwrap_or_default);
+            Ok(Request {
+                scheme: header(":scheme")?,
+                authority: header(":authority")?,
+                path: header(":path")?,
+                method: header(":method")?,
+                identity: proxy::caller_identity()?,
+            })
+        };
+        let request = match read() {
+            Ok(request) => self.request.insert(request),
+            Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
+        };
+        let Some((policy, metrics)) = &self.filter else {
+            return proxy::reply_internal_error(FILTER, "not configured");
+        };
+        match judge_request(policy, metrics, request) {
+            Ok(next) => next,
+            Err(status) => proxy::reply_internal_error(FILTER, &format!("cannot judge the hop: {status:?}")),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
+        match self.vet_response() {
+            Ok(next) => next,
+            Err(status) => proxy::reply_internal_error(FILTER, &format!("cannot vet the response: {status:?}")),
+        }
+    }
+}
+
+/// The request side: the first request starts the hop state; a later one is a hop Envoy is following.
+fn judge_request(policy: &Policy, metrics: &Metrics, request: &Request) -> Result<Next, Status> {
+    if policy.follow_route_hops().is_none() {
+        return Ok(Next::Continue);
+    }
+    let base = request.base();
+    let Some(state) = proxy::property_string(&[state::REDIRECT_HOPS])? else {
+        // The first request. One whose authority does not parse is the allow-list's to refuse.
+        if let Ok(target) = Target::of_request(&base) {
+            save_hop_state(&HopState::start(&base, &target))?;
+        }
+        return Ok(Next::Continue);
+    };
+    // Unreadable state is our own bug; refusing is the safe answer.
+    let Ok(mut state) = serde_json::from_str::<HopState>(&state) else {
+        return Ok(proxy::reply_internal_error(FILTER, "unreadable hop state"));
+    };
+    let counted = proxy::property_string(&["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
+    let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
+    match policy.judge_followed_hop(&state, &base, hops, request.identity.as_ref()) {
+        FollowedHop::Proceed { vetted, strip_credentials } => {
+            if strip_credentials {
+                for header in ["authorization", "proxy-authorization", "cookie"] {
+                    proxy::remove_request_header(header)?;
+                }
+            }
+            if let Some(target) = &vetted.target {
+                state.record(&base, target);
+            }
+            save_hop_state(&state)?;
+            append_hop(followed_record(&vetted, vetted.action.as_str()))?;
+            metrics.followed.increment();
+            Ok(Next::Continue)
+        }
+        FollowedHop::Bounce { location, vetted } => {
+            append_hop(followed_record(&vetted, "bounce"))?;
+            metrics.bounced.increment();
+            let body = serde_json::json!({"redirect": "not_followed", "reason": "rule_does_not_follow"}).to_string();
+            Ok(proxy::reply_with(302, "rule_does_not_follow", &body, &[("location", &location)]))
+        }
+        FollowedHop::Refuse { status, reason, vetted } => {
+            let counter = match reason {
+                redirect::LOOP_REASON => metrics.loops,
+                redirect::HOP_LIMIT_REASON => metrics.hop_limit,
+                _ => metrics.denied,
+            };
+            counter.increment();
+            let record = vetted.as_ref().map_or_else(
+                || serde_json::json!({"status": null, "location": null, "action": "deny", "reason": reason, "followed": true}),
+                |v| followed_record(v, "deny"),
+            );
+            append_hop(record)?;
+            let body = serde_json::json!({"error": "redirect_denied", "reason": reason, "hops": hops}).to_string();
+            Ok(proxy::reply(status, reason, &body))
+        }
+    }
+}
+
+fn save_hop_state(state: &HopState) -> Result<(), Status> {
+    proxy::publish(&[(state::REDIRECT_HOPS, &serde_json::to_string(state).unwrap_or_default())])
+}
+
+/// Appends one hop to the request-long chain in filter state.
+fn append_hop(record: serde_json::Value) -> Result<(), Status> {
+    let chain = proxy::property_string(&[state::REDIRECTS])?;
+    let mut hops: Vec<serde_json::Value> = chain.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+    hops.push(record);
+    proxy::publish(&[(state::REDIRECTS, &serde_json::Value::Array(hops).to_string())])
+}
+
+/// A hop Envoy followed: its 3xx never reached a filter, so the status is unknown.
+fn followed_record(vetted: &Vetted<'_>, action: &str) -> serde_json::Value {
+    let mut record = hop_record(0, vetted);
+    record["status"] = serde_json::Value::Null;
+    record["action"] = action.into();
+    record["followed"] = true.into();
+    record
+}
+
+impl RedirectsHttp {
+    fn vet_response(&mut self) -> Result<Next, Status> {
+        let status = proxy::response_header(":status")?.and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        if !redirect::is_redirect(status) {
+            return Ok(Next::Continue);
+        }
+        let (Some((policy, metrics)), Some(request)) = (&self.filter, &self.request) else {
+            return Ok(proxy::reply_internal_error(FILTER, "not configured"));
+        };
+        // Envoy hands a 3xx to the filters instead of following it once the route's limit is reached.
+        if let Some(route_max) = policy.follow_route_hops() {
+            let hops = proxy::property_string(&["filter_state", "num_internal_redirects"])?
+                .and_then(|n| n.parse::<u32>().ok());
+            if hops.is_some_and(|hops| hops >= route_max) {
+                metrics.hop_limit.increment();
+                let reason = redirect::HOP_LIMIT_REASON;
+                append_hop(
+                    serde_json::json!({"status": status, "location": null, "action": "deny", "reason": reason}),
+                )?;
+                let body = serde_json::json!({"error": "redirect_denied", "reason": reason, "hops": hops}).to_string();
+                return Ok(proxy::reply(redirect::LOOP_STATUS, reason, &body));
+            }
+        }
+        let locations = proxy::response_header_values("location")?;
+        let location = match locations.as_slice() {
+            [] => return Ok(Next::Continue), // a 3xx without Location redirects nowhere: pass it unchanged
+            [one] => one.as_str(),
+            // Two Locations: clients disagree on which wins, so neither is followed.
+            _ => "",
+        };
+        let base = BaseRequest {
+            scheme: &request.scheme,
+            authority: &request.authority,
+            path: &request.path,
+            method: &request.method,
+        };
+        let vetted = policy.vet_redirect(&base, status, location, request.identity.as_ref());
+        append_hop(hop_record(status, &vetted))?;
+        match vetted.action {
+            Action::Allow => metrics.allowed.increment(),
+            Action::ReportDeny => metrics.would_deny.increment(),
+            Action::Deny => {
+                metrics.denied.increment();
+                let reason = vetted.reason.map_or("redirect_denied", |r| r.code());
+                return Ok(proxy::reply(policy.redirects().deny_status, reason, &vetted.http_body(status)));
+            }
+        }
+        if let Some(rewritten) = policy.rewrite_for_tls_origination(&vetted) {
+            proxy::set_response_header("location", &rewritten)?;
+            metrics.rewritten.increment();
+        }
+        Ok(Next::Continue)
+    }
+}
+
+/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`).
+fn hop_record(status: u16, vetted: &Vetted<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "status": status,
+        "location": vetted.target.as_ref().map(|t| t.url_without_query()),
+        "action": vetted.action.as_str(),
+        "reason": vetted.reason.map_or("allowed", |r| r.code()),
+    })
+}
