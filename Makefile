@@ -13,7 +13,7 @@ IDENTITY ?= examples/identity.yaml
 LISTEN ?= 127.0.0.1:10000
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/release
-FILTERS := egress-allowlist egress-identity
+FILTERS := egress-allowlist egress-identity egress-redirects
 # The runner must match the wasm-bindgen version in Cargo.lock.
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 

@@ -3,8 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use egress_core::workload::IdentityConfig;
+use egress_core::Policy;
 use egress_harness::envoy::workspace_root;
-use egress_harness::{policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID, IDENTITY_ROOT_ID};
+use egress_harness::{
+    policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID, IDENTITY_ROOT_ID, REDIRECTS_ROOT_ID,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;
@@ -60,4 +63,22 @@ fn the_identity_plugin_runs_first_fails_closed_and_takes_its_key_from_the_host()
     let patch = documents("wasmplugin-manifests/egressgateway-env-patch.yaml");
     let container_env = patch[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(container_env.contains(key_env), "the gateway pod provides {key_env}: {container_env}");
+}
+
+#[test]
+fn the_redirects_plugin_reads_the_same_policy_and_the_route_follows_as_far_as_it_allows() {
+    let allowlist = &documents("wasmplugin-manifests/allowlist.yaml")[0]["spec"];
+    let redirects = &documents("wasmplugin-manifests/redirects.yaml")[0]["spec"];
+    assert_eq!(redirects["pluginName"], REDIRECTS_ROOT_ID);
+    assert_eq!(redirects["pluginConfig"], allowlist["pluginConfig"], "one policy, written once");
+    assert_eq!((redirects["phase"].as_str(), allowlist["phase"].as_str()), (Some("AUTHZ"), Some("AUTHZ")));
+    assert!(redirects["priority"].as_i64() < allowlist["priority"].as_i64(), "the allow-list runs first on requests");
+    assert_eq!(redirects["failStrategy"], "FAIL_CLOSE");
+
+    let policy = Policy::from_json(redirects["pluginConfig"].to_string().as_bytes()).unwrap();
+    let envoy_filter = &documents("wasmplugin-manifests/follow-redirects-envoyfilter.yaml")[0];
+    let internal_redirects =
+        &envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["route"]["internal_redirect_policy"];
+    assert_eq!(internal_redirects["max_internal_redirects"].as_u64(), policy.follow_route_hops().map(u64::from));
+    assert_eq!(internal_redirects["allow_cross_scheme_redirect"], true, "the filter vets schemes itself");
 }

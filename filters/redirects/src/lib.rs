@@ -180,6 +180,8 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &Request) -> Resul
     let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
     match policy.judge_followed_hop(&state, &base, hops, request.identity.as_ref()) {
         FollowedHop::Proceed { vetted, strip_credentials } => {
+            // Envoy adds the previous hop's URL, query included: it must not reach the next host.
+            proxy::remove_request_header("x-envoy-original-url")?;
             if strip_credentials {
                 for header in ["authorization", "proxy-authorization", "cookie"] {
                     proxy::remove_request_header(header)?;

@@ -13,7 +13,8 @@ const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--lis
 
 Starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
-With --identity, the workload identity filter runs first; a signing key named by its `signing.keyEnv` is made
+The redirects filter always runs (after the allow-list, on the same policy). With --identity, the workload
+identity filter runs first; a signing key named by its `signing.keyEnv` is made
 fresh at start and saved beside the lab's certificates.
 Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.";
 
@@ -71,7 +72,8 @@ fn run(args: &Args) -> Result<(), Error> {
     let signing_key = random_hex_key()?;
     let host_env = vec![(SIGNING_KEY_ENV.to_string(), signing_key.clone())];
     let identity_json = args.identity.as_deref().map(|path| load_identity(path, &host_env)).transpose()?;
-    let options = LabOptions { identity_json, host_env, listen: args.listen, ..LabOptions::new(policy_json) };
+    let options =
+        LabOptions { identity_json, host_env, redirects: true, listen: args.listen, ..LabOptions::new(policy_json) };
     let mut lab = Lab::start(&options)?;
     std::fs::write(lab.files.join("signing.key"), &signing_key)?;
     let workloads =
@@ -114,6 +116,10 @@ fn print_tries(lab: &Lab, policy: &Policy) {
         "  curl -si -p -x http://{http} http://httpbin.org/headers    # CONNECT httpbin.org:80: {}",
         expect("httpbin.org:80", "CONNECT")
     );
+    let follow =
+        if policy.follow_route_hops().is_some() { "followed at the gateway" } else { "vetted, passed to curl" };
+    println!("  curl -si -x http://{http} 'http://httpbin.org/redirect-to?url=http://eu.httpbin.org/get'    # redirect {follow}");
+    println!("  curl -si -x http://{http} 'http://httpbin.org/redirect-to?url=http://169.254.169.254/'    # redirect refused (deny_listed)");
     println!(
         "  curl -si --cacert {ca} --connect-to httpbin.org:443:{tls} https://httpbin.org/headers    # TLS passthrough, SNI httpbin.org"
     );
