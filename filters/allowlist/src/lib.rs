@@ -60,6 +60,9 @@ impl Metrics {
     }
 }
 
+/// The compiled policy and the counters, shared by every request context.
+type Filter = (Rc<Policy>, Metrics);
+
 #[derive(Default)]
 struct AllowListRoot {
     /// Set by a successful `on_configure`; contexts are only created after that.
@@ -67,24 +70,28 @@ struct AllowListRoot {
     kind: Option<ContextType>,
 }
 
-/// What every request context shares: the compiled policy and the metric ids.
-#[derive(Clone)]
-struct Filter {
-    policy: Rc<Policy>,
-    metrics: Metrics,
-}
-
 impl Context for AllowListRoot {}
 
 impl RootContext for AllowListRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        match self.configure() {
-            Ok(()) => true,
-            Err(message) => {
-                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {message}"));
-                false
+        let root_id = proxy::root_id().unwrap_or_default();
+        let (kind, metric_prefix) = match root_id.as_str() {
+            HTTP_ROOT_ID => (ContextType::HttpContext, "egress_allowlist"),
+            TLS_ROOT_ID => (ContextType::StreamContext, "egress_allowlist_tls"),
+            other => {
+                let why = format!("root id {other:?}: use `{HTTP_ROOT_ID}` (HTTP) or `{TLS_ROOT_ID}` (network, SNI)");
+                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {why}"));
+                return false;
             }
-        }
+        };
+        self.kind = Some(kind);
+        proxy::configure(
+            FILTER,
+            &mut self.filter,
+            |json| Policy::from_json(json).map_err(|errors| errors.to_string()),
+            || Metrics::define(metric_prefix),
+            |policy| format!("{root_id}: {} rules, mode {:?}", policy.rule_count(), policy.mode()),
+        )
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -100,34 +107,6 @@ impl RootContext for AllowListRoot {
     }
 }
 
-impl AllowListRoot {
-    fn configure(&mut self) -> Result<(), String> {
-        let root_id = proxy::root_id()?;
-        let (kind, metric_prefix) = match root_id.as_str() {
-            HTTP_ROOT_ID => (ContextType::HttpContext, "egress_allowlist"),
-            TLS_ROOT_ID => (ContextType::StreamContext, "egress_allowlist_tls"),
-            other => {
-                return Err(format!(
-                    "root id {other:?}: use `{HTTP_ROOT_ID}` (HTTP filter) or `{TLS_ROOT_ID}` (network filter, SNI)"
-                ))
-            }
-        };
-        let policy = Policy::from_json(&proxy::plugin_config()?).map_err(|errors| errors.to_string())?;
-        let metrics = match self.filter.as_ref() {
-            // Metrics are per VM; a reconfiguration keeps the ids defined the first time.
-            Some(previous) => previous.metrics,
-            None => Metrics::define(metric_prefix)?,
-        };
-        proxy::log(
-            LogLevel::Info,
-            &format!("{FILTER}: {root_id} loaded {} rules, mode {:?}", policy.rule_count(), policy.mode()),
-        );
-        self.filter = Some(Filter { policy: Rc::new(policy), metrics });
-        self.kind = Some(kind);
-        Ok(())
-    }
-}
-
 struct AllowListHttp {
     filter: Option<Filter>,
 }
@@ -136,21 +115,23 @@ impl Context for AllowListHttp {}
 
 impl HttpContext for AllowListHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        let Some(filter) = &self.filter else { return proxy::reply_internal_error(FILTER, "not configured") };
+        let Some((policy, metrics)) = &self.filter else {
+            return proxy::reply_internal_error(FILTER, "not configured");
+        };
         let (request, identity) = match read_request().and_then(|request| Ok((request, proxy::caller_identity()?))) {
             Ok(inputs) => inputs,
             Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
         };
         let [authority, scheme, method, path] = &request;
-        let decision = filter.policy.evaluate_http(&HttpRequest {
+        let decision = policy.evaluate_http(&HttpRequest {
             authority: authority.as_deref().unwrap_or(""),
             scheme: scheme.as_deref().unwrap_or("http"),
             method: method.as_deref().unwrap_or(""),
             path: path.as_deref(),
             identity: identity.as_ref(),
         });
-        filter.metrics.count(&decision);
-        if let Err(status) = publish(&decision, &filter.policy) {
+        metrics.count(&decision);
+        if let Err(status) = publish(&decision, policy) {
             return proxy::reply_internal_error(FILTER, &format!("cannot publish the decision: {status:?}"));
         }
         if decision.action.proceeds() {
@@ -180,7 +161,7 @@ impl Context for AllowListTls {}
 
 impl StreamContext for AllowListTls {
     fn on_new_connection(&mut self) -> Next {
-        let Some(filter) = &self.filter else { return close_connection("not configured") };
+        let Some((policy, metrics)) = &self.filter else { return close_connection("not configured") };
         let inputs = (|| -> Result<_, Status> {
             let sni = proxy::property_string(&["connection", "requested_server_name"])?;
             // Unknown is 0, which no rule with `ports` allows.
@@ -191,9 +172,9 @@ impl StreamContext for AllowListTls {
             Ok(inputs) => inputs,
             Err(status) => return close_connection(&format!("cannot read connection properties: {status:?}")),
         };
-        let decision = filter.policy.evaluate_tls(sni.as_deref(), port, identity.as_ref());
-        filter.metrics.count(&decision);
-        if let Err(status) = publish(&decision, &filter.policy) {
+        let decision = policy.evaluate_tls(sni.as_deref(), port, identity.as_ref());
+        metrics.count(&decision);
+        if let Err(status) = publish(&decision, policy) {
             return close_connection(&format!("cannot publish the decision: {status:?}"));
         }
         if decision.action.proceeds() {

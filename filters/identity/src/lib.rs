@@ -12,7 +12,7 @@ use egress_core::xfcc;
 use egress_proxy::{self as proxy, Counter, PeerCertificate};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as Next, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action as Next, ContextType, MapType, Status};
 use std::rc::Rc;
 
 pub const ROOT_ID: &str = "egress-identity";
@@ -59,30 +59,16 @@ impl Context for IdentityRoot {}
 
 impl RootContext for IdentityRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let configured = (|| -> Result<(Rc<IdentityConfig>, Metrics), String> {
-            let config = IdentityConfig::from_json(&proxy::plugin_config()?, |var| std::env::var(var).ok())
-                .map_err(|errors| errors.to_string())?;
-            let metrics = match &self.filter {
-                Some((_, metrics)) => *metrics,
-                None => Metrics::define()?,
-            };
-            Ok((Rc::new(config), metrics))
-        })();
-        match configured {
-            Ok((config, metrics)) => {
+        proxy::configure(
+            FILTER,
+            &mut self.filter,
+            |json| IdentityConfig::from_json(json, |var| std::env::var(var).ok()).map_err(|errors| errors.to_string()),
+            Metrics::define,
+            |config| {
                 let signing = config.signer.as_ref().map_or("off".to_string(), |s| format!("key id {}", s.key_id));
-                proxy::log(
-                    LogLevel::Info,
-                    &format!("{FILTER}: configured; onMissing {:?}, signing {signing}", config.on_missing),
-                );
-                self.filter = Some((config, metrics));
-                true
-            }
-            Err(message) => {
-                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {message}"));
-                false
-            }
-        }
+                format!("onMissing {:?}, signing {signing}", config.on_missing)
+            },
+        )
     }
 
     fn get_type(&self) -> Option<ContextType> {

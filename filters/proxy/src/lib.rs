@@ -6,6 +6,7 @@
 use egress_core::{state, SpiffeId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
+use std::rc::Rc;
 
 /// Reply header carrying the machine reason of a local 4xx/5xx, for every filter of the suite.
 pub const REASON_HEADER: &str = "x-egress-denied-reason";
@@ -47,13 +48,22 @@ pub fn property_u64(path: &[&str]) -> Result<Option<u64>, Status> {
 
 /// A request header (first value), as lossy UTF-8.
 pub fn request_header(name: &str) -> Result<Option<String>, Status> {
-    let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)?;
+    header(MapType::HttpRequestHeaders, name)
+}
+
+/// A response header (first value), as lossy UTF-8.
+pub fn response_header(name: &str) -> Result<Option<String>, Status> {
+    header(MapType::HttpResponseHeaders, name)
+}
+
+fn header(map: MapType, name: &str) -> Result<Option<String>, Status> {
+    let value = hostcalls::get_map_value_bytes(map, name)?;
     Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// Every value of a request header, in order (Envoy keeps repeated headers as separate entries).
-pub fn request_header_values(name: &str) -> Result<Vec<String>, Status> {
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
+/// Every value of a response header, in order (Envoy keeps repeated headers as separate entries).
+pub fn response_header_values(name: &str) -> Result<Vec<String>, Status> {
+    let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
     Ok(headers
         .into_iter()
         .filter(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -149,22 +159,6 @@ pub fn caller_identity() -> Result<Option<SpiffeId>, Status> {
     Ok(peer.uri_san.filter(|_| peer.mtls).and_then(|uri| SpiffeId::parse(&uri).ok()))
 }
 
-/// A response header (first value), as lossy UTF-8.
-pub fn response_header(name: &str) -> Result<Option<String>, Status> {
-    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)?;
-    Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// Every value of a response header, in order.
-pub fn response_header_values(name: &str) -> Result<Vec<String>, Status> {
-    let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders)?;
-    Ok(headers
-        .into_iter()
-        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| String::from_utf8_lossy(&value).into_owned())
-        .collect())
-}
-
 /// Replaces every copy of a response header with one value.
 pub fn set_response_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
@@ -182,4 +176,35 @@ pub fn declare_request_property(name: &str) -> Result<(), String> {
     hostcalls::call_foreign_function("declare_property", Some(&arguments))
         .map(|_| ())
         .map_err(|s| format!("declare_property {name}: {s:?}"))
+}
+
+/// `on_configure` of every filter: build the configuration from the plugin configuration, keep the counters defined
+/// the first time (metrics are per VM, a reconfiguration must not redefine them), log what was loaded, and refuse
+/// (`false`, so Envoy refuses the listener) with the reason when anything fails.
+pub fn configure<C, M: Copy>(
+    filter: &str,
+    slot: &mut Option<(Rc<C>, M)>,
+    build: impl FnOnce(&[u8]) -> Result<C, String>,
+    define_metrics: impl FnOnce() -> Result<M, String>,
+    describe: impl FnOnce(&C) -> String,
+) -> bool {
+    let configured = (|| {
+        let config = build(&plugin_config()?)?;
+        let metrics = match slot {
+            Some((_, metrics)) => *metrics,
+            None => define_metrics()?,
+        };
+        Ok::<_, String>((config, metrics))
+    })();
+    match configured {
+        Ok((config, metrics)) => {
+            log(LogLevel::Info, &format!("{filter}: configured; {}", describe(&config)));
+            *slot = Some((Rc::new(config), metrics));
+            true
+        }
+        Err(message) => {
+            log(LogLevel::Error, &format!("{filter}: refusing configuration: {message}"));
+            false
+        }
+    }
 }

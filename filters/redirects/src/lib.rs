@@ -16,7 +16,7 @@ use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Ve
 use egress_core::{state, Action, Policy, SpiffeId};
 use egress_proxy::{self as proxy, Counter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action as Next, ContextType, Status};
 use std::rc::Rc;
 
 pub const ROOT_ID: &str = "egress-redirects";
@@ -67,32 +67,19 @@ impl Context for RedirectsRoot {}
 
 impl RootContext for RedirectsRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let configured = (|| -> Result<(Rc<Policy>, Metrics), String> {
-            let policy = Policy::from_json(&proxy::plugin_config()?).map_err(|errors| errors.to_string())?;
-            // Both must outlive one filter-chain pass to span the hops of a followed redirect.
-            proxy::declare_request_property(state::REDIRECTS)?;
-            proxy::declare_request_property(state::REDIRECT_HOPS)?;
-            let metrics = match &self.filter {
-                Some((_, metrics)) => *metrics,
-                None => Metrics::define()?,
-            };
-            Ok((Rc::new(policy), metrics))
-        })();
-        match configured {
-            Ok(filter) => {
-                let redirects = filter.0.redirects();
-                proxy::log(
-                    LogLevel::Info,
-                    &format!("{FILTER}: configured; follow {}, maxHops {}", redirects.follow, redirects.max_hops),
-                );
-                self.filter = Some(filter);
-                true
-            }
-            Err(message) => {
-                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {message}"));
-                false
-            }
-        }
+        proxy::configure(
+            FILTER,
+            &mut self.filter,
+            |json| {
+                let policy = Policy::from_json(json).map_err(|errors| errors.to_string())?;
+                // Both must outlive one filter-chain pass to span the hops of a followed redirect.
+                proxy::declare_request_property(state::REDIRECTS)?;
+                proxy::declare_request_property(state::REDIRECT_HOPS)?;
+                Ok(policy)
+            },
+            Metrics::define,
+            |policy| format!("follow {:?} hops", policy.follow_route_hops()),
+        )
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -270,13 +257,7 @@ impl RedirectsHttp {
             // Two Locations: clients disagree on which wins, so neither is followed.
             _ => "",
         };
-        let base = BaseRequest {
-            scheme: &request.scheme,
-            authority: &request.authority,
-            path: &request.path,
-            method: &request.method,
-        };
-        let vetted = policy.vet_redirect(&base, status, location, request.identity.as_ref());
+        let vetted = policy.vet_redirect(&request.base(), status, location, request.identity.as_ref());
         append_hop(hop_record(status, &vetted))?;
         match vetted.action {
             Action::Allow => metrics.allowed.increment(),
