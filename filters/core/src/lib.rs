@@ -5,6 +5,7 @@
 //! [`Decision`]s with a machine [`Reason`] and the rule involved.
 
 pub mod assertion;
+pub mod audit;
 pub mod authority;
 pub mod cidr;
 pub mod decision;

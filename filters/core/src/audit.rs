@@ -1,0 +1,535 @@
+//! The audit event: one per HTTP request (in `on_log`) and one per TLS-passthrough or CONNECT connection, built
+//! from plain values the audit filter gathers from Envoy and from what the other filters published.
+//! Versioned (`schema: "egress-audit/v1"`); `schemas/egress-audit-v1.schema.json` is generated from these types
+//! (`egressctl audit schema`) and a test fails when they drift apart.
+
+use crate::policy::{from_json_with_path, ConfigError, ConfigErrors};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const SCHEMA: &str = "egress-audit/v1";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// Always `egress-audit/v1` for this shape.
+    pub schema: String,
+    /// When the request or connection ended: RFC 3339, UTC, milliseconds.
+    pub time: String,
+    /// The request's `x-request-id` when Envoy has one, else 32 random hex digits.
+    pub id: String,
+    pub kind: EventKind,
+    pub gateway: Gateway,
+    pub source: Source,
+    pub destination: Destination,
+    /// Absent for TLS passthrough (the gateway sees no HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    /// Absent when the allow-list did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(default)]
+    pub redirects: Vec<RedirectHop>,
+    pub response: Response,
+    pub duration_ms: Option<u64>,
+    pub upstream: Upstream,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// One HTTP request (CONNECT included).
+    Http,
+    /// One TLS-passthrough connection.
+    Tls,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    /// Envoy's node id (the gateway pod, in Istio).
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The caller's SPIFFE ID.
+    pub principal: Option<String>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    /// True when the identity comes from a certificate Envoy verified (or a trusted hop's XFCC).
+    pub verified: bool,
+    /// `mtls` | `trusted_hop` | `none`, when the identity filter ran.
+    pub identity_source: Option<String>,
+    /// The downstream peer address.
+    pub address: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// Normalised host (IPv6 in brackets); the raw authority when it could not be normalised.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub sni: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    pub method: String,
+    /// The path without its query.
+    pub path: String,
+    /// Only with `includeQuery: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2` …
+    pub protocol: Option<String>,
+    /// Only the headers the configuration names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// `allow` | `deny` | `report-deny`.
+    pub action: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    /// `enforce` | `report`.
+    pub mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectHop {
+    /// `null` for hops the gateway followed (their 3xx never reaches a filter).
+    pub status: Option<u16>,
+    /// The target without its query.
+    pub location: Option<String>,
+    /// `allow` | `deny` | `report-deny` | `bounce`.
+    pub action: String,
+    pub reason: String,
+    #[serde(default)]
+    pub followed: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub code: Option<u16>,
+    /// Envoy response flags, e.g. `UF,URX`.
+    pub flags: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    pub cluster: Option<String>,
+    pub address: Option<String>,
+}
+
+/// Everything the audit filter read from Envoy and from filter state, as plain values.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub kind: Option<EventKind>,
+    pub time_unix_ms: u64,
+    pub request_id: Option<String>,
+    /// Fallback id (from the host's randomness) when there is no `x-request-id`.
+    pub random_id: [u8; 16],
+    pub node: Option<String>,
+    /// `egress.identity` / `egress.identity.source` when the identity filter ran.
+    pub identity: Option<String>,
+    pub identity_source: Option<String>,
+    /// The verified peer certificate's URI SAN, used when the identity filter did not run.
+    pub peer_uri_san: Option<String>,
+    pub source_address: Option<String>,
+    /// What the allow-list published.
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub rule: Option<String>,
+    pub mode: Option<String>,
+    pub destination: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub method: Option<String>,
+    /// `:path`, query included: redaction happens here, in [`AuditConfig::event`].
+    pub path: Option<String>,
+    pub protocol: Option<String>,
+    pub sni: Option<String>,
+    /// All request headers, lowercase names; only the configured ones are kept.
+    pub headers: Vec<(String, String)>,
+    /// `egress.redirects` as published (JSON).
+    pub redirects: Option<String>,
+    pub response_code: Option<u16>,
+    pub response_flags: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: Option<u64>,
+    pub upstream_cluster: Option<String>,
+    pub upstream_address: Option<String>,
+}
+
+/// The audit filter's configuration, as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditDocument {
+    /// Keep the query string of the path (off: queries often carry tokens).
+    #[serde(default)]
+    pub include_query: bool,
+    /// Request headers to record, by name; no other header ever appears.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// One Envoy log line per event: `egress-audit: {json}`.
+    #[serde(default = "default_true")]
+    pub log: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorDocument>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The HTTP collector: batched NDJSON POSTs to an Envoy cluster.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollectorDocument {
+    /// The Envoy cluster to POST to (Istio: `outbound|<port>||<host>`).
+    pub cluster: String,
+    /// `:authority` of the POST.
+    pub authority: String,
+    #[serde(default = "CollectorDocument::default_path")]
+    pub path: String,
+    #[serde(default = "CollectorDocument::default_batch_events")]
+    pub batch_max_events: u32,
+    #[serde(default = "CollectorDocument::default_batch_bytes")]
+    pub batch_max_bytes: u32,
+    #[serde(default = "CollectorDocument::default_flush_ms")]
+    pub flush_interval_ms: u32,
+    /// Events held per worker while the collector is slow or down; beyond it the oldest are dropped (counted).
+    #[serde(default = "CollectorDocument::default_queue_events")]
+    pub queue_max_events: u32,
+    #[serde(default = "CollectorDocument::default_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+impl CollectorDocument {
+    fn default_path() -> String {
+        "/v1/events".into()
+    }
+    fn default_batch_events() -> u32 {
+        500
+    }
+    fn default_batch_bytes() -> u32 {
+        512 * 1024
+    }
+    fn default_flush_ms() -> u32 {
+        1000
+    }
+    fn default_queue_events() -> u32 {
+        10_000
+    }
+    fn default_timeout_ms() -> u32 {
+        5000
+    }
+}
+
+/// The compiled configuration.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    pub include_query: bool,
+    pub headers: Vec<String>,
+    pub log: bool,
+    pub collector: Option<CollectorDocument>,
+}
+
+impl AuditConfig {
+    pub fn from_json(json: &[u8]) -> Result<AuditConfig, ConfigErrors> {
+        let doc: AuditDocument = from_json_with_path(json)?;
+        let mut errors = Vec::new();
+        let mut error = |path: String, message: String| errors.push(ConfigError { path, message });
+        let mut headers = Vec::with_capacity(doc.headers.len());
+        for (i, name) in doc.headers.iter().enumerate() {
+            let lower = name.to_ascii_lowercase();
+            if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                error(format!("headers[{i}]"), format!("`{name}` is not a header name"));
+            }
+            headers.push(lower);
+        }
+        if let Some(c) = &doc.collector {
+            if c.cluster.is_empty() {
+                error("collector.cluster".into(), "empty".into());
+            }
+            if c.authority.is_empty() || c.authority.bytes().any(|b| b <= b' ') {
+                error("collector.authority".into(), format!("`{}` is not an authority", c.authority));
+            }
+            if !c.path.starts_with('/') {
+                error("collector.path".into(), format!("`{}`: paths start with `/`", c.path));
+            }
+            let ranges = [
+                ("batchMaxEvents", c.batch_max_events, 1, 100_000),
+                ("batchMaxBytes", c.batch_max_bytes, 1024, 16 * 1024 * 1024),
+                ("flushIntervalMs", c.flush_interval_ms, 10, 60_000),
+                ("queueMaxEvents", c.queue_max_events, 1, 1_000_000),
+                ("timeoutMs", c.timeout_ms, 10, 60_000),
+            ];
+            for (field, value, min, max) in ranges {
+                if !(min..=max).contains(&value) {
+                    error(format!("collector.{field}"), format!("{value} is outside {min}-{max}"));
+                }
+            }
+            if c.queue_max_events < c.batch_max_events {
+                error("collector.queueMaxEvents".into(), "smaller than batchMaxEvents".into());
+            }
+        }
+        if !doc.log && doc.collector.is_none() {
+            error("(document)".into(), "no sink: enable `log` or configure a `collector`".into());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector: doc.collector })
+    }
+
+    /// Builds the event, applying redaction: the query only when configured, only the named headers.
+    pub fn event(&self, observed: Observed) -> AuditEvent {
+        let identity = observed.identity.clone().filter(|id| !id.is_empty());
+        let (principal, verified) = match (&observed.identity_source, identity) {
+            (Some(_), id) => (id, observed.identity_source.as_deref().is_some_and(|s| s != "none")),
+            (None, _) => {
+                let peer = observed.peer_uri_san.clone().filter(|uri| crate::SpiffeId::parse(uri).is_ok());
+                let verified = peer.is_some();
+                (peer, verified)
+            }
+        };
+        let parsed = principal.as_deref().and_then(|p| crate::SpiffeId::parse(p).ok());
+        let (host, port) = destination(&observed);
+        let request = observed.method.as_ref().map(|method| {
+            let full = observed.path.clone().unwrap_or_default();
+            let (path, query) = match full.split_once('?') {
+                Some((path, query)) => (path.to_string(), Some(query.to_string())),
+                None => (full, None),
+            };
+            let headers = observed
+                .headers
+                .iter()
+                .filter(|(name, _)| self.headers.contains(name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            Request {
+                method: method.clone(),
+                path,
+                query: query.filter(|_| self.include_query),
+                protocol: observed.protocol.clone(),
+                headers,
+            }
+        });
+        let decision = observed.decision.as_ref().map(|action| Decision {
+            action: action.clone(),
+            reason: observed.reason.clone().unwrap_or_default(),
+            rule: observed.rule.clone().filter(|r| !r.is_empty()),
+            mode: observed.mode.clone(),
+        });
+        let redirects =
+            observed.redirects.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        AuditEvent {
+            schema: SCHEMA.to_string(),
+            time: rfc3339_millis(observed.time_unix_ms),
+            id: observed.request_id.clone().filter(|id| !id.is_empty()).unwrap_or_else(|| hex(&observed.random_id)),
+            kind: observed.kind.unwrap_or(EventKind::Http),
+            gateway: Gateway { node: observed.node.clone() },
+            source: Source {
+                principal: parsed.as_ref().map(ToString::to_string),
+                namespace: parsed.as_ref().map(|id| id.namespace.clone()),
+                service_account: parsed.as_ref().map(|id| id.service_account.clone()),
+                verified: verified && parsed.is_some(),
+                identity_source: observed.identity_source.clone(),
+                address: observed.source_address.clone(),
+            },
+            destination: Destination {
+                host,
+                port,
+                scheme: observed.scheme.clone(),
+                sni: observed.sni.clone().filter(|s| !s.is_empty()),
+            },
+            request,
+            decision,
+            redirects,
+            response: Response {
+                code: observed.response_code.filter(|&c| c != 0),
+                flags: observed.response_flags.clone().filter(|f| !f.is_empty() && f != "-"),
+                bytes_sent: observed.bytes_sent,
+                bytes_received: observed.bytes_received,
+            },
+            duration_ms: observed.duration_ms,
+            upstream: Upstream {
+                cluster: observed.upstream_cluster.clone(),
+                address: observed.upstream_address.clone(),
+            },
+        }
+    }
+}
+
+/// Host and port: as the allow-list normalised them, else from the authority or SNI (normalised when possible).
+fn destination(observed: &Observed) -> (Option<String>, Option<u16>) {
+    let published = observed.destination.as_deref().filter(|d| !d.is_empty());
+    let split = |hostport: &str| match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') || host.starts_with('[') => {
+            (Some(host.to_string()), port.parse().ok())
+        }
+        _ => (Some(hostport.to_string()), None),
+    };
+    if let Some(hostport) = published {
+        return split(hostport);
+    }
+    let raw = observed.authority.as_deref().or(observed.sni.as_deref());
+    match raw.map(crate::Authority::parse) {
+        Some(Ok(authority)) => (Some(authority.host.to_string()), authority.port),
+        Some(Err(_)) => (raw.map(str::to_string), None),
+        None => (None, None),
+    }
+}
+
+/// `2026-11-21T12:00:00.123Z` from Unix milliseconds (proleptic Gregorian, UTC).
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    let (secs, millis) = (unix_ms / 1000, unix_ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_millis() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_millis(1_795_261_742_007), "2026-11-21T11:49:02.007Z");
+    }
+
+    fn config(json: &str) -> AuditConfig {
+        AuditConfig::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            kind: Some(EventKind::Http),
+            time_unix_ms: 1_795_261_742_007,
+            request_id: Some("req-1".into()),
+            identity: Some("spiffe://cluster.local/ns/app/sa/sleep".into()),
+            identity_source: Some("mtls".into()),
+            decision: Some("deny".into()),
+            reason: Some("host_not_allowed".into()),
+            rule: Some(String::new()),
+            mode: Some("enforce".into()),
+            destination: Some("example.com:443".into()),
+            authority: Some("Example.com".into()),
+            scheme: Some("https".into()),
+            method: Some("GET".into()),
+            path: Some("/a?token=secret".into()),
+            headers: vec![("user-agent".into(), "curl".into()), ("authorization".into(), "Bearer secret".into())],
+            redirects: Some(
+                r#"[{"status":302,"location":"http://b.example/","action":"deny","reason":"host_not_allowed"}]"#.into(),
+            ),
+            response_code: Some(403),
+            response_flags: Some("-".into()),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn builds_the_event_and_redacts() {
+        let event = config(r#"{"headers": ["User-Agent"]}"#).event(observed());
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["schema"], "egress-audit/v1");
+        assert_eq!(json["time"], "2026-11-21T11:49:02.007Z");
+        assert_eq!(json["id"], "req-1");
+        assert_eq!(json["source"]["principal"], "spiffe://cluster.local/ns/app/sa/sleep");
+        assert_eq!(
+            (json["source"]["namespace"].as_str(), json["source"]["verified"].as_bool()),
+            (Some("app"), Some(true))
+        );
+        assert_eq!(
+            (json["destination"]["host"].as_str(), json["destination"]["port"].as_u64()),
+            (Some("example.com"), Some(443))
+        );
+        assert_eq!(json["request"]["path"], "/a");
+        assert!(json["request"].get("query").is_none(), "queries are redacted by default");
+        assert_eq!(json["request"]["headers"], serde_json::json!({"user-agent": "curl"}));
+        assert!(!json.to_string().contains("secret"), "{json}");
+        assert_eq!(
+            json["decision"],
+            serde_json::json!({"action":"deny","reason":"host_not_allowed","rule":null,"mode":"enforce"})
+        );
+        assert_eq!(json["redirects"][0]["location"], "http://b.example/");
+        assert_eq!((json["response"]["code"].as_u64(), json["response"]["flags"].is_null()), (Some(403), true));
+        let with_query = config(r#"{"includeQuery": true}"#).event(observed());
+        assert_eq!(with_query.request.unwrap().query.as_deref(), Some("token=secret"));
+    }
+
+    #[test]
+    fn works_without_the_other_filters() {
+        let bare = Observed {
+            authority: Some("HTTPBIN.org:8080".into()),
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            peer_uri_san: Some("spiffe://td/ns/a/sa/b".into()),
+            random_id: [0xab; 16],
+            ..Observed::default()
+        };
+        let event = config("{}").event(bare);
+        assert_eq!((event.destination.host.as_deref(), event.destination.port), (Some("httpbin.org"), Some(8080)));
+        assert_eq!(event.id, "ab".repeat(16));
+        assert_eq!(event.decision, None);
+        assert_eq!((event.source.principal.as_deref(), event.source.verified), (Some("spiffe://td/ns/a/sa/b"), true));
+        assert_eq!(event.source.identity_source, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let errors = |json: &str| AuditConfig::from_json(json.as_bytes()).unwrap_err().to_string();
+        assert!(errors(r#"{"headers": ["a b"]}"#).contains("headers[0]: `a b` is not a header name"));
+        assert!(errors(r#"{"log": false}"#).contains("no sink"));
+        let bad = r#"{"collector": {"cluster": "c", "authority": "a", "path": "x", "batchMaxEvents": 0}}"#;
+        let text = errors(bad);
+        assert!(
+            text.contains("collector.path: `x`") && text.contains("collector.batchMaxEvents: 0 is outside"),
+            "{text}"
+        );
+        assert!(errors(r#"{"collectr": {}}"#).contains("unknown field `collectr`"));
+    }
+}
