@@ -130,9 +130,13 @@ pub struct RedirectHop {
 #[serde(rename_all = "camelCase")]
 pub struct Response {
     pub code: Option<u16>,
-    /// Envoy response flags, e.g. `UF,URX`.
-    pub flags: Option<String>,
+    /// Envoy's response flags as the bitmask Wasm sees (`response.flags`; 0 = none), e.g. upstream failure bits.
+    pub flags: u64,
+    /// Envoy's response code details, e.g. `via_upstream`, or a filter's local reply details.
+    pub details: Option<String>,
+    /// Bytes sent to the client (headers and body).
     pub bytes_sent: u64,
+    /// Bytes received from the client (headers and body).
     pub bytes_received: u64,
 }
 
@@ -177,7 +181,8 @@ pub struct Observed {
     /// `egress.redirects` as published (JSON).
     pub redirects: Option<String>,
     pub response_code: Option<u16>,
-    pub response_flags: Option<String>,
+    pub response_flags: u64,
+    pub response_details: Option<String>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub duration_ms: Option<u64>,
@@ -373,7 +378,8 @@ impl AuditConfig {
             redirects,
             response: Response {
                 code: observed.response_code.filter(|&c| c != 0),
-                flags: observed.response_flags.clone().filter(|f| !f.is_empty() && f != "-"),
+                flags: observed.response_flags,
+                details: observed.response_details.clone().filter(|d| !d.is_empty()),
                 bytes_sent: observed.bytes_sent,
                 bytes_received: observed.bytes_received,
             },
@@ -466,7 +472,7 @@ mod tests {
                 r#"[{"status":302,"location":"http://b.example/","action":"deny","reason":"host_not_allowed"}]"#.into(),
             ),
             response_code: Some(403),
-            response_flags: Some("-".into()),
+            response_details: Some("egress_denied".into()),
             ..Observed::default()
         }
     }
@@ -496,7 +502,7 @@ mod tests {
             serde_json::json!({"action":"deny","reason":"host_not_allowed","rule":null,"mode":"enforce"})
         );
         assert_eq!(json["redirects"][0]["location"], "http://b.example/");
-        assert_eq!((json["response"]["code"].as_u64(), json["response"]["flags"].is_null()), (Some(403), true));
+        assert_eq!((json["response"]["code"].as_u64(), json["response"]["flags"].as_u64()), (Some(403), Some(0)));
         let with_query = config(r#"{"includeQuery": true}"#).event(observed());
         assert_eq!(with_query.request.unwrap().query.as_deref(), Some("token=secret"));
     }
