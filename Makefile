@@ -10,10 +10,11 @@ ENVOY_VERSION ?= $(shell cat test-harness/envoy-version)
 ENVOY_MATRIX ?= 1.36.2 $(ENVOY_VERSION)
 POLICY ?= examples/policy.yaml
 IDENTITY ?= examples/identity.yaml
+AUDIT ?= examples/audit.yaml
 LISTEN ?= 127.0.0.1:10000
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/release
-FILTERS := egress-allowlist egress-identity egress-redirects
+FILTERS := egress-allowlist egress-identity egress-redirects egress-audit
 # The runner must match the wasm-bindgen version in Cargo.lock.
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 
@@ -65,9 +66,9 @@ lint: tools ## rustfmt and clippy (native and wasm32), warnings are errors
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS)) -- -D warnings
 
-run: build envoy ## A local egress gateway: POLICY (examples/policy.yaml), IDENTITY (examples/identity.yaml), LISTEN
+run: build envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.yaml), LISTEN
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
-		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --listen $(LISTEN)
+		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --audit $(AUDIT) --listen $(LISTEN)
 
 bench: ## Matcher cost at 10 / 1k / 100k / 1M rules
 	cargo bench -p egress-core --bench matcher

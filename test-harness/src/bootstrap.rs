@@ -14,6 +14,8 @@ use std::path::PathBuf;
 pub const HTTP_LISTENER: &str = "egress_http";
 pub const MTLS_LISTENER: &str = "egress_mtls";
 pub const TLS_LISTENER: &str = "egress_tls";
+/// The cluster the audit filter's collector sink posts to.
+pub const AUDIT_COLLECTOR_CLUSTER: &str = "audit_collector";
 
 /// One Wasm plugin as Envoy runs it (the fields Istio derives from a `WasmPlugin`).
 #[derive(Clone, Debug)]
@@ -58,6 +60,8 @@ pub struct Gateway {
     pub follow_redirects: Option<u32>,
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
+    /// The audit collector, as cluster `audit_collector`.
+    pub collector: Option<SocketAddr>,
     /// Where Envoy writes its JSON access log.
     pub access_log: PathBuf,
 }
@@ -71,12 +75,20 @@ impl Gateway {
         }
         listeners.push(self.tls_listener());
         json!({
+            // In Istio the node id names the gateway pod; audit events carry it.
+            "node": {"id": "egress-lab", "cluster": "egress-gateway"},
             "admin": {"address": socket(SocketAddr::new(self.listen.ip(), 0))},
             "static_resources": {
                 "listeners": listeners,
-                "clusters": [cluster("echo_http", self.echo_http), cluster("echo_https", self.echo_https)],
+                "clusters": self.clusters(),
             },
         })
+    }
+
+    fn clusters(&self) -> Vec<Value> {
+        let mut clusters = vec![cluster("echo_http", self.echo_http), cluster("echo_https", self.echo_https)];
+        clusters.extend(self.collector.map(|address| cluster(AUDIT_COLLECTOR_CLUSTER, address)));
+        clusters
     }
 
     fn http_listener(&self, name: &str, address: SocketAddr, transport_socket: Option<Value>) -> Value {

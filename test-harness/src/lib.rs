@@ -3,8 +3,10 @@
 
 pub mod bootstrap;
 pub mod client;
+pub mod collector;
 pub mod echo;
 pub mod envoy;
+pub mod load;
 pub mod pki;
 
 use bootstrap::{Gateway, MtlsFiles, Plugin};
@@ -23,6 +25,9 @@ pub const ALLOWLIST_ROOT_ID: &str = "egress-allowlist";
 pub const ALLOWLIST_TLS_ROOT_ID: &str = "egress-allowlist-tls";
 /// Root id of the redirects plugin (`filters/redirects`).
 pub const REDIRECTS_ROOT_ID: &str = "egress-redirects";
+/// Root ids of the audit plugins (`filters/audit`).
+pub const AUDIT_ROOT_ID: &str = "egress-audit";
+pub const AUDIT_TLS_ROOT_ID: &str = "egress-audit-tls";
 /// Root id of the identity plugin (`filters/identity`).
 pub const IDENTITY_ROOT_ID: &str = "egress-identity";
 
@@ -63,6 +68,17 @@ pub fn load_identity(path: &Path, env: &[(String, String)]) -> Result<String, Er
     parsed.map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
+/// Reads an audit filter configuration file (YAML or JSON), validates it as the filter will, returns it as JSON.
+pub fn load_audit(path: &Path) -> Result<String, Error> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let parsed = (|| -> Result<String, Error> {
+        let json = serde_yaml_ng::from_str::<serde_json::Value>(&text)?.to_string();
+        egress_core::audit::AuditConfig::from_json(json.as_bytes())?;
+        Ok(json)
+    })();
+    parsed.map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
 /// YAML (a superset of JSON) → validated policy JSON.
 pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
     let value: serde_json::Value = serde_yaml_ng::from_str(text)?;
@@ -97,6 +113,12 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         // One policy document, read by both filters.
         http_plugins.push(plugin("egress_redirects", REDIRECTS_ROOT_ID, &options.policy_json, Vec::new())?);
     }
+    let mut tls_plugins = vec![plugin("egress_allowlist", ALLOWLIST_TLS_ROOT_ID, &options.policy_json, Vec::new())?];
+    if let Some(audit) = &options.audit_json {
+        // Last, as Istio's STATS phase puts it: it logs what every other filter decided.
+        http_plugins.push(plugin("egress_audit", AUDIT_ROOT_ID, audit, Vec::new())?);
+        tls_plugins.push(plugin("egress_audit", AUDIT_TLS_ROOT_ID, audit, Vec::new())?);
+    }
     let follow_redirects = Policy::from_json(options.policy_json.as_bytes()).ok().and_then(|p| p.follow_route_hops());
     let listen = options.listen;
     let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
@@ -105,12 +127,13 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         tls_port: next_port(1),
         mtls_port: next_port(2),
         http_plugins,
-        tls_plugins: vec![plugin("egress_allowlist", ALLOWLIST_TLS_ROOT_ID, &options.policy_json, Vec::new())?],
+        tls_plugins,
         mtls: None,
         forward_client_cert: options.identity_json.is_some(),
         follow_redirects: follow_redirects.filter(|_| options.redirects),
         echo_http,
         echo_https,
+        collector: options.collector,
         access_log: env::temp_dir().join("egress-lab-access.log"),
     })
 }
@@ -132,6 +155,10 @@ pub struct LabOptions {
     /// Adds the redirects filter (after the allow-list), reading the same policy; with `redirects.follow` the
     /// route follows redirects.
     pub redirects: bool,
+    /// The audit filter's configuration, as JSON; `None` leaves the filter out.
+    pub audit_json: Option<String>,
+    /// Where the `audit_collector` cluster points (the audit filter's collector sink).
+    pub collector: Option<SocketAddr>,
     /// Environment of the Envoy process that the Wasm VMs may read (Istio `vmConfig.env`, `valueFrom: HOST`).
     pub host_env: Vec<(String, String)>,
     /// The plain HTTP listener; the TLS-passthrough and mTLS listeners take the next two ports (or any free port
@@ -145,6 +172,8 @@ impl LabOptions {
             policy_json: policy_json.into(),
             identity_json: None,
             redirects: false,
+            audit_json: None,
+            collector: None,
             host_env: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }

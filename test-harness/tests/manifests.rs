@@ -82,3 +82,18 @@ fn the_redirects_plugin_reads_the_same_policy_and_the_route_follows_as_far_as_it
     assert_eq!(internal_redirects["max_internal_redirects"].as_u64(), policy.follow_route_hops().map(u64::from));
     assert_eq!(internal_redirects["allow_cross_scheme_redirect"], true, "the filter vets schemes itself");
 }
+
+#[test]
+fn the_audit_plugins_run_last_and_their_configuration_passes_validation() {
+    let plugins = documents("wasmplugin-manifests/audit.yaml");
+    let names: Vec<&str> = plugins.iter().map(|p| p["spec"]["pluginName"].as_str().unwrap()).collect();
+    assert_eq!(names, [egress_harness::AUDIT_ROOT_ID, egress_harness::AUDIT_TLS_ROOT_ID]);
+    for plugin in &plugins {
+        let spec = &plugin["spec"];
+        assert_eq!(spec["phase"], "STATS", "after every filter whose decisions it records");
+        assert_eq!(spec["failStrategy"], "FAIL_OPEN", "records, never gates (README explains)");
+        egress_core::audit::AuditConfig::from_json(spec["pluginConfig"].to_string().as_bytes())
+            .expect("pluginConfig passes the filter's validation");
+    }
+    assert_eq!(plugins[1]["spec"]["type"], "NETWORK");
+}

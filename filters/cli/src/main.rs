@@ -1,6 +1,9 @@
 //! `egressctl`: operator tooling that shares the filters' own core, so it decides exactly as they do.
 
+mod audit;
+
 use egress_core::assertion::{self, Claims};
+use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,21 +11,36 @@ const USAGE: &str = "usage:
   egressctl verify-assertion --assertion HEADER --identity SPIFFE_ID --method METHOD --authority AUTHORITY
                              --path PATH --key-id ID (--key-env VAR | --key-file FILE) [--max-age SECONDS] [--now UNIX]
 
+  egressctl audit top-denied [FILE] [--limit N] [--skip-invalid]
+  egressctl audit redirects [FILE] [--skip-invalid]
+  egressctl audit would-deny [FILE] [--skip-invalid]
+  egressctl audit suggest [FILE] --allow HOST [--allow HOST ...] [--name RULE] [--skip-invalid]
+  egressctl audit schema
+
 verify-assertion checks an `x-workload-assertion` header the way an upstream should: with the values it received
 (identity header, method, authority, path with query), the shared key, and a maximum age (default 300 s).
-Exit 0 when valid, 1 when not, 2 on a usage error.";
+Exit 0 when valid, 1 when not, 2 on a usage error.
+
+audit reads audit events (egress-audit/v1) from FILE, or stdin when FILE is `-` or absent: one JSON event per line,
+or Envoy log lines carrying `egress-audit: {json}`. Blank lines are skipped; any other line is an error (exit 2)
+unless --skip-invalid is given.
+  top-denied   denied requests by workload and destination host, most first (--limit, default 20; 0 for all)
+  redirects    every redirect target, with counts per action and the first reason
+  would-deny   report-mode findings (report-deny) by host and reason, with a total
+  suggest      a policy rule allowing the --allow hosts (`*.example.com` matches names below example.com) with
+               the ports, methods and principals observed in their deny and report-deny events; exit 1 when
+               no such event matches
+  schema       the JSON Schema of the audit event";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("verify-assertion") => verify_assertion(&args[1..]),
+        Some("audit") => audit::run(&args[1..]),
         _ => Err(Usage(USAGE.to_string())),
     };
     match result {
-        Ok(Verdict::Valid(message)) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
+        Ok(Verdict::Valid(message)) => print(&message),
         Ok(Verdict::Invalid(message)) => {
             eprintln!("{message}");
             ExitCode::FAILURE
@@ -34,13 +52,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes the answer to stdout. A reader that went away (`| head`) is no error; any other write failure is.
+fn print(message: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{message}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egressctl: stdout: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The answer to a check: exit 0 or 1.
+#[derive(Debug)]
 enum Verdict {
     Valid(String),
     Invalid(String),
 }
 
 /// A usage or input error (exit 2).
+#[derive(Debug)]
 struct Usage(String);
 
 /// `--name value` pairs; every flag must be known and given once.

@@ -134,9 +134,10 @@ pub struct Response {
     pub flags: u64,
     /// Envoy's response code details, e.g. `via_upstream`, or a filter's local reply details.
     pub details: Option<String>,
-    /// Bytes sent to the client (headers and body).
+    /// Bytes sent to the client (headers and body). 0 for TLS passthrough: Envoy does not expose connection byte
+    /// counts to Wasm.
     pub bytes_sent: u64,
-    /// Bytes received from the client (headers and body).
+    /// Bytes received from the client (headers and body); 0 for TLS passthrough, as above.
     pub bytes_received: u64,
 }
 

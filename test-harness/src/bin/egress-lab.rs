@@ -3,19 +3,19 @@
 
 use egress_core::{HttpRequest, Policy};
 use egress_harness::pki::Error;
-use egress_harness::{load_identity, load_policy, Lab, LabOptions};
+use egress_harness::{load_audit, load_identity, load_policy, Lab, LabOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--listen 127.0.0.1:10000]
+const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--audit FILE] [--listen 127.0.0.1:10000]
 
 Starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
 The redirects filter always runs (after the allow-list, on the same policy). With --identity, the workload
 identity filter runs first; a signing key named by its `signing.keyEnv` is made
-fresh at start and saved beside the lab's certificates.
+fresh at start and saved beside the lab's certificates. With --audit, the audit filter runs last.
 Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.";
 
 /// The environment variable the example identity configuration reads its signing key from.
@@ -24,6 +24,7 @@ const SIGNING_KEY_ENV: &str = "EGRESS_ASSERTION_KEY";
 struct Args {
     policy: PathBuf,
     identity: Option<PathBuf>,
+    audit: Option<PathBuf>,
     listen: SocketAddr,
 }
 
@@ -32,12 +33,14 @@ fn parse_args() -> Result<Args, String> {
     if args.next().as_deref() != Some("up") {
         return Err(USAGE.into());
     }
-    let (mut policy, mut identity, mut listen) = (None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
+    let (mut policy, mut identity, mut audit, mut listen) =
+        (None, None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
         match flag.as_str() {
             "--policy" => policy = Some(PathBuf::from(value)),
             "--identity" => identity = Some(PathBuf::from(value)),
+            "--audit" => audit = Some(PathBuf::from(value)),
             "--listen" => listen = value.parse().map_err(|e| format!("--listen {value}: {e}"))?,
             _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
         }
@@ -45,7 +48,7 @@ fn parse_args() -> Result<Args, String> {
     if !listen.ip().is_loopback() {
         return Err(format!("--listen {listen}: the lab listens on loopback only"));
     }
-    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, identity, listen })
+    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, identity, audit, listen })
 }
 
 fn main() -> ExitCode {
@@ -72,8 +75,15 @@ fn run(args: &Args) -> Result<(), Error> {
     let signing_key = random_hex_key()?;
     let host_env = vec![(SIGNING_KEY_ENV.to_string(), signing_key.clone())];
     let identity_json = args.identity.as_deref().map(|path| load_identity(path, &host_env)).transpose()?;
-    let options =
-        LabOptions { identity_json, host_env, redirects: true, listen: args.listen, ..LabOptions::new(policy_json) };
+    let audit_json = args.audit.as_deref().map(load_audit).transpose()?;
+    let options = LabOptions {
+        identity_json,
+        audit_json,
+        host_env,
+        redirects: true,
+        listen: args.listen,
+        ..LabOptions::new(policy_json)
+    };
     let mut lab = Lab::start(&options)?;
     std::fs::write(lab.files.join("signing.key"), &signing_key)?;
     let workloads =
@@ -131,6 +141,10 @@ fn print_tries(lab: &Lab, policy: &Policy) {
     println!(
         "\nSigned identity assertions (when the identity filter signs): key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id <kid> --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers",
         dir = lab.files.display()
+    );
+    println!(
+        "\nAudit events (with --audit): grep -o '{{\"schema\":\"egress-audit/v1\".*' {}/envoy.log | jq",
+        lab.envoy.dir().display()
     );
     println!("\nCtrl-C stops the gateway.");
 }
