@@ -170,10 +170,27 @@ fn no_event_is_lost_under_load() {
     assert_eq!(events.len(), REQUESTS, "no duplicates");
     assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events_dropped"), Some(0));
     assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events"), Some(REQUESTS as u64));
+    drop(lab);
+    // The same load through the same chain without the audit filter, for the side-by-side figure (reported, never
+    // asserted: tests do not time things).
+    let options = LabOptions {
+        identity_json: Some(r#"{"onMissing": "anonymous"}"#.into()),
+        redirects: true,
+        ..LabOptions::new(POLICY)
+    };
+    let without = Lab::start(&options).unwrap();
+    let baseline = load::run(without.http(), &load_plan(REQUESTS)).unwrap();
+    assert_eq!(baseline.ok(), REQUESTS);
     eprintln!(
-        "audit load: {REQUESTS} requests at concurrency 32 in {:.1?} ({:.0} req/s), {} events in {} batches, dropped 0",
-        report.elapsed,
+        "audit load: {REQUESTS} requests at concurrency 32: with audit {:.0} req/s (p50 {:?}, p99 {:?}), without {:.0} req/s \
+         (p50 {:?}, p99 {:?}), ratio {:.2}; {} events received in {} batches, dropped 0",
         report.throughput(),
+        report.percentile(50.0),
+        report.percentile(99.0),
+        baseline.throughput(),
+        baseline.percentile(50.0),
+        baseline.percentile(99.0),
+        report.throughput() / baseline.throughput(),
         events.len(),
         collector.batches()
     );
