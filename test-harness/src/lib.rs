@@ -7,6 +7,7 @@ pub mod collector;
 pub mod echo;
 pub mod envoy;
 pub mod load;
+pub mod openapi;
 pub mod pki;
 
 use bootstrap::{Gateway, MtlsFiles, Plugin};

@@ -1,6 +1,7 @@
 //! `egressctl`: operator tooling that shares the filters' own core, so it decides exactly as they do.
 
 mod audit;
+mod oci;
 
 use egress_core::assertion::{self, Claims};
 use std::io::{ErrorKind, Write};
@@ -17,6 +18,8 @@ const USAGE: &str = "usage:
   egressctl audit suggest [FILE] --allow HOST [--allow HOST ...] [--name RULE] [--skip-invalid]
   egressctl audit schema
 
+  egressctl oci --wasm FILE --out DIR --tag TAG
+
 verify-assertion checks an `x-workload-assertion` header the way an upstream should: with the values it received
 (identity header, method, authority, path with query), the shared key, and a maximum age (default 300 s).
 Exit 0 when valid, 1 when not, 2 on a usage error.
@@ -30,13 +33,20 @@ unless --skip-invalid is given.
   suggest      a policy rule allowing the --allow hosts (`*.example.com` matches names below example.com) with
                the ports, methods and principals observed in their deny and report-deny events; exit 1 when
                no such event matches
-  schema       the JSON Schema of the audit event";
+  schema       the JSON Schema of the audit event
+
+oci writes the Wasm module FILE as an OCI image layout DIR (`oci-layout`, `index.json`, `blobs/sha256/`) in the
+Wasm image format Istio pulls for a WasmPlugin `url: oci://…`, tagged TAG, and prints the manifest digest (what
+a WasmPlugin's `sha256` pins). The same module and tag always give the same bytes. DIR holds this one image
+afterwards (an earlier layout there is replaced). Push it with `oras cp --from-oci-layout DIR:TAG REPO:TAG`
+or `skopeo copy oci:DIR:TAG docker://REPO:TAG`.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("verify-assertion") => verify_assertion(&args[1..]),
         Some("audit") => audit::run(&args[1..]),
+        Some("oci") => oci::run(&args[1..]),
         _ => Err(Usage(USAGE.to_string())),
     };
     match result {
