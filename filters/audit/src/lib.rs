@@ -61,12 +61,6 @@ impl Metrics {
     fn record_depth(&self, depth: usize) {
         let _ = hostcalls::record_metric(self.queue_depth, u64::try_from(depth).unwrap_or(u64::MAX));
     }
-
-    fn dropped(&self, count: usize) {
-        for _ in 0..count {
-            self.dropped.increment();
-        }
-    }
 }
 
 /// What the root shares with every request context of this worker.
@@ -87,7 +81,7 @@ impl Sinks {
         }
         if let Some(shipper) = &self.shipper {
             let mut shipper = shipper.borrow_mut();
-            self.metrics.dropped(shipper.push(line));
+            self.metrics.dropped.add(shipper.push(line));
             self.metrics.record_depth(shipper.depth());
         }
     }
@@ -111,7 +105,7 @@ impl Context for AuditRoot {
             metrics.batches_sent.increment();
         } else {
             metrics.batch_failures.increment();
-            metrics.dropped(dropped);
+            metrics.dropped.add(dropped);
         }
         // Keep draining without waiting for the next tick while batches are full.
         self.flush();
@@ -198,7 +192,7 @@ impl AuditRoot {
             Err(status) => {
                 proxy::log(LogLevel::Warn, &format!("{FILTER}: cannot dispatch to {}: {status:?}", collector.cluster));
                 metrics.batch_failures.increment();
-                metrics.dropped(shipper.dispatch_failed(now));
+                metrics.dropped.add(shipper.dispatch_failed(now));
             }
         }
         metrics.record_depth(shipper.depth());

@@ -137,7 +137,14 @@ impl Counter {
     }
 
     pub fn increment(self) {
-        let _ = hostcalls::increment_metric(self.0, 1);
+        self.add(1);
+    }
+
+    /// Adds `count` in one host call.
+    pub fn add(self, count: usize) {
+        if count > 0 {
+            let _ = hostcalls::increment_metric(self.0, i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 }
 
