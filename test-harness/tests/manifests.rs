@@ -1,99 +1,168 @@
-//! The shipped WasmPlugin manifests agree with the example policy and with the filter's own validation.
+//! The shipped Istio manifests: rendered from the example configurations and in sync with them, pinned to the
+//! modules this checkout builds, ordered and failing as the suite needs, and loadable by a real Envoy in every
+//! variant. (`crds.rs` checks them against Istio's CRD schemas.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use egress_core::workload::IdentityConfig;
 use egress_core::Policy;
-use egress_harness::envoy::workspace_root;
-use egress_harness::{
-    policy_json_from_yaml, ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID, IDENTITY_ROOT_ID, REDIRECTS_ROOT_ID,
-};
+use egress_harness::envoy::{workspace_root, Launcher};
+use egress_harness::istio::{self, DeployedPlugin};
+use egress_harness::{gateway_bootstrap, manifests_dir, wasm_dir, LabOptions};
+use egressctl::config;
+use egressctl::render::{self, Release, Source, Sources};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;
+use std::path::{Path, PathBuf};
 
-fn documents(file: &str) -> Vec<Value> {
-    let text = fs::read_to_string(workspace_root().join(file)).unwrap();
+const MANIFESTS: &str = "wasmplugin-manifests";
+
+/// The sources and release `make manifests` renders from.
+fn rendered() -> Vec<render::File> {
+    let root = workspace_root();
+    // Named as the Makefile names them: the generated headers say where each configuration came from.
+    let source = |path: &str| Source { path: path.into(), value: config::read_yaml(&root.join(path)).unwrap() };
+    let sources = Sources {
+        policy: source("examples/policy.yaml"),
+        identity: source("examples/istio/identity.yaml"),
+        audit: source("examples/istio/audit.yaml"),
+    };
+    let version = fs::read_to_string(root.join("Makefile")).unwrap();
+    let tag = version.lines().find_map(|l| l.strip_prefix("VERSION ?= ")).unwrap().trim().to_string();
+    let release = Release { registry: "ghcr.io/egress-suite".into(), tag, wasm_dir: wasm_dir() };
+    render::render(&sources, &release).expect("the example configurations render")
+}
+
+fn variant(dir: &str) -> PathBuf {
+    workspace_root().join(MANIFESTS).join(dir)
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).unwrap()).collect()
 }
 
 #[test]
-fn allowlist_plugins_carry_the_example_policy_and_fail_closed() {
+fn the_committed_manifests_are_what_the_examples_and_the_built_modules_render() {
+    let files = rendered();
+    let out = workspace_root().join(MANIFESTS);
+    let mut drifted = Vec::new();
+    for file in &files {
+        let committed = fs::read_to_string(out.join(&file.path)).unwrap_or_default();
+        if committed != file.text {
+            drifted.push(file.path.display().to_string());
+        }
+    }
+    let stale = render::stale_files(&out, &files).unwrap();
+    assert!(
+        drifted.is_empty() && stale.is_empty(),
+        "wasmplugin-manifests/ is out of sync with examples/ or with the modules this checkout builds \
+         (changed: {drifted:?}, no longer rendered: {stale:?}): run `make manifests` and commit the result"
+    );
+}
+
+#[test]
+fn the_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as_each_must() {
+    let chain = istio::chain(&manifests_dir(), &wasm_dir()).expect("pins match the built modules");
+    let layer = |network: bool| -> Vec<(&str, &str)> {
+        chain.iter().filter(|p| p.network == network).map(|p| (p.root_id.as_str(), p.failure_policy)).collect()
+    };
+    assert_eq!(
+        layer(false),
+        [
+            ("egress-identity", "FAIL_CLOSED"),
+            ("egress-allowlist", "FAIL_CLOSED"),
+            ("egress-redirects", "FAIL_CLOSED"),
+            ("egress-audit", "FAIL_OPEN"),
+        ]
+    );
+    // The network audit filter comes first: Envoy creates no network filter behind one that closed the connection.
+    assert_eq!(layer(true), [("egress-audit-tls", "FAIL_OPEN"), ("egress-allowlist-tls", "FAIL_CLOSED")]);
+
+    let config = |root_id: &str| &chain.iter().find(|p| p.root_id == root_id).unwrap().config;
     let policy: Value =
         serde_yaml_ng::from_str(&fs::read_to_string(workspace_root().join("examples/policy.yaml")).unwrap()).unwrap();
-    let plugins = documents("wasmplugin-manifests/allowlist.yaml");
-    let mut seen = Vec::new();
-    for plugin in &plugins {
-        assert_eq!(plugin["kind"], "WasmPlugin");
-        let spec = &plugin["spec"];
-        let root_id = spec["pluginName"].as_str().unwrap();
-        let want_type = match root_id {
-            ALLOWLIST_ROOT_ID => "HTTP",
-            ALLOWLIST_TLS_ROOT_ID => "NETWORK",
-            other => panic!("unknown pluginName {other}"),
-        };
-        assert_eq!(spec["type"], want_type, "{root_id}");
-        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{root_id}: an allow-list must fail closed");
-        assert_eq!(spec["selector"]["matchLabels"]["istio"], "egressgateway");
-        assert_eq!(spec["pluginConfig"], policy, "{root_id}: pluginConfig drifted from examples/policy.yaml");
-        policy_json_from_yaml(&spec["pluginConfig"].to_string()).expect("pluginConfig passes the filter's validation");
-        seen.push(root_id.to_string());
+    for root_id in ["egress-allowlist", "egress-allowlist-tls", "egress-redirects"] {
+        assert_eq!(serde_json::from_str::<Value>(config(root_id)).unwrap(), policy, "{root_id}: one policy");
     }
-    seen.sort();
-    assert_eq!(seen, [ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID]);
+    // The signing key comes from the gateway pod, which the env patch feeds from a Secret.
+    let identity = chain.iter().find(|p| p.root_id == "egress-identity").unwrap();
+    let key_env = serde_json::from_str::<Value>(&identity.config).unwrap()["signing"]["keyEnv"].clone();
+    assert_eq!(identity.host_env_keys, [key_env.as_str().unwrap()]);
+    let patch = documents(&workspace_root().join(MANIFESTS).join("egressgateway-env-patch.yaml"));
+    let pod_env = patch[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(pod_env.contains(key_env.as_str().unwrap()), "the gateway pod provides {key_env}: {pod_env}");
 }
 
 #[test]
-fn the_identity_plugin_runs_first_fails_closed_and_takes_its_key_from_the_host() {
-    let plugins = documents("wasmplugin-manifests/identity.yaml");
-    assert_eq!(plugins.len(), 1);
-    let spec = &plugins[0]["spec"];
-    assert_eq!(spec["pluginName"], IDENTITY_ROOT_ID);
-    assert_eq!((spec["phase"].as_str(), spec["type"].as_str()), (Some("AUTHN"), Some("HTTP")), "before the allow-list");
-    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
-    let key_env = spec["pluginConfig"]["signing"]["keyEnv"].as_str().unwrap();
-    let env = &spec["vmConfig"]["env"][0];
-    assert_eq!((env["name"].as_str(), env["valueFrom"].as_str()), (Some(key_env), Some("HOST")));
-    let config = spec["pluginConfig"].to_string();
-    let with_key = |var: &str| (var == key_env).then(|| "k".repeat(64));
-    let compiled =
-        IdentityConfig::from_json(config.as_bytes(), with_key).expect("pluginConfig passes the filter's validation");
-    assert!(compiled.signer.is_some());
-
-    let patch = documents("wasmplugin-manifests/egressgateway-env-patch.yaml");
-    let container_env = patch[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
-    assert!(container_env.contains(key_env), "the gateway pod provides {key_env}: {container_env}");
+fn every_variant_deploys_the_same_chain() {
+    let summary = |chain: Vec<DeployedPlugin>| -> Vec<String> {
+        chain
+            .iter()
+            .map(|p| {
+                let module = p.module.file_name().unwrap().to_string_lossy().to_string();
+                format!(
+                    "{} {} {} {} {:?} {}",
+                    p.root_id, p.network, p.failure_policy, module, p.host_env_keys, p.config
+                )
+            })
+            .collect()
+    };
+    let reference = summary(istio::chain(&variant("wasmplugins"), &wasm_dir()).unwrap());
+    assert_eq!(reference.len(), 6);
+    for dir in render::variant_dirs() {
+        let chain = istio::chain(&variant(dir), &wasm_dir()).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(summary(chain), reference, "{dir}");
+    }
 }
 
 #[test]
-fn the_redirects_plugin_reads_the_same_policy_and_the_route_follows_as_far_as_it_allows() {
-    let allowlist = &documents("wasmplugin-manifests/allowlist.yaml")[0]["spec"];
-    let redirects = &documents("wasmplugin-manifests/redirects.yaml")[0]["spec"];
-    assert_eq!(redirects["pluginName"], REDIRECTS_ROOT_ID);
-    assert_eq!(redirects["pluginConfig"], allowlist["pluginConfig"], "one policy, written once");
-    assert_eq!((redirects["phase"].as_str(), allowlist["phase"].as_str()), (Some("AUTHZ"), Some("AUTHZ")));
-    assert!(redirects["priority"].as_i64() < allowlist["priority"].as_i64(), "the allow-list runs first on requests");
-    assert_eq!(redirects["failStrategy"], "FAIL_CLOSE");
-
-    let policy = Policy::from_json(redirects["pluginConfig"].to_string().as_bytes()).unwrap();
-    let envoy_filter = &documents("wasmplugin-manifests/follow-redirects-envoyfilter.yaml")[0];
-    let internal_redirects =
-        &envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["route"]["internal_redirect_policy"];
+fn redirects_are_followed_as_far_as_the_policy_allows() {
+    let chain = istio::chain(&manifests_dir(), &wasm_dir()).unwrap();
+    let allowlist = chain.iter().find(|p| p.root_id == "egress-allowlist").unwrap();
+    let policy = Policy::from_json(allowlist.config.as_bytes()).unwrap();
+    let envoy_filter = &documents(&workspace_root().join(MANIFESTS).join(render::FOLLOW_REDIRECTS_FILE))[0];
+    let route = &envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["route"];
+    let internal_redirects = &route["internal_redirect_policy"];
     assert_eq!(internal_redirects["max_internal_redirects"].as_u64(), policy.follow_route_hops().map(u64::from));
     assert_eq!(internal_redirects["allow_cross_scheme_redirect"], true, "the filter vets schemes itself");
 }
 
 #[test]
-fn the_audit_plugins_run_last_and_their_configuration_passes_validation() {
-    let plugins = documents("wasmplugin-manifests/audit.yaml");
-    let names: Vec<&str> = plugins.iter().map(|p| p["spec"]["pluginName"].as_str().unwrap()).collect();
-    assert_eq!(names, [egress_harness::AUDIT_ROOT_ID, egress_harness::AUDIT_TLS_ROOT_ID]);
-    for plugin in &plugins {
-        let spec = &plugin["spec"];
-        assert_eq!(spec["phase"], "STATS", "after every filter whose decisions it records");
-        assert_eq!(spec["failStrategy"], "FAIL_OPEN", "records, never gates (README explains)");
-        egress_core::audit::AuditConfig::from_json(spec["pluginConfig"].to_string().as_bytes())
-            .expect("pluginConfig passes the filter's validation");
+fn every_kustomization_lists_files_that_exist() {
+    let mut checked = 0;
+    let mut pending = vec![workspace_root().join(MANIFESTS)];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
+                let kustomization = &documents(&path)[0];
+                for resource in kustomization["resources"].as_array().unwrap() {
+                    let target = dir.join(resource.as_str().unwrap());
+                    let exists = target.is_file() || target.join("kustomization.yaml").is_file();
+                    assert!(exists, "{}: resource {resource} does not exist", path.display());
+                }
+                checked += 1;
+            }
+        }
     }
-    assert_eq!(plugins[1]["spec"]["type"], "NETWORK");
+    assert!(checked >= 6, "the top-level, routing and four variant kustomizations: {checked}");
+}
+
+/// Envoy itself loads every variant's chain with the deployed configurations: modules, root ids, and each
+/// filter's own validation of its pluginConfig (`on_configure`).
+#[test]
+fn envoy_loads_every_variant_as_deployed() {
+    let launcher = Launcher::find().unwrap();
+    let key = vec![("EGRESS_ASSERTION_KEY".to_string(), "k".repeat(64))];
+    for dir in render::variant_dirs() {
+        let mut options = LabOptions::deployed(&variant(dir), key.clone()).unwrap();
+        options.collector = Some(([127, 0, 0, 1], 9).into());
+        let bootstrap = gateway_bootstrap(&options).unwrap();
+        let mut envoy = launcher.clone();
+        envoy.env.extend(key.iter().cloned());
+        envoy.validate(&bootstrap).unwrap_or_else(|e| panic!("{dir}: Envoy refuses the deployed chain: {e}"));
+    }
 }

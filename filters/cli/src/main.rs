@@ -1,10 +1,14 @@
 //! `egressctl`: operator tooling that shares the filters' own core, so it decides exactly as they do.
 
 mod audit;
-mod oci;
 
 use egress_core::assertion::{self, Claims};
+use egress_core::SpiffeId;
+use egressctl::config::{self, Kind};
+use egressctl::oci::{self, Image};
+use egressctl::render::{self, Release, Source, Sources};
 use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +23,10 @@ const USAGE: &str = "usage:
   egressctl audit schema
 
   egressctl oci --wasm FILE --out DIR --tag TAG
+
+  egressctl validate (policy|identity|audit) FILE
+  egressctl explain URL --policy FILE [--method METHOD] [--as SPIFFE_ID]
+  egressctl render --policy FILE --identity FILE --audit FILE --wasm-dir DIR --out DIR [--registry PREFIX] [--tag TAG]
 
 verify-assertion checks an `x-workload-assertion` header the way an upstream should: with the values it received
 (identity header, method, authority, path with query), the shared key, and a maximum age (default 300 s).
@@ -39,14 +47,33 @@ oci writes the Wasm module FILE as an OCI image layout DIR (`oci-layout`, `index
 Wasm image format Istio pulls for a WasmPlugin `url: oci://…`, tagged TAG, and prints the manifest digest (what
 a WasmPlugin's `sha256` pins). The same module and tag always give the same bytes. DIR holds this one image
 afterwards (an earlier layout there is replaced). Push it with `oras cp --from-oci-layout DIR:TAG REPO:TAG`
-or `skopeo copy oci:DIR:TAG docker://REPO:TAG`.";
+or `skopeo copy oci:DIR:TAG docker://REPO:TAG`.
+
+validate checks a configuration file (YAML or JSON) exactly as its filter does when Envoy configures it, and
+names the field path of every problem (e.g. `rules[2].hosts[0]`). Exit 0 when valid, 1 when not.
+
+explain tells what the policy decides for one request and why: the destination as the filter normalises it,
+the caller, the deciding rule or the reason for a denial. URL is http(s)://host[:port]/path, or tls://sni:port
+for a TLS-passthrough connection; --method defaults to GET; --as is the caller's SPIFFE ID (anonymous without).
+Exit 0 when the request would proceed, 1 when not.
+
+render writes the Istio manifests of the suite into DIR (wasmplugin-manifests): the plugins as WasmPlugins by
+selector, by Gateway API targetRefs, as TrafficExtensions and with file:// modules, each configured from the
+three files (validated first), pinned by sha256 to the modules built in --wasm-dir (image --registry/<filter>:
+--tag, default ghcr.io/egress-suite and 0.1.0); plus redirect following and the kustomization.";
+
+const DEFAULT_REGISTRY: &str = "ghcr.io/egress-suite";
+const DEFAULT_TAG: &str = "0.1.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("verify-assertion") => verify_assertion(&args[1..]),
         Some("audit") => audit::run(&args[1..]),
-        Some("oci") => oci::run(&args[1..]),
+        Some("oci") => oci_image(&args[1..]),
+        Some("validate") => validate(&args[1..]),
+        Some("explain") => explain(&args[1..]),
+        Some("render") => render_manifests(&args[1..]),
         _ => Err(Usage(USAGE.to_string())),
     };
     match result {
@@ -102,6 +129,75 @@ fn flags<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str
         found.push((name, value));
     }
     Ok(found)
+}
+
+fn oci_image(args: &[String]) -> Result<Verdict, Usage> {
+    let given = flags(args, &["wasm", "out", "tag"])?;
+    let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let need = |name: &str| get(name).ok_or_else(|| Usage(format!("--{name} is required\n\n{USAGE}")));
+    let (wasm, out, tag) = (need("wasm")?, need("out")?, need("tag")?);
+    oci::check_tag(tag).map_err(|e| Usage(format!("--tag {e}")))?;
+    let module = std::fs::read(wasm).map_err(|e| Usage(format!("{wasm}: {e}")))?;
+    let abi_versions = oci::abi_versions(&module).map_err(|e| Usage(format!("{wasm}: {e}")))?;
+    let image = Image::new(module, &abi_versions, tag);
+    oci::write_layout(Path::new(out), &image).map_err(Usage)?;
+    let abi = if abi_versions.is_empty() { "no proxy_abi_version export".to_string() } else { abi_versions.join(", ") };
+    Ok(Verdict::Valid(format!(
+        "{out}:{tag} manifest sha256:{} (module {} bytes, {abi})",
+        image.manifest_digest(),
+        image.module.len()
+    )))
+}
+
+fn validate(args: &[String]) -> Result<Verdict, Usage> {
+    let [kind, file] = args else { return Err(Usage(format!("validate needs a kind and a file\n\n{USAGE}"))) };
+    let kind = Kind::parse(kind).ok_or_else(|| Usage(format!("`{kind}`: the kind is policy, identity or audit")))?;
+    Ok(match config::validate(Path::new(file), kind) {
+        Ok(summary) => Verdict::Valid(summary),
+        Err(problems) => Verdict::Invalid(problems.join("\n")),
+    })
+}
+
+fn explain(args: &[String]) -> Result<Verdict, Usage> {
+    let Some((url, rest)) = args.split_first().filter(|(url, _)| !url.starts_with("--")) else {
+        return Err(Usage(format!("explain needs a URL first\n\n{USAGE}")));
+    };
+    let given = flags(rest, &["policy", "method", "as"])?;
+    let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let file = get("policy").ok_or_else(|| Usage(format!("--policy is required\n\n{USAGE}")))?;
+    let json = config::read_yaml(Path::new(file)).and_then(|value| config::to_json(&value)).map_err(Usage)?;
+    let policy = match config::check(Kind::Policy, &json) {
+        Ok(config::Checked::Policy(policy)) => policy,
+        Ok(_) => return Err(Usage("internal: not a policy".into())),
+        Err(problems) => {
+            return Err(Usage(problems.iter().map(|p| format!("{file}: {p}")).collect::<Vec<_>>().join("\n")))
+        }
+    };
+    let identity =
+        get("as").map(|raw| SpiffeId::parse(raw).map_err(|e| Usage(format!("--as {raw}: {e}")))).transpose()?;
+    let (proceeds, text) =
+        config::explain(&policy, url, get("method").unwrap_or("GET"), identity.as_ref()).map_err(Usage)?;
+    Ok(if proceeds { Verdict::Valid(text) } else { Verdict::Invalid(text) })
+}
+
+fn render_manifests(args: &[String]) -> Result<Verdict, Usage> {
+    let given = flags(args, &["policy", "identity", "audit", "wasm-dir", "out", "registry", "tag"])?;
+    let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let need = |name: &str| get(name).ok_or_else(|| Usage(format!("--{name} is required\n\n{USAGE}")));
+    let sources = Sources {
+        policy: Source::read(need("policy")?).map_err(Usage)?,
+        identity: Source::read(need("identity")?).map_err(Usage)?,
+        audit: Source::read(need("audit")?).map_err(Usage)?,
+    };
+    let release = Release {
+        registry: get("registry").unwrap_or(DEFAULT_REGISTRY).trim_end_matches('/').to_string(),
+        tag: get("tag").unwrap_or(DEFAULT_TAG).to_string(),
+        wasm_dir: PathBuf::from(need("wasm-dir")?),
+    };
+    let out = PathBuf::from(need("out")?);
+    let files = render::render(&sources, &release).map_err(Usage)?;
+    render::write(&out, &files).map_err(Usage)?;
+    Ok(Verdict::Valid(format!("{}: {} files rendered", out.display(), files.len())))
 }
 
 fn verify_assertion(args: &[String]) -> Result<Verdict, Usage> {

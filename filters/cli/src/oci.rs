@@ -12,7 +12,6 @@
 //! annotations, JSON written with a fixed key order. The same module always gives the same manifest digest, which
 //! is what a WasmPlugin's `sha256` pins.
 
-use crate::{flags, Usage, Verdict, USAGE};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::Path;
@@ -33,34 +32,16 @@ const RUNTIME_TYPE: &str = "envoy_proxy";
 /// Exports by which a proxy-wasm module declares the host ABI it speaks, e.g. `proxy_abi_version_0_2_1`.
 const ABI_EXPORT_PREFIX: &str = "proxy_abi_version_";
 
-pub fn run(args: &[String]) -> Result<Verdict, Usage> {
-    let given = flags(args, &["wasm", "out", "tag"])?;
-    let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-    let need = |name: &str| get(name).ok_or_else(|| Usage(format!("--{name} is required\n\n{USAGE}")));
-    let (wasm, out, tag) = (need("wasm")?, need("out")?, need("tag")?);
-    check_tag(tag)?;
-    let module = fs::read(wasm).map_err(|e| Usage(format!("{wasm}: {e}")))?;
-    let abi_versions = abi_versions(&module).map_err(|e| Usage(format!("{wasm}: {e}")))?;
-    let image = Image::new(module, &abi_versions, tag);
-    write_layout(Path::new(out), &image).map_err(Usage)?;
-    let abi = if abi_versions.is_empty() { "no proxy_abi_version export".to_string() } else { abi_versions.join(", ") };
-    Ok(Verdict::Valid(format!(
-        "{out}:{tag} manifest sha256:{} (module {} bytes, {abi})",
-        image.manifest_digest(),
-        image.module.len()
-    )))
-}
-
 /// A tag as the OCI distribution spec allows it: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`. Registries refuse others,
 /// so refuse them before anything is written.
-fn check_tag(tag: &str) -> Result<(), Usage> {
+pub fn check_tag(tag: &str) -> Result<(), String> {
     let mut chars = tag.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if first_ok && rest_ok && tag.len() <= 128 {
         Ok(())
     } else {
-        Err(Usage(format!("--tag {tag:?}: not a valid image tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})")))
+        Err(format!("{tag:?} is not a valid image tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})"))
     }
 }
 
@@ -107,6 +88,13 @@ impl Image {
         ])
         .into_bytes();
         Image { config, module, manifest, index }
+    }
+
+    /// The image of a built module, tagged `tag`; refuses what is not a core Wasm module.
+    pub fn of_module(module: Vec<u8>, tag: &str) -> Result<Image, String> {
+        check_tag(tag)?;
+        let abi_versions = abi_versions(&module)?;
+        Ok(Image::new(module, &abi_versions, tag))
     }
 
     /// The manifest's digest (hex): the image's identity in a registry and the value of a WasmPlugin's `sha256`.
@@ -156,7 +144,7 @@ fn array(items: impl IntoIterator<Item = String>) -> String {
 /// Writes `image` as the OCI image layout `dir`: `oci-layout`, `index.json`, `blobs/sha256/<digest>`. The layout
 /// holds this image only: blobs of an earlier run are removed, so the directory is the same, byte for byte, for
 /// the same module and tag. A directory that is neither empty nor a layout is left alone.
-fn write_layout(dir: &Path, image: &Image) -> Result<(), String> {
+pub fn write_layout(dir: &Path, image: &Image) -> Result<(), String> {
     let shown = dir.display();
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(|e| format!("{shown}: {e}"))?;
