@@ -8,6 +8,8 @@ SHELL := /bin/bash
 ENVOY_VERSION ?= $(shell cat test-harness/envoy-version)
 # The tag of the OCI images `make oci` writes (the manifests pull oci://…/<filter>:0.1.0).
 VERSION ?= 0.1.0
+# Where the images are pushed; the manifests' URLs name it (re-render with `make manifests REGISTRY=…`).
+REGISTRY ?= ghcr.io/egress-suite
 # Versions the integration suite must pass on: the oldest supported (Istio 1.28 era) and the newest.
 ENVOY_MATRIX ?= 1.36.2 $(ENVOY_VERSION)
 POLICY ?= examples/policy.yaml
@@ -25,7 +27,7 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo
 export ENVOY_VERSION
 
-.PHONY: help build manifests oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
+.PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +37,8 @@ tools: ## Install the Rust targets and the wasm test runner
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs >/dev/null)
+	@# `docker-compose config` checks docker-compose.yaml without a Docker engine (tests/compose.rs).
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
 	@wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$' || \
 		cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 
@@ -50,7 +54,10 @@ build: tools ## Build every filter as a release .wasm
 
 manifests: build ## Re-render wasmplugin-manifests/ from examples/ and the built modules' digests
 	cargo run -q -p egressctl -- render --policy examples/policy.yaml --identity examples/istio/identity.yaml \
-		--audit examples/istio/audit.yaml --wasm-dir $(WASM_DIR) --tag $(VERSION) --out wasmplugin-manifests
+		--audit examples/istio/audit.yaml --wasm-dir $(WASM_DIR) --registry $(REGISTRY) --tag $(VERSION) --out wasmplugin-manifests
+
+compose-config: build ## Re-render deploy/compose/envoy.yaml (the docker-compose gateway) from examples/
+	cargo run -q -p egress-harness --bin egress-lab -- compose-config --out deploy/compose/envoy.yaml
 
 oci: build ## Istio-pullable OCI image layouts of the filters in target/oci/<filter>, tagged VERSION
 	@for filter in $(FILTERS); do \
@@ -84,7 +91,11 @@ run: build envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --audit $(AUDIT) --listen $(LISTEN)
 
-bench: ## Matcher cost at 10 / 1k / 100k / 1M rules
+bench: build envoy ## Side-by-side cost in a real Envoy (bench/results/), then the matcher alone vs policy size
+	@command -v wrk >/dev/null && command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk hey >/dev/null)
+	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || apt-get install -y -qq fonts-dejavu-core >/dev/null
+	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
+		cargo run -q --release -p egress-bench -- --rounds 3 --seconds 4 --out bench/results
 	cargo bench -p egress-core --bench matcher
 
 clean: ## Remove build outputs and the Envoy venvs

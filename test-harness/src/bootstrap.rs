@@ -6,6 +6,7 @@
 //! - `egress_tls` — TLS passthrough: vetted by SNI, then proxied as TCP.
 //!
 //! Every allowed destination routes to the echo upstream, so "external" hosts need no network.
+//! [`crate::compose`] adapts the same bootstrap to containers (all interfaces, upstreams by DNS name).
 
 use crate::istio::DeployedPlugin;
 use serde_json::{json, Value};
@@ -17,6 +18,18 @@ pub const MTLS_LISTENER: &str = "egress_mtls";
 pub const TLS_LISTENER: &str = "egress_tls";
 /// A collector cluster name for tests' audit configurations (the deployed one names an Istio cluster).
 pub const AUDIT_COLLECTOR_CLUSTER: &str = "audit_collector";
+/// The demo upstream clusters: every allowed plain-HTTP destination, and every TLS (passthrough or CONNECT to :443).
+pub const ECHO_HTTP_CLUSTER: &str = "echo_http";
+pub const ECHO_HTTPS_CLUSTER: &str = "echo_https";
+
+/// Where a cluster's single endpoint is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// A fixed address (the harness's own upstreams, on loopback).
+    Static(SocketAddr),
+    /// A name Envoy resolves and re-resolves (a docker-compose service).
+    Dns { host: String, port: u16 },
+}
 
 /// Server certificate and CA for the mTLS listener, as files.
 #[derive(Clone, Debug)]
@@ -72,8 +85,11 @@ impl Gateway {
     }
 
     fn clusters(&self) -> Vec<Value> {
-        let mut clusters = vec![cluster("echo_http", self.echo_http), cluster("echo_https", self.echo_https)];
-        clusters.extend(self.collector.iter().map(|(name, address)| cluster(name, *address)));
+        let mut clusters = vec![
+            cluster(ECHO_HTTP_CLUSTER, &Upstream::Static(self.echo_http)),
+            cluster(ECHO_HTTPS_CLUSTER, &Upstream::Static(self.echo_https)),
+        ];
+        clusters.extend(self.collector.iter().map(|(name, address)| cluster(name, &Upstream::Static(*address))));
         clusters
     }
 
@@ -107,8 +123,8 @@ impl Gateway {
                     "name": "egress",
                     "domains": ["*"],
                     "routes": [
-                        connect_route("echo_https", Some(":443")),
-                        connect_route("echo_http", None),
+                        connect_route(ECHO_HTTPS_CLUSTER, Some(":443")),
+                        connect_route(ECHO_HTTP_CLUSTER, None),
                         {"match": {"prefix": "/"}, "route": self.default_route()},
                     ],
                 }],
@@ -125,7 +141,7 @@ impl Gateway {
 
     /// Every allowed host goes to the echo; followed redirects come back through the whole filter chain.
     fn default_route(&self) -> Value {
-        let mut route = json!({"cluster": "echo_http", "timeout": "30s"});
+        let mut route = json!({"cluster": ECHO_HTTP_CLUSTER, "timeout": "30s"});
         if let Some(hops) = self.follow_redirects {
             route["internal_redirect_policy"] = json!({
                 "redirect_response_codes": [301, 302, 303, 307, 308],
@@ -144,7 +160,7 @@ impl Gateway {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                 "stat_prefix": TLS_LISTENER,
-                "cluster": "echo_https",
+                "cluster": ECHO_HTTPS_CLUSTER,
                 "access_log": [self.access_log(TLS_LISTENER)],
             },
         }));
@@ -228,18 +244,25 @@ fn downstream_mtls(files: &MtlsFiles) -> Value {
     })
 }
 
-fn cluster(name: &str, address: SocketAddr) -> Value {
+/// A cluster of one endpoint, `upstream`.
+pub fn cluster(name: &str, upstream: &Upstream) -> Value {
+    let (kind, address) = match upstream {
+        Upstream::Static(address) => ("STATIC", socket(*address)),
+        Upstream::Dns { host, port } => {
+            ("STRICT_DNS", json!({"socket_address": {"address": host, "port_value": port}}))
+        }
+    };
     json!({
         "name": name,
-        "type": "STATIC",
+        "type": kind,
         "connect_timeout": "2s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(address)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     })
 }
 
-fn socket(address: SocketAddr) -> Value {
+pub fn socket(address: SocketAddr) -> Value {
     json!({"socket_address": {"address": address.ip().to_string(), "port_value": address.port()}})
 }

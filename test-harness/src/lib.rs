@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod collector;
+pub mod compose;
 pub mod echo;
 pub mod envoy;
 pub mod istio;
@@ -159,6 +160,16 @@ fn collector_cluster(audit_json: Option<&str>) -> Result<String, Error> {
 pub fn gateway_bootstrap(options: &LabOptions) -> Result<serde_json::Value, Error> {
     let unused = SocketAddr::from(([127, 0, 0, 1], 9));
     Ok(gateway(options, unused, unused)?.render())
+}
+
+/// The bootstrap of a gateway with the chain of `options` in front of upstreams that are already running (a
+/// benchmark starts its own); no mTLS listener.
+pub fn gateway_bootstrap_for(
+    options: &LabOptions,
+    echo_http: SocketAddr,
+    echo_https: SocketAddr,
+) -> Result<serde_json::Value, Error> {
+    Ok(gateway(options, echo_http, echo_https)?.render())
 }
 
 /// How to start a [`Lab`].

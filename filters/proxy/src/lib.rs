@@ -185,6 +185,20 @@ pub fn declare_request_property(name: &str) -> Result<(), String> {
         .map_err(|s| format!("declare_property {name}: {s:?}"))
 }
 
+/// Sets the gauge `<filter>_vm_memory_bytes` to the VM's linear memory, which holds everything the filter keeps
+/// (the compiled configuration above all): the per-worker memory cost of a configuration, readable in Envoy's stats.
+/// Linear memory only grows, so the gauge is the VM's high-water mark.
+fn record_vm_memory(filter: &str) {
+    #[cfg(target_arch = "wasm32")]
+    let bytes = core::arch::wasm32::memory_size::<0>() * 65536;
+    #[cfg(not(target_arch = "wasm32"))]
+    let bytes = 0;
+    let name = format!("{}_vm_memory_bytes", filter.replace('-', "_"));
+    if let Ok(gauge) = hostcalls::define_metric(MetricType::Gauge, &name) {
+        let _ = hostcalls::record_metric(gauge, u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+}
+
 /// `on_configure` of every filter: build the configuration from the plugin configuration, keep the counters defined
 /// the first time (metrics are per VM, a reconfiguration must not redefine them), log what was loaded, and refuse
 /// (`false`, so Envoy refuses the listener) with the reason when anything fails.
@@ -207,6 +221,7 @@ pub fn configure<C, M: Copy>(
         Ok((config, metrics)) => {
             log(LogLevel::Info, &format!("{filter}: configured; {}", describe(&config)));
             *slot = Some((Rc::new(config), metrics));
+            record_vm_memory(filter);
             true
         }
         Err(message) => {

@@ -1,25 +1,38 @@
 //! `egress-lab up --policy FILE [--listen 127.0.0.1:PORT]`: a local egress gateway (a real Envoy with the suite)
 //! in front of demo upstreams, until SIGINT/SIGTERM. Builds nothing: run `make build` first (`make run` does).
+//! `egress-lab compose-config [--out FILE]`: the same gateway's bootstrap for `docker-compose.yaml`.
 
 use egress_core::{HttpRequest, Policy};
+use egress_harness::compose::{compose_config_yaml, CONFIG_FILE};
 use egress_harness::pki::Error;
 use egress_harness::{load_audit, load_identity, load_policy, Lab, LabOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--audit FILE] [--listen 127.0.0.1:10000]
+       egress-lab compose-config [--out FILE]
 
-Starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
+up: starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
 The redirects filter always runs (after the allow-list, on the same policy). With --identity, the workload
 identity filter runs first; a signing key named by its `signing.keyEnv` is made
 fresh at start and saved beside the lab's certificates. With --audit, the audit filter runs last.
-Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.";
+Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.
+
+compose-config: prints (or writes to FILE) the Envoy bootstrap docker-compose.yaml mounts (deploy/compose/envoy.yaml):
+the gateway `up` runs with examples/{policy,identity,audit}.yaml, listening on all interfaces (10000 HTTP,
+10001 TLS passthrough; no mTLS), upstream the compose service httpbin:8080, modules from /etc/envoy/wasm.
+The built modules must match the manifests' sha256 pins (`make build`).";
 
 /// The environment variable the example identity configuration reads its signing key from.
 const SIGNING_KEY_ENV: &str = "EGRESS_ASSERTION_KEY";
+
+enum Command {
+    Up(Args),
+    ComposeConfig { out: Option<PathBuf> },
+}
 
 struct Args {
     policy: PathBuf,
@@ -28,15 +41,30 @@ struct Args {
     listen: SocketAddr,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Command, String> {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() != Some("up") {
-        return Err(USAGE.into());
-    }
-    let (mut policy, mut identity, mut audit, mut listen) =
-        (None, None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
+    let command = args.next();
+    // Every option takes a value.
+    let mut options = Vec::new();
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        options.push((flag, value));
+    }
+    match command.as_deref() {
+        Some("up") => parse_up(options).map(Command::Up),
+        Some("compose-config") => match options.as_slice() {
+            [] => Ok(Command::ComposeConfig { out: None }),
+            [(flag, out)] if flag == "--out" => Ok(Command::ComposeConfig { out: Some(PathBuf::from(out)) }),
+            [(flag, _), ..] => Err(format!("unknown argument {flag}\n\n{USAGE}")),
+        },
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn parse_up(options: Vec<(String, String)>) -> Result<Args, String> {
+    let (mut policy, mut identity, mut audit, mut listen) =
+        (None, None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
+    for (flag, value) in options {
         match flag.as_str() {
             "--policy" => policy = Some(PathBuf::from(value)),
             "--identity" => identity = Some(PathBuf::from(value)),
@@ -52,20 +80,39 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
+    let command = match parse_args() {
+        Ok(command) => command,
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let outcome = match &command {
+        Command::Up(args) => run(args),
+        Command::ComposeConfig { out } => compose_config(out.as_deref()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("egress-lab: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the compose gateway's bootstrap, or writes it to `out` (creating its directory).
+fn compose_config(out: Option<&Path>) -> Result<(), Error> {
+    let yaml = compose_config_yaml()?;
+    let Some(out) = out else {
+        print!("{yaml}");
+        return Ok(());
+    };
+    if let Some(dir) = out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(out, yaml).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!("egress-lab: wrote {} (docker-compose.yaml mounts {CONFIG_FILE})", out.display());
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<(), Error> {
