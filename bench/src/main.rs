@@ -13,7 +13,7 @@ use egress_harness::collector::Collector;
 use egress_harness::echo::Echo;
 use egress_harness::envoy::{self, Envoy, Launcher};
 use egress_harness::pki::{Error, TestPki};
-use egress_harness::{policy_json_from_yaml, wasm_dir};
+use egress_harness::{load_policy, wasm_dir};
 use load::Expect;
 use report::{Results, Samples, Scaling};
 use scenarios::{Filters, Targets, Upstream};
@@ -89,7 +89,7 @@ fn run(args: &Args) -> Result<(), Error> {
     let targets = Targets { echo_http: echo.http_addr(), echo_https: echo.https_addr(), collector: collector.addr() };
     let launcher = Launcher::find()?;
     let policy_path = envoy::workspace_root().join("examples/policy.yaml");
-    let policy: Value = serde_json::from_str(&policy_json_from_yaml(&std::fs::read_to_string(&policy_path)?)?)?;
+    let policy: Value = serde_json::from_str(&load_policy(&policy_path)?)?;
 
     // Side by side: every scenario runs at once, idle but for the one under load.
     let mut side_by_side = Vec::new();

@@ -169,7 +169,7 @@ fn module_for(url: &str, sha256: &str, wasm_dir: &Path) -> Result<PathBuf, Error
         "oci" => {
             let (repository, tag) = rest.rsplit_once(':').ok_or("an oci:// URL without a tag")?;
             let image = repository.rsplit('/').next().unwrap_or(repository);
-            let path = wasm_dir.join(format!("{}.wasm", image.replace('-', "_")));
+            let path = wasm_dir.join(egressctl::render::module_file(image));
             let module = read_module(&path)?;
             (path, Image::of_module(module, tag)?.manifest_digest())
         }

@@ -14,9 +14,9 @@ pub mod pki;
 
 use bootstrap::{Gateway, MtlsFiles};
 use echo::Echo;
-use egress_core::policy::from_json_with_path;
 use egress_core::workload::IdentityConfig;
-use egress_core::{Policy, PolicyDocument};
+use egress_core::Policy;
+use egressctl::config::{self, Kind};
 use envoy::{Envoy, Launcher};
 use pki::{CertKey, Error, TestPki};
 use std::net::SocketAddr;
@@ -54,40 +54,28 @@ pub fn wasm_module(name: &str) -> Result<PathBuf, Error> {
 /// Reads a policy file (YAML or JSON), validates it with the filter's own rules, and returns it as the JSON the
 /// plugin receives. Errors name the file and the field path.
 pub fn load_policy(path: &Path) -> Result<String, Error> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    policy_json_from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()).into())
-}
-
-/// Reads an identity filter configuration file (YAML or JSON), validates it as the filter will (with `env` as the
-/// VM environment), and returns it as JSON.
-pub fn load_identity(path: &Path, env: &[(String, String)]) -> Result<String, Error> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let lookup = |var: &str| env.iter().find(|(key, _)| key == var).map(|(_, value)| value.clone());
-    let parsed = (|| -> Result<String, Error> {
-        let json = serde_yaml_ng::from_str::<serde_json::Value>(&text)?.to_string();
-        IdentityConfig::from_json(json.as_bytes(), lookup)?;
-        Ok(json)
-    })();
-    parsed.map_err(|e| format!("{}: {e}", path.display()).into())
+    load_checked(path, Kind::Policy)
 }
 
 /// Reads an audit filter configuration file (YAML or JSON), validates it as the filter will, returns it as JSON.
 pub fn load_audit(path: &Path) -> Result<String, Error> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let parsed = (|| -> Result<String, Error> {
-        let json = serde_yaml_ng::from_str::<serde_json::Value>(&text)?.to_string();
-        egress_core::audit::AuditConfig::from_json(json.as_bytes())?;
-        Ok(json)
-    })();
-    parsed.map_err(|e| format!("{}: {e}", path.display()).into())
+    load_checked(path, Kind::Audit)
 }
 
-/// YAML (a superset of JSON) → validated policy JSON.
-pub fn policy_json_from_yaml(text: &str) -> Result<String, Error> {
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)?;
-    let json = value.to_string();
-    let document: PolicyDocument = from_json_with_path(json.as_bytes())?;
-    Policy::compile(&document)?;
+fn load_checked(path: &Path, kind: Kind) -> Result<String, Error> {
+    let json = config::read_json(path)?;
+    match config::check(kind, &json) {
+        Ok(_) => Ok(json),
+        Err(problems) => Err(format!("{}: {}", path.display(), problems.join("; ")).into()),
+    }
+}
+
+/// Reads an identity filter configuration file (YAML or JSON), validates it as the filter will (with `env` as the
+/// VM environment, so a missing signing key is an error here too), and returns it as JSON.
+pub fn load_identity(path: &Path, env: &[(String, String)]) -> Result<String, Error> {
+    let json = config::read_json(path)?;
+    let lookup = |var: &str| env.iter().find(|(key, _)| key == var).map(|(_, value)| value.clone());
+    IdentityConfig::from_json(json.as_bytes(), lookup).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(json)
 }
 

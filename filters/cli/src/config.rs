@@ -38,6 +38,11 @@ pub fn to_json(value: &serde_yaml_ng::Value) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| format!("not expressible as JSON: {e}"))
 }
 
+/// Reads a configuration file as the JSON text its filter receives; errors name the file.
+pub fn read_json(path: &Path) -> Result<String, String> {
+    read_yaml(path).and_then(|value| to_json(&value).map_err(|e| format!("{}: {e}", path.display())))
+}
+
 /// A configuration the filter of its kind accepts.
 #[derive(Debug)]
 pub enum Checked {
@@ -67,8 +72,7 @@ pub fn check(kind: Kind, json: &str) -> Result<Checked, Vec<String>> {
 /// line, each with the file and field path.
 pub fn validate(path: &Path, kind: Kind) -> Result<String, Vec<String>> {
     let shown = path.display();
-    let json = read_yaml(path).and_then(|value| to_json(&value).map_err(|e| format!("{shown}: {e}")));
-    let json = json.map_err(|e| vec![e])?;
+    let json = read_json(path).map_err(|e| vec![e])?;
     let checked =
         check(kind, &json).map_err(|errors| errors.iter().map(|e| format!("{shown}: {e}")).collect::<Vec<_>>())?;
     Ok(match checked {

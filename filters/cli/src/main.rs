@@ -165,7 +165,7 @@ fn explain(args: &[String]) -> Result<Verdict, Usage> {
     let given = flags(rest, &["policy", "method", "as"])?;
     let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let file = get("policy").ok_or_else(|| Usage(format!("--policy is required\n\n{USAGE}")))?;
-    let json = config::read_yaml(Path::new(file)).and_then(|value| config::to_json(&value)).map_err(Usage)?;
+    let json = config::read_json(Path::new(file)).map_err(Usage)?;
     let policy = match config::check(Kind::Policy, &json) {
         Ok(config::Checked::Policy(policy)) => policy,
         Ok(_) => return Err(Usage("internal: not a policy".into())),

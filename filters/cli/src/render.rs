@@ -29,6 +29,11 @@ pub const GATEWAY_API_GATEWAY: (&str, &str) = ("istio-egress", "egress-gateway")
 const MODULE_DIR: &str = "/var/local/lib/wasm-filters";
 pub const FOLLOW_REDIRECTS_FILE: &str = "follow-redirects-envoyfilter.yaml";
 
+/// The file a module is built as: `egress-allowlist` → `egress_allowlist.wasm`.
+pub fn module_file(module: &str) -> String {
+    format!("{}.wasm", module.replace('-', "_"))
+}
+
 /// One configuration file: where it came from (named in the generated headers) and its content, key order kept.
 pub struct Source {
     pub path: String,
@@ -266,7 +271,7 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
 
     let mut modules = Vec::new();
     for (module, _, _) in MODULE_FILES {
-        let path = release.wasm_dir.join(format!("{}.wasm", module.replace('-', "_")));
+        let path = release.wasm_dir.join(module_file(module));
         let bytes =
             std::fs::read(&path).map_err(|e| format!("{}: {e} (build the filters: make build)", path.display()))?;
         let module_digest = sha256_hex(&bytes);
@@ -289,7 +294,7 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
                     modules.iter().find(|(m, _, _)| *m == module).ok_or("internal: a plugin without module")?;
                 let (url, sha256) = match variant.location {
                     Location::Oci => (format!("oci://{}/{module}:{}", release.registry, release.tag), image_digest),
-                    Location::File => (format!("file://{MODULE_DIR}/{}.wasm", module.replace('-', "_")), module_digest),
+                    Location::File => (format!("file://{MODULE_DIR}/{}", module_file(module)), module_digest),
                 };
                 let key_env = key_env.filter(|_| plugin.config == Kind::Identity);
                 let document = resource(variant, plugin, &url, sha256, key_env, &source.value);
