@@ -51,12 +51,18 @@ fn assert_reached_upstream(response: &Response, host: &str) {
     assert_eq!(response.json()["host"], host);
 }
 
-/// The access log is flushed by Envoy on its own schedule: wait for `count` lines.
+/// The access log is flushed by Envoy on its own schedule: wait for `count` lines. The allow-list's filter-state
+/// record (`%FILTER_STATE(wasm.egress.decision:PLAIN)%`, a JSON string in the line) comes back parsed.
 fn access_log(lab: &Lab, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let lines = lab.access_log();
+        let mut lines = lab.access_log();
         if lines.len() >= count || Instant::now() > deadline {
+            for line in &mut lines {
+                if let Some(record) = line["decision"].as_str().and_then(|r| serde_json::from_str(r).ok()) {
+                    line["decision"] = record;
+                }
+            }
             return lines;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -83,11 +89,14 @@ fn allowed_hosts_reach_the_upstream_and_others_get_a_403_with_the_reason() {
 
     let log = access_log(&lab, 3);
     let denied_line = log.iter().find(|l| l["authority"] == "example.com").expect("access log line");
-    assert_eq!(denied_line["decision"], "deny");
-    assert_eq!(denied_line["reason"], "host_not_allowed");
-    assert_eq!(denied_line["destination"], "example.com:80");
+    assert_eq!(
+        denied_line["decision"],
+        serde_json::json!({"action": "deny", "reason": "host_not_allowed", "rule": null,
+                           "destination": "example.com:80", "mode": "enforce"})
+    );
     let allowed_line = log.iter().find(|l| l["authority"] == "httpbin.org").expect("access log line");
-    assert_eq!((allowed_line["decision"].as_str(), allowed_line["rule"].as_str()), (Some("allow"), Some("httpbin")));
+    let decision = &allowed_line["decision"];
+    assert_eq!((decision["action"].as_str(), decision["rule"].as_str()), (Some("allow"), Some("httpbin")));
 }
 
 #[test]
@@ -161,7 +170,11 @@ fn report_mode_lets_denied_requests_through_and_records_them() {
     assert_eq!(lab.envoy.stat("wasmcustom.egress_allowlist_malformed"), Some(1));
     let log = access_log(&lab, 3);
     let line = log.iter().find(|l| l["authority"] == "example.com").expect("access log line");
-    assert_eq!((line["decision"].as_str(), line["reason"].as_str()), (Some("report-deny"), Some("host_not_allowed")));
+    let decision = &line["decision"];
+    assert_eq!(
+        (decision["action"].as_str(), decision["reason"].as_str()),
+        (Some("report-deny"), Some("host_not_allowed"))
+    );
 }
 
 #[test]
@@ -236,7 +249,7 @@ fn tls_passthrough_is_vetted_by_sni_and_closed_without_one() {
     let tls_lines: Vec<(&str, &str)> = log
         .iter()
         .filter(|l| l["listener"] == "egress_tls")
-        .map(|l| (l["decision"].as_str().unwrap_or(""), l["reason"].as_str().unwrap_or("")))
+        .map(|l| (l["decision"]["action"].as_str().unwrap_or(""), l["decision"]["reason"].as_str().unwrap_or("")))
         .collect();
     for want in [("allow", "allowed"), ("deny", "host_not_allowed"), ("deny", "missing_sni")] {
         assert!(tls_lines.contains(&want), "{want:?} in {tls_lines:?}");

@@ -7,11 +7,13 @@
 //! The plugin configuration is the policy (JSON). Invalid policy: `on_configure` fails, so Envoy refuses the
 //! listener. A host call that fails denies the request (fail closed) instead of panicking.
 
-use egress_core::{state, Action, Decision, HttpRequest, Mode, Policy, Reason};
-use egress_proxy::{self as proxy, Counter};
+use egress_core::state::{self, DecisionRecord};
+use egress_core::{Action, Caller, Decision, HttpRequest, Mode, Policy, Reason};
+use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
+use std::cell::Cell;
 use std::rc::Rc;
 
 /// Root id of the HTTP filter.
@@ -118,18 +120,22 @@ impl HttpContext for AllowListHttp {
         let Some((policy, metrics)) = &self.filter else {
             return proxy::reply_internal_error(FILTER, "not configured");
         };
-        let (request, identity) = match read_request().and_then(|request| Ok((request, proxy::caller_identity()?))) {
-            Ok(inputs) => inputs,
+        let request = match RequestLine::read() {
+            Ok(request) => request,
             Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
         };
-        let [authority, scheme, method, path] = &request;
+        let lookup_failure = Cell::new(None);
+        let lookup = proxy::caller_lookup(&lookup_failure);
         let decision = policy.evaluate_http(&HttpRequest {
-            authority: authority.as_deref().unwrap_or(""),
-            scheme: scheme.as_deref().unwrap_or("http"),
-            method: method.as_deref().unwrap_or(""),
-            path: path.as_deref(),
-            identity: identity.as_ref(),
+            authority: &request.authority,
+            scheme: if request.scheme.is_empty() { "http" } else { &request.scheme },
+            method: &request.method,
+            path: request.path.as_deref(),
+            caller: Caller::Lookup(&lookup),
         });
+        if let Some(status) = lookup_failure.get() {
+            return proxy::reply_internal_error(FILTER, &format!("cannot read the caller's identity: {status:?}"));
+        }
         metrics.count(&decision);
         if let Err(status) = publish(&decision, policy) {
             return proxy::reply_internal_error(FILTER, &format!("cannot publish the decision: {status:?}"));
@@ -140,17 +146,6 @@ impl HttpContext for AllowListHttp {
             proxy::reply(decision.http_status(), decision.reason.code(), &decision.http_body())
         }
     }
-}
-
-/// `:authority`, `:scheme`, `:method`, `:path` (Envoy has already mapped HTTP/1 `Host` and absolute-form targets to
-/// `:authority`).
-fn read_request() -> Result<[Option<String>; 4], Status> {
-    Ok([
-        proxy::request_header(":authority")?,
-        proxy::request_header(":scheme")?,
-        proxy::request_header(":method")?,
-        proxy::request_header(":path")?,
-    ])
 }
 
 struct AllowListTls {
@@ -166,13 +161,18 @@ impl StreamContext for AllowListTls {
             let sni = proxy::property_string(&["connection", "requested_server_name"])?;
             // Unknown is 0, which no rule with `ports` allows.
             let port = proxy::property_u64(&["destination", "port"])?.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-            Ok((sni, port, proxy::caller_identity()?))
+            Ok((sni, port))
         })();
-        let (sni, port, identity) = match inputs {
+        let (sni, port) = match inputs {
             Ok(inputs) => inputs,
             Err(status) => return close_connection(&format!("cannot read connection properties: {status:?}")),
         };
-        let decision = policy.evaluate_tls(sni.as_deref(), port, identity.as_ref());
+        let lookup_failure = Cell::new(None);
+        let lookup = proxy::caller_lookup(&lookup_failure);
+        let decision = policy.evaluate_tls(sni.as_deref(), port, Caller::Lookup(&lookup));
+        if let Some(status) = lookup_failure.get() {
+            return close_connection(&format!("cannot read the caller's identity: {status:?}"));
+        }
         metrics.count(&decision);
         if let Err(status) = publish(&decision, policy) {
             return close_connection(&format!("cannot publish the decision: {status:?}"));
@@ -192,18 +192,22 @@ fn close_connection(why: &str) -> Next {
     Next::Pause
 }
 
-/// Publishes the decision to filter state for the other filters and access logs (keys: `egress_core::state`).
+/// Publishes the decision to filter state for the other filters and access logs, as one record
+/// (`egress_core::state::DECISION`).
 fn publish(decision: &Decision<'_>, policy: &Policy) -> Result<(), Status> {
-    let destination = decision.destination.as_ref().map(ToString::to_string).unwrap_or_default();
+    let destination = decision.destination.as_ref().map(ToString::to_string);
     let mode = match policy.mode() {
         Mode::Enforce => "enforce",
         Mode::Report => "report",
     };
-    proxy::publish(&[
-        (state::DECISION, decision.action.as_str()),
-        (state::REASON, decision.reason.code()),
-        (state::RULE, decision.rule.unwrap_or("")),
-        (state::DESTINATION, &destination),
-        (state::MODE, mode),
-    ])
+    proxy::publish_record(
+        state::DECISION,
+        &DecisionRecord {
+            action: decision.action.as_str(),
+            reason: decision.reason.code(),
+            rule: decision.rule,
+            destination: destination.as_deref(),
+            mode,
+        },
+    )
 }

@@ -9,7 +9,7 @@
 pub mod shipper;
 
 use egress_core::audit::{AuditConfig, EventKind, Observed};
-use egress_core::state;
+use egress_core::state::{self, DecisionRecord, IdentityRecord};
 use egress_proxy::{self as proxy, Counter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
@@ -69,6 +69,8 @@ struct Sinks {
     config: Rc<AuditConfig>,
     metrics: Metrics,
     shipper: Option<Rc<RefCell<Shipper>>>,
+    /// Envoy's node id: the same for every event, read once.
+    node: Option<Rc<str>>,
 }
 
 impl Sinks {
@@ -92,6 +94,7 @@ struct AuditRoot {
     configured: Option<(Rc<AuditConfig>, Metrics)>,
     shipper: Option<Rc<RefCell<Shipper>>>,
     kind: Option<ContextType>,
+    node: Option<Rc<str>>,
 }
 
 impl Context for AuditRoot {
@@ -131,6 +134,7 @@ impl RootContext for AuditRoot {
             Metrics::define,
             |config| format!("log {}, collector {:?}", config.log, config.collector.as_ref().map(|c| &c.cluster)),
         );
+        self.node = string(&["xds", "node", "id"]).map(Rc::from);
         let collector = self.configured.as_ref().and_then(|(config, _)| config.collector.clone());
         if let (true, Some(collector)) = (configured, collector) {
             let limits = Limits {
@@ -170,7 +174,12 @@ impl RootContext for AuditRoot {
 impl AuditRoot {
     fn sinks(&self) -> Option<Sinks> {
         let (config, metrics) = self.configured.as_ref()?;
-        Some(Sinks { config: Rc::clone(config), metrics: *metrics, shipper: self.shipper.clone() })
+        Some(Sinks {
+            config: Rc::clone(config),
+            metrics: *metrics,
+            shipper: self.shipper.clone(),
+            node: self.node.clone(),
+        })
     }
 
     /// Sends the next batch if one is due (only the root dispatches: its callbacks outlive any request).
@@ -211,10 +220,11 @@ impl HttpContext for AuditHttp {
         let Some(sinks) = &self.sinks else { return };
         // Envoy logs every hop of a followed redirect; the request's event is the final hop's, which carries the
         // whole chain.
-        if string(&["response", "code_details"]).as_deref() == Some("internal_redirect") {
+        let details = string(&["response", "code_details"]);
+        if details.as_deref() == Some("internal_redirect") {
             return;
         }
-        match observe_http(&sinks.config, self.started_ms) {
+        match observe_http(sinks, self.started_ms, details) {
             Ok(observed) => sinks.emit(observed),
             Err(status) => proxy::log(LogLevel::Error, &format!("{FILTER}: cannot read the request: {status:?}")),
         }
@@ -231,45 +241,51 @@ impl Context for AuditTls {}
 impl StreamContext for AuditTls {
     fn on_log(&mut self) {
         let Some(sinks) = &self.sinks else { return };
-        let mut observed = observe_common(self.started_ms);
+        let mut observed = observe_common(sinks, self.started_ms);
         observed.kind = Some(EventKind::Tls);
         observed.sni = string(&["connection", "requested_server_name"]);
         sinks.emit(observed);
     }
 }
 
-/// What every event reads: time, gateway, caller, what the other filters published, the upstream.
-fn observe_common(started_ms: u64) -> Observed {
+/// What every event reads: time, gateway, caller, what the other filters published, the upstream. Each value read
+/// costs a VM re-entry, so the other filters publish one record each and values absent on the common path (the
+/// peer certificate on plain connections, redirects) are probed first.
+fn observe_common(sinks: &Sinks, started_ms: u64) -> Observed {
     let now = now_ms();
     let mut random_id = [0u8; 16];
     // Without randomness the id is zeros, which still marks the event as id-less rather than failing it.
     let _ = getrandom::fill(&mut random_id);
-    Observed {
+    let identity: Option<IdentityRecord<String>> = state::parse(string(&[state::IDENTITY]).as_deref());
+    let decision: Option<DecisionRecord<String>> = state::parse(string(&[state::DECISION]).as_deref());
+    let mut observed = Observed {
         time_unix_ms: now,
         duration_ms: Some(now.saturating_sub(started_ms)),
         random_id,
-        node: string(&["xds", "node", "id"]),
-        identity: string(&[state::IDENTITY]),
-        identity_source: string(&[state::IDENTITY_SOURCE]),
-        peer_uri_san: proxy::property_bool(&["connection", "mtls"])
-            .unwrap_or(false)
-            .then(|| string(&["connection", "uri_san_peer_certificate"]))
-            .flatten(),
+        node: sinks.node.as_deref().map(str::to_string),
+        peer_uri_san: proxy::verified_peer_uri_san().ok().flatten(),
         source_address: string(&["source", "address"]),
-        decision: string(&[state::DECISION]),
-        reason: string(&[state::REASON]),
-        rule: string(&[state::RULE]),
-        mode: string(&[state::MODE]),
-        destination: string(&[state::DESTINATION]),
         redirects: string(&[state::REDIRECTS]),
         upstream_cluster: string(&["xds", "cluster_name"]),
         upstream_address: string(&["upstream", "address"]),
         ..Observed::default()
+    };
+    if let Some(identity) = identity {
+        observed.identity = identity.id;
+        observed.identity_source = Some(identity.source);
     }
+    if let Some(decision) = decision {
+        observed.decision = Some(decision.action);
+        observed.reason = Some(decision.reason);
+        observed.rule = decision.rule;
+        observed.mode = Some(decision.mode);
+        observed.destination = decision.destination;
+    }
+    observed
 }
 
-fn observe_http(config: &AuditConfig, started_ms: u64) -> Result<Observed, Status> {
-    let mut observed = observe_common(started_ms);
+fn observe_http(sinks: &Sinks, started_ms: u64, details: Option<String>) -> Result<Observed, Status> {
+    let mut observed = observe_common(sinks, started_ms);
     let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
     let header = |name: &str| {
         headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
@@ -282,14 +298,14 @@ fn observe_http(config: &AuditConfig, started_ms: u64) -> Result<Observed, Statu
     observed.path = header(":path");
     observed.headers = headers
         .iter()
-        .filter(|(name, _)| config.headers.iter().any(|wanted| name.eq_ignore_ascii_case(wanted)))
+        .filter(|(name, _)| sinks.config.headers.iter().any(|wanted| name.eq_ignore_ascii_case(wanted)))
         .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(value).into_owned()))
         .collect();
     observed.protocol = string(&["request", "protocol"]);
     observed.sni = string(&["connection", "requested_server_name"]);
     observed.response_code = number(&["response", "code"]).and_then(|c| u16::try_from(c).ok());
     observed.response_flags = number(&["response", "flags"]).unwrap_or(0);
-    observed.response_details = string(&["response", "code_details"]);
+    observed.response_details = details;
     observed.bytes_received = number(&["request", "total_size"]).unwrap_or(0);
     observed.bytes_sent = number(&["response", "total_size"]).unwrap_or(0);
     Ok(observed)

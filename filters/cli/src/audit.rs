@@ -618,10 +618,10 @@ fn check(policy: &Policy, o: &Observation) -> Option<String> {
                 scheme: o.scheme.as_deref().unwrap_or("http"),
                 method,
                 path: (!connect).then_some("/"),
-                identity: identity.as_ref(),
+                caller: identity.as_ref().into(),
             })
         }
-        None => policy.evaluate_tls(Some(&o.host), o.port.unwrap_or(443), identity.as_ref()),
+        None => policy.evaluate_tls(Some(&o.host), o.port.unwrap_or(443), identity.as_ref().into()),
     };
     (decision.action != Action::Allow).then(|| decision.reason.to_string())
 }

@@ -104,7 +104,7 @@ pub fn explain(
     if let Some(sni) = target.strip_prefix("tls://") {
         let (host, port) = sni.rsplit_once(':').ok_or("tls:// targets are tls://<sni>:<port>")?;
         let port = port.parse::<u16>().map_err(|_| format!("`{port}` is not a port"))?;
-        let decision = policy.evaluate_tls(Some(host), port, identity);
+        let decision = policy.evaluate_tls(Some(host), port, identity.into());
         return Ok(describe(&format!("TLS passthrough, SNI {host}, port {port}"), &decision, identity));
     }
     if !target.contains("://") {
@@ -117,7 +117,13 @@ pub fn explain(
         Some(port) => format!("{}:{port}", url.authority.host),
         None => url.authority.host.to_string(),
     };
-    let request = HttpRequest { authority: &authority, scheme: &url.scheme, method, path: Some(&url.path), identity };
+    let request = HttpRequest {
+        authority: &authority,
+        scheme: &url.scheme,
+        method,
+        path: Some(&url.path),
+        caller: identity.into(),
+    };
     let decision = policy.evaluate_http(&request);
     Ok(describe(&format!("{method} {}", url.url()), &decision, identity))
 }

@@ -158,7 +158,7 @@ pub struct Observed {
     /// Fallback id (from the host's randomness) when there is no `x-request-id`.
     pub random_id: [u8; 16],
     pub node: Option<String>,
-    /// `egress.identity` / `egress.identity.source` when the identity filter ran.
+    /// `egress.identity` (id and source) when the identity filter ran.
     pub identity: Option<String>,
     pub identity_source: Option<String>,
     /// The verified peer certificate's URI SAN, used when the identity filter did not run.

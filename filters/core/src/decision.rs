@@ -152,8 +152,56 @@ pub struct HttpRequest<'a> {
     pub method: &'a str,
     /// `:path`, with query; absent for CONNECT.
     pub path: Option<&'a str>,
-    /// The caller's verified SPIFFE identity, if any.
-    pub identity: Option<&'a SpiffeId>,
+    pub caller: Caller<'a>,
+}
+
+/// The caller's verified SPIFFE identity, as far as rules need it. A filter pays host calls to read it and most
+/// requests match no identity-scoped rule, so it can be handed over as a lookup, run only if such a rule is tried
+/// (and then once per evaluation). A lookup that fails returns `None`: identity-scoped rules then refuse.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    Known(Option<&'a SpiffeId>),
+    Lookup(&'a dyn Fn() -> Option<SpiffeId>),
+}
+
+impl Caller<'_> {
+    pub const ANONYMOUS: Caller<'static> = Caller::Known(None);
+}
+
+impl<'a> From<Option<&'a SpiffeId>> for Caller<'a> {
+    fn from(identity: Option<&'a SpiffeId>) -> Self {
+        Caller::Known(identity)
+    }
+}
+
+impl fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Known(identity) => f.debug_tuple("Known").field(identity).finish(),
+            Caller::Lookup(_) => f.write_str("Lookup"),
+        }
+    }
+}
+
+/// The caller's facts rules compare, resolved on first use.
+struct CallerFacts<'a> {
+    caller: Caller<'a>,
+    resolved: Option<Option<(String, String)>>,
+}
+
+impl CallerFacts<'_> {
+    /// `(principal, namespace)` of a verified caller.
+    fn get(&mut self) -> Option<&(String, String)> {
+        let caller = self.caller;
+        let resolve = || {
+            let identity = match caller {
+                Caller::Known(identity) => identity.cloned(),
+                Caller::Lookup(lookup) => lookup(),
+            };
+            identity.map(|id| (id.principal(), id.namespace))
+        };
+        self.resolved.get_or_insert_with(resolve).as_ref()
+    }
 }
 
 /// What a rule's conditions are checked against.
@@ -161,7 +209,7 @@ struct Target<'a> {
     destination: &'a Destination,
     method: Option<&'a str>,
     path: Option<&'a str>,
-    identity: Option<&'a SpiffeId>,
+    caller: Caller<'a>,
 }
 
 impl Policy {
@@ -179,21 +227,20 @@ impl Policy {
         };
         let destination = Destination { host: authority.host, port };
         let path = if request.method == "CONNECT" { None } else { request.path };
-        let target =
-            Target { destination: &destination, method: Some(request.method), path, identity: request.identity };
+        let target = Target { destination: &destination, method: Some(request.method), path, caller: request.caller };
         let (reason, rule) = self.judge(&target);
         self.decide(reason, rule, Some(destination))
     }
 
     /// Evaluates a TLS passthrough connection by its SNI and the port it arrived on.
-    pub fn evaluate_tls(&self, sni: Option<&str>, port: u16, identity: Option<&SpiffeId>) -> Decision<'_> {
+    pub fn evaluate_tls(&self, sni: Option<&str>, port: u16, caller: Caller<'_>) -> Decision<'_> {
         let Some(sni) = sni.filter(|s| !s.is_empty()) else { return self.refuse(Reason::MissingSni) };
         let host = match Host::parse(sni) {
             Ok(host) => host,
             Err(malformed) => return self.refuse(Reason::MalformedAuthority(malformed)),
         };
         let destination = Destination { host, port };
-        let target = Target { destination: &destination, method: None, path: None, identity };
+        let target = Target { destination: &destination, method: None, path: None, caller };
         let (reason, rule) = self.judge(&target);
         self.decide(reason, rule, Some(destination))
     }
@@ -235,11 +282,11 @@ impl Policy {
             let reason = if target.destination.host.is_ip() { Reason::IpNotAllowed } else { Reason::HostNotAllowed };
             return (reason, None);
         };
-        let mut principal = None;
+        let mut caller = CallerFacts { caller: target.caller, resolved: None };
         let mut first_failure = None;
         for &index in &candidates {
             let Some(rule) = self.rules.get(index as usize) else { continue };
-            match rule_failure(rule, target, &mut principal) {
+            match rule_failure(rule, target, &mut caller) {
                 None => return (Reason::Allowed, Some(index)),
                 Some(reason) => {
                     first_failure.get_or_insert(reason);
@@ -251,8 +298,8 @@ impl Policy {
 }
 
 /// The first condition of `rule` that the target fails, or `None` when the rule matches.
-/// `principal` caches the caller's principal string across rules.
-fn rule_failure(rule: &Rule, target: &Target<'_>, principal: &mut Option<String>) -> Option<Reason> {
+/// `caller` is resolved by the first identity-scoped rule and reused by the next.
+fn rule_failure(rule: &Rule, target: &Target<'_>, caller: &mut CallerFacts<'_>) -> Option<Reason> {
     if let Some(ports) = &rule.ports {
         if !ports.contains(&target.destination.port) {
             return Some(Reason::PortNotAllowed);
@@ -274,15 +321,14 @@ fn rule_failure(rule: &Rule, target: &Target<'_>, principal: &mut Option<String>
         }
     }
     if rule.principals.is_some() || rule.namespaces.is_some() {
-        let Some(identity) = target.identity else { return Some(Reason::IdentityNotAllowed) };
+        let Some((principal, namespace)) = caller.get() else { return Some(Reason::IdentityNotAllowed) };
         if let Some(principals) = &rule.principals {
-            let principal = principal.get_or_insert_with(|| identity.principal());
             if !principals.iter().any(|p| p.matches(principal)) {
                 return Some(Reason::IdentityNotAllowed);
             }
         }
         if let Some(namespaces) = &rule.namespaces {
-            if !namespaces.iter().any(|n| n.matches(&identity.namespace)) {
+            if !namespaces.iter().any(|n| n.matches(namespace)) {
                 return Some(Reason::IdentityNotAllowed);
             }
         }
@@ -318,7 +364,7 @@ mod tests {
             scheme: "http",
             method: "GET",
             path: Some(path),
-            identity: None,
+            caller: Caller::ANONYMOUS,
         })
     }
 
@@ -372,7 +418,7 @@ mod tests {
             scheme: "http",
             method: "POST",
             path: Some("/headers"),
-            identity: None,
+            caller: Caller::ANONYMOUS,
         });
         assert_eq!(reason(&post), "method_not_allowed");
     }
@@ -403,7 +449,7 @@ mod tests {
                 scheme: "https",
                 method: "GET",
                 path: Some("/"),
-                identity: id,
+                caller: id.into(),
             })
             .reason
         };
@@ -416,6 +462,39 @@ mod tests {
     }
 
     #[test]
+    fn the_caller_is_looked_up_only_for_identity_scoped_rules_and_once() {
+        let p = policy(
+            r#"{"rules":[{"name":"open","hosts":["open.example"]},
+                         {"name":"web-x","hosts":["x.example"],"principals":["cluster.local/ns/web/sa/x"]},
+                         {"name":"app-ns","hosts":["*.example"],"namespaces":["app"]}]}"#,
+        );
+        let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
+        let lookups = std::cell::Cell::new(0);
+        let lookup = || {
+            lookups.set(lookups.get() + 1);
+            Some(sleep.clone())
+        };
+        let failing = || None;
+        let eval = |host: &str, lookup: &dyn Fn() -> Option<SpiffeId>| {
+            let caller = Caller::Lookup(lookup);
+            let request = HttpRequest { authority: host, scheme: "https", method: "GET", path: Some("/"), caller };
+            p.evaluate_http(&request).rule
+        };
+        assert_eq!(eval("open.example", &lookup), Some("open"));
+        assert_eq!(lookups.get(), 0, "the first rule that lists the host needs no identity");
+        assert_eq!(eval("x.example", &lookup), Some("app-ns"));
+        assert_eq!(lookups.get(), 1, "two identity-scoped rules tried, one lookup");
+        let refused = p.evaluate_http(&HttpRequest {
+            authority: "x.example",
+            scheme: "https",
+            method: "GET",
+            path: Some("/"),
+            caller: Caller::Lookup(&failing),
+        });
+        assert_eq!(refused.reason, Reason::IdentityNotAllowed, "a failed lookup is no identity");
+    }
+
+    #[test]
     fn a_later_rule_can_allow_what_an_earlier_one_does_not() {
         let p = policy(
             r#"{"rules":[{"name":"get-only","hosts":["a.com"],"methods":["GET"]},{"name":"any-post","hosts":["*.com"],"methods":["POST"]}]}"#,
@@ -425,7 +504,7 @@ mod tests {
             scheme: "http",
             method: "POST",
             path: Some("/"),
-            identity: None,
+            caller: Caller::ANONYMOUS,
         });
         assert_eq!((post.action, post.rule), (Action::Allow, Some("any-post")));
     }
@@ -436,7 +515,13 @@ mod tests {
             r#"{"rules":[{"name":"tls","hosts":["httpbin.org"],"ports":[443]},{"name":"p","hosts":["p.org"],"paths":["/x"]}]}"#,
         );
         let connect = |authority| {
-            p.evaluate_http(&HttpRequest { authority, scheme: "http", method: "CONNECT", path: None, identity: None })
+            p.evaluate_http(&HttpRequest {
+                authority,
+                scheme: "http",
+                method: "CONNECT",
+                path: None,
+                caller: Caller::ANONYMOUS,
+            })
         };
         assert_eq!(connect("httpbin.org:443").action, Action::Allow);
         assert_eq!(connect("httpbin.org:80").reason, Reason::PortNotAllowed);
@@ -453,7 +538,7 @@ mod tests {
         let bad = get(&p, "u@a.com", "/");
         assert_eq!(bad.action, Action::Deny);
         assert_eq!(bad.http_status(), 400);
-        assert_eq!(p.evaluate_tls(None, 443, None).action, Action::Deny);
+        assert_eq!(p.evaluate_tls(None, 443, Caller::ANONYMOUS).action, Action::Deny);
     }
 
     #[test]
@@ -461,12 +546,19 @@ mod tests {
         let p = policy(
             r#"{"rules":[{"name":"tls","hosts":["*.httpbin.org"],"ports":[443]},{"name":"m","hosts":["m.org"],"methods":["GET"]}]}"#,
         );
-        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 443, None).action, Action::Allow);
-        assert_eq!(p.evaluate_tls(Some("httpbin.org"), 443, None).reason, Reason::HostNotAllowed);
-        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 8443, None).reason, Reason::PortNotAllowed);
-        assert_eq!(p.evaluate_tls(Some(""), 443, None).reason, Reason::MissingSni);
-        assert_eq!(p.evaluate_tls(Some("m.org"), 443, None).reason, Reason::MethodNotAllowed, "no method to check");
-        assert_eq!(p.evaluate_tls(Some("a@b.org"), 443, None).reason, Reason::MalformedAuthority(Malformed::Userinfo));
+        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 443, Caller::ANONYMOUS).action, Action::Allow);
+        assert_eq!(p.evaluate_tls(Some("httpbin.org"), 443, Caller::ANONYMOUS).reason, Reason::HostNotAllowed);
+        assert_eq!(p.evaluate_tls(Some("www.httpbin.org"), 8443, Caller::ANONYMOUS).reason, Reason::PortNotAllowed);
+        assert_eq!(p.evaluate_tls(Some(""), 443, Caller::ANONYMOUS).reason, Reason::MissingSni);
+        assert_eq!(
+            p.evaluate_tls(Some("m.org"), 443, Caller::ANONYMOUS).reason,
+            Reason::MethodNotAllowed,
+            "no method to check"
+        );
+        assert_eq!(
+            p.evaluate_tls(Some("a@b.org"), 443, Caller::ANONYMOUS).reason,
+            Reason::MalformedAuthority(Malformed::Userinfo)
+        );
     }
 
     #[test]

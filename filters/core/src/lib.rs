@@ -18,6 +18,6 @@ pub mod workload;
 pub mod xfcc;
 
 pub use authority::{Authority, Host, Malformed};
-pub use decision::{Action, Decision, Destination, HttpRequest, Reason};
+pub use decision::{Action, Caller, Decision, Destination, HttpRequest, Reason};
 pub use identity::{SpiffeError, SpiffeId};
 pub use policy::{ConfigError, ConfigErrors, Mode, Policy, PolicyDocument};

@@ -6,8 +6,7 @@
 //! like any other. A backslash anywhere is refused: browsers read `/\evil.example` as `//evil.example`.
 
 use crate::authority::{Authority, Host};
-use crate::decision::{Action, Decision, HttpRequest, Reason};
-use crate::identity::SpiffeId;
+use crate::decision::{Action, Caller, Decision, HttpRequest, Reason};
 use crate::policy::{Mode, Policy};
 use std::fmt;
 
@@ -232,29 +231,17 @@ impl Vetted<'_> {
 
 impl Policy {
     /// Vets a redirect (`status`, `location`) received for `base`, for the same caller.
-    pub fn vet_redirect(
-        &self,
-        base: &BaseRequest<'_>,
-        status: u16,
-        location: &str,
-        identity: Option<&SpiffeId>,
-    ) -> Vetted<'_> {
+    pub fn vet_redirect(&self, base: &BaseRequest<'_>, status: u16, location: &str, caller: Caller<'_>) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
         match resolve(base, location) {
-            Ok(target) => self.vet_target(base, target, follow_method(status, base.method), identity),
+            Ok(target) => self.vet_target(base, target, follow_method(status, base.method), caller),
             Err(LocationError::NonHttpScheme) => refuse(RedirectReason::NonHttpScheme, None, None),
             Err(LocationError::Malformed) => refuse(RedirectReason::MalformedLocation, None, None),
         }
     }
 
     /// Vets a resolved target reached from `base` with `method`: the policy, then the scheme change.
-    pub fn vet_target(
-        &self,
-        base: &BaseRequest<'_>,
-        target: Target,
-        method: &str,
-        identity: Option<&SpiffeId>,
-    ) -> Vetted<'_> {
+    pub fn vet_target(&self, base: &BaseRequest<'_>, target: Target, method: &str, caller: Caller<'_>) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
         let authority = match target.authority.port {
             Some(port) => format!("{}:{port}", target.authority.host),
@@ -265,7 +252,7 @@ impl Policy {
             scheme: &target.scheme,
             method,
             path: Some(&target.path),
-            identity,
+            caller,
         });
         if decision.action != Action::Allow {
             return refuse(RedirectReason::Policy(decision.reason), Some(target), Some(decision));
@@ -397,7 +384,7 @@ impl Policy {
         state: &HopState,
         current: &BaseRequest<'_>,
         hops: u32,
-        identity: Option<&SpiffeId>,
+        caller: Caller<'_>,
     ) -> FollowedHop<'_> {
         let deny_status = self.redirects.deny_status;
         let target = match Target::of_request(current) {
@@ -416,7 +403,7 @@ impl Policy {
         }
         let strip_credentials = target.authority.host.to_string() != state.origin_host;
         let url = target.url();
-        let vetted = self.vet_target(&state.last_request(), target, current.method, identity);
+        let vetted = self.vet_target(&state.last_request(), target, current.method, caller);
         if vetted.action == Action::Deny {
             let reason = vetted.reason.map_or("redirect_denied", RedirectReason::code);
             return FollowedHop::Refuse { status: deny_status, reason, vetted: Some(vetted) };
@@ -516,7 +503,7 @@ mod tests {
     }"#;
 
     fn vet<'p>(p: &'p Policy, base: BaseRequest<'_>, status: u16, location: &str) -> Vetted<'p> {
-        p.vet_redirect(&base, status, location, None)
+        p.vet_redirect(&base, status, location, Caller::ANONYMOUS)
     }
 
     fn code(v: &Vetted<'_>) -> &'static str {
@@ -535,12 +522,12 @@ mod tests {
         assert_eq!(code(&vet(&p, BASE, 302, "javascript:alert(1)")), "non_http_scheme");
         assert_eq!(code(&vet(&p, BASE, 302, "http://user@httpbin.org/")), "malformed_location");
         assert_eq!(code(&vet(&p, BASE, 302, "https://internal.example/")), "identity_not_allowed");
-        let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
-        assert_eq!(p.vet_redirect(&BASE, 302, "https://internal.example/", Some(&sleep)).action, Action::Allow);
+        let sleep = crate::SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
+        assert_eq!(p.vet_redirect(&BASE, 302, "https://internal.example/", Some(&sleep).into()).action, Action::Allow);
         // httpbin.org is reached over TLS the gateway originates: a plain-http target is a real downgrade.
         assert_eq!(code(&vet(&p, BASE, 302, "http://internal.example/")), "identity_not_allowed", "policy first");
         assert_eq!(
-            p.vet_redirect(&BASE, 302, "http://internal.example/", Some(&sleep)).reason,
+            p.vet_redirect(&BASE, 302, "http://internal.example/", Some(&sleep).into()).reason,
             Some(RedirectReason::Downgrade)
         );
     }
@@ -611,7 +598,7 @@ mod tests {
 
     fn hop(p: &Policy, state: &HopState, scheme: &str, authority: &str, path: &str, hops: u32) -> String {
         let current = BaseRequest { scheme, authority, path, method: "GET" };
-        match p.judge_followed_hop(state, &current, hops, None) {
+        match p.judge_followed_hop(state, &current, hops, Caller::ANONYMOUS) {
             FollowedHop::Proceed { strip_credentials, .. } => format!("proceed strip={strip_credentials}"),
             FollowedHop::Refuse { status, reason, .. } => format!("{status} {reason}"),
             FollowedHop::Bounce { location, .. } => format!("bounce {location}"),

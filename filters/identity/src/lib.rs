@@ -6,10 +6,10 @@
 //! Root id: `egress-identity`. It runs before the allow-list, which then judges the caller this filter published.
 
 use egress_core::assertion::Claims;
-use egress_core::state;
-use egress_core::workload::{Caller, IdentityConfig, Peer, Via};
+use egress_core::state::{self, IdentityRecord};
+use egress_core::workload::{Caller, IdentityConfig, Peer, Via, XFCC_HEADER};
 use egress_core::xfcc;
-use egress_proxy::{self as proxy, Counter, PeerCertificate};
+use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as Next, ContextType, MapType, Status};
@@ -99,41 +99,46 @@ impl HttpContext for IdentityHttp {
 }
 
 fn handle(config: &IdentityConfig, metrics: &Metrics) -> Result<Next, Status> {
-    // One read of the whole map: what the client sent of ours (to strip) and of XFCC (for a trusted hop).
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
-    let stripped = config.stripped_headers();
-    let mut incoming_xfcc = Vec::new();
-    let mut spoofed = Vec::new();
-    for (name, value) in &headers {
-        let name = name.to_ascii_lowercase();
-        if name == egress_core::workload::XFCC_HEADER {
-            incoming_xfcc.push(String::from_utf8_lossy(value).into_owned());
+    // What the client sent of ours is removed, every copy. Probing name by name finds nothing on an honest request,
+    // which costs no VM re-entry (reading the whole map would, on every request).
+    let mut spoofed = false;
+    let mut incoming_xfcc = None;
+    for name in config.stripped_headers() {
+        if hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)?.is_none() {
+            continue;
         }
-        if stripped.contains(&name.as_str()) && !spoofed.contains(&name) {
-            spoofed.push(name);
+        if name == XFCC_HEADER {
+            // Every copy: a trusted hop's XFCC is judged as a whole (`IdentityConfig::resolve`).
+            let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)?;
+            let values: Vec<_> = headers
+                .iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(XFCC_HEADER))
+                .map(|(_, value)| String::from_utf8_lossy(value))
+                .collect();
+            incoming_xfcc = Some(values.join(","));
+        } else {
+            spoofed = true;
         }
-    }
-    for name in &spoofed {
         proxy::remove_request_header(name)?;
     }
-    if spoofed.iter().any(|name| name != egress_core::workload::XFCC_HEADER) {
+    if spoofed {
         metrics.spoofed.increment();
     }
 
-    let peer = PeerCertificate::read()?;
-    let xfcc_header = (!incoming_xfcc.is_empty()).then(|| incoming_xfcc.join(","));
-    let caller = config.resolve(Peer { mtls: peer.mtls, uri_san: peer.uri_san.as_deref() }, xfcc_header.as_deref());
+    let uri_san = proxy::verified_peer_uri_san()?;
+    let caller =
+        config.resolve(Peer { mtls: uri_san.is_some(), uri_san: uri_san.as_deref() }, incoming_xfcc.as_deref());
     let (id, source) = match &caller {
-        Caller::Verified { id, via } => (id.to_string(), via.as_str()),
-        _ => (String::new(), "none"),
+        Caller::Verified { id, via } => (Some(id.to_string()), via.as_str()),
+        _ => (None, "none"),
     };
-    proxy::publish(&[(state::IDENTITY, &id), (state::IDENTITY_SOURCE, source)])?;
+    proxy::publish_record(state::IDENTITY, &IdentityRecord { source, id: id.as_deref() })?;
 
     if let Some(refusal) = caller.refusal(config.on_missing) {
         metrics.denied.increment();
         return Ok(proxy::reply(403, refusal.code(), &refusal.http_body()));
     }
-    let Caller::Verified { id: spiffe, via } = caller else {
+    let (Caller::Verified { id: spiffe, via }, Some(id)) = (caller, id) else {
         metrics.anonymous.increment();
         return Ok(Next::Continue);
     };
@@ -159,9 +164,9 @@ fn handle(config: &IdentityConfig, metrics: &Metrics) -> Result<Next, Status> {
         )?;
     }
     if let Some(signer) = &config.signer {
-        let header = |name| proxy::request_header(name).map(Option::unwrap_or_default);
-        let (method, authority, path) = (header(":method")?, header(":authority")?, header(":path")?);
-        let claims = Claims { identity: &id, method: &method, authority: &authority, path: &path };
+        let request = RequestLine::read()?;
+        let path = request.path.as_deref().unwrap_or_default();
+        let claims = Claims { identity: &id, method: &request.method, authority: &request.authority, path };
         let issued_at = proxy::unix_now()?;
         let mut nonce = [0u8; 16];
         let signed = getrandom::fill(&mut nonce)

@@ -2,8 +2,14 @@
 //! `Result`), never the SDK's trait helpers (which unwrap): a panic kills the VM and every later request on that
 //! worker fails until reload. Values from clients are read as bytes, because the SDK's `get_map_value` unwraps
 //! UTF-8 and a client-sent Latin-1 byte would be enough to kill the VM.
+//!
+//! What a request costs: a host call that returns a value re-enters the VM (Envoy asks the module to allocate the
+//! copy), which in V8 costs about as much as the filter's own work; one that finds nothing, sets or counts does
+//! not. So the hot paths read a whole header map once instead of header by header, try the cheap absent case
+//! first, publish one filter-state record per filter, and read the caller's identity only when a rule needs it.
 
-use egress_core::{state, SpiffeId};
+use egress_core::state::{self, IdentityRecord};
+use egress_core::SpiffeId;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
 use std::rc::Rc;
@@ -36,7 +42,7 @@ pub fn property_string(path: &[&str]) -> Result<Option<String>, Status> {
     Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-pub fn property_bool(path: &[&str]) -> Result<bool, Status> {
+fn property_bool(path: &[&str]) -> Result<bool, Status> {
     Ok(hostcalls::get_property(path.to_vec())?.is_some_and(|bytes| bytes.first().is_some_and(|&b| b != 0)))
 }
 
@@ -46,18 +52,37 @@ pub fn property_u64(path: &[&str]) -> Result<Option<u64>, Status> {
     Ok(value.and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok()).map(u64::from_le_bytes))
 }
 
-/// A request header (first value), as lossy UTF-8.
-pub fn request_header(name: &str) -> Result<Option<String>, Status> {
-    header(MapType::HttpRequestHeaders, name)
+/// The request's pseudo-headers (Envoy has already mapped HTTP/1 `Host` and absolute-form targets to
+/// `:authority`), read with one host call. Absent ones are empty.
+#[derive(Clone, Debug, Default)]
+pub struct RequestLine {
+    pub authority: String,
+    pub scheme: String,
+    pub method: String,
+    /// Absent for CONNECT.
+    pub path: Option<String>,
+}
+
+impl RequestLine {
+    pub fn read() -> Result<RequestLine, Status> {
+        let mut line = RequestLine::default();
+        for (name, value) in hostcalls::get_map_bytes(MapType::HttpRequestHeaders)? {
+            let slot = match name.as_str() {
+                ":authority" => &mut line.authority,
+                ":scheme" => &mut line.scheme,
+                ":method" => &mut line.method,
+                ":path" => line.path.get_or_insert_with(String::new),
+                _ => continue,
+            };
+            *slot = String::from_utf8_lossy(&value).into_owned();
+        }
+        Ok(line)
+    }
 }
 
 /// A response header (first value), as lossy UTF-8.
 pub fn response_header(name: &str) -> Result<Option<String>, Status> {
-    header(MapType::HttpResponseHeaders, name)
-}
-
-fn header(map: MapType, name: &str) -> Result<Option<String>, Status> {
-    let value = hostcalls::get_map_value_bytes(map, name)?;
+    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)?;
     Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -81,28 +106,22 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
 }
 
-/// What Envoy verified about the downstream TLS peer: a client certificate and its first URI SAN.
-#[derive(Clone, Debug, Default)]
-pub struct PeerCertificate {
-    pub mtls: bool,
-    pub uri_san: Option<String>,
+/// The first URI SAN of the client certificate Envoy verified (mTLS); `None` without one. The SAN is read first:
+/// on a plain or server-only TLS connection it is absent, which costs no VM re-entry.
+pub fn verified_peer_uri_san() -> Result<Option<String>, Status> {
+    let Some(uri_san) = property_string(&["connection", "uri_san_peer_certificate"])? else { return Ok(None) };
+    Ok(property_bool(&["connection", "mtls"])?.then_some(uri_san).filter(|uri| !uri.is_empty()))
 }
 
-impl PeerCertificate {
-    pub fn read() -> Result<PeerCertificate, Status> {
-        if !property_bool(&["connection", "mtls"])? {
-            return Ok(PeerCertificate::default());
-        }
-        Ok(PeerCertificate { mtls: true, uri_san: property_string(&["connection", "uri_san_peer_certificate"])? })
-    }
+/// Publishes a value to filter state (Envoy stores it under `wasm.<key>`).
+pub fn publish(key: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_property(vec![key], Some(value.as_bytes()))
 }
 
-/// Publishes values to filter state (Envoy stores each under `wasm.<key>`).
-pub fn publish(entries: &[(&str, &str)]) -> Result<(), Status> {
-    for (key, value) in entries {
-        hostcalls::set_property(vec![key], Some(value.as_bytes()))?;
-    }
-    Ok(())
+/// Publishes a record (JSON) to filter state.
+pub fn publish_record(key: &str, record: &impl serde::Serialize) -> Result<(), Status> {
+    let json = serde_json::to_string(record).map_err(|_| Status::SerializationFailure)?;
+    publish(key, &json)
 }
 
 /// A local JSON reply carrying `reason` in [`REASON_HEADER`]; the request goes no further. If even the reply
@@ -158,12 +177,23 @@ pub fn unix_now() -> Result<u64, Status> {
 /// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A URI SAN that is not a valid
 /// Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
 pub fn caller_identity() -> Result<Option<SpiffeId>, Status> {
-    if property_string(&[state::IDENTITY_SOURCE])?.is_some() {
-        let id = property_string(&[state::IDENTITY])?;
-        return Ok(id.and_then(|id| SpiffeId::parse(&id).ok()));
+    if let Some(published) = property_string(&[state::IDENTITY])? {
+        let record: Option<IdentityRecord<String>> = state::parse(Some(&published));
+        return Ok(record.and_then(|r| r.id).and_then(|id| SpiffeId::parse(&id).ok()));
     }
-    let peer = PeerCertificate::read()?;
-    Ok(peer.uri_san.filter(|_| peer.mtls).and_then(|uri| SpiffeId::parse(&uri).ok()))
+    Ok(verified_peer_uri_san()?.and_then(|uri| SpiffeId::parse(&uri).ok()))
+}
+
+/// [`caller_identity`] as a lookup for `egress_core::Caller::Lookup`, run only if a rule needs the caller. A
+/// failed host call reads as no identity (identity-scoped rules refuse) and is kept in `failure` for the caller
+/// to report.
+pub fn caller_lookup(failure: &std::cell::Cell<Option<Status>>) -> impl Fn() -> Option<SpiffeId> + '_ {
+    move || {
+        caller_identity().unwrap_or_else(|status| {
+            failure.set(Some(status));
+            None
+        })
+    }
 }
 
 /// Replaces every copy of a response header with one value.

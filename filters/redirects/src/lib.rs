@@ -13,10 +13,11 @@
 //! the original host. A 3xx that Envoy stopped following at the route's limit becomes a 508.
 
 use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
-use egress_core::{state, Action, Policy, SpiffeId};
-use egress_proxy::{self as proxy, Counter};
+use egress_core::{state, Action, Caller, Policy};
+use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as Next, ContextType, Status};
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub const ROOT_ID: &str = "egress-redirects";
@@ -91,41 +92,35 @@ impl RootContext for RedirectsRoot {
     }
 }
 
-/// What the response side needs of the request.
-struct Request {
-    scheme: String,
-    authority: String,
-    path: String,
-    method: String,
-    identity: Option<SpiffeId>,
+fn base(request: &RequestLine) -> BaseRequest<'_> {
+    BaseRequest {
+        scheme: &request.scheme,
+        authority: &request.authority,
+        path: request.path.as_deref().unwrap_or_default(),
+        method: &request.method,
+    }
 }
 
-impl Request {
-    fn base(&self) -> BaseRequest<'_> {
-        BaseRequest { scheme: &self.scheme, authority: &self.authority, path: &self.path, method: &self.method }
-    }
+/// Vets with the caller looked up only if an identity-scoped rule is tried; a failed lookup is an error, not an
+/// anonymous caller.
+fn with_caller<T>(vet: impl FnOnce(Caller<'_>) -> T) -> Result<T, Status> {
+    let failure = Cell::new(None);
+    let lookup = proxy::caller_lookup(&failure);
+    let vetted = vet(Caller::Lookup(&lookup));
+    failure.get().map_or(Ok(vetted), Err)
 }
 
 struct RedirectsHttp {
     filter: Option<(Rc<Policy>, Metrics)>,
-    request: Option<Request>,
+    /// What the response side needs of the request.
+    request: Option<RequestLine>,
 }
 
 impl Context for RedirectsHttp {}
 
 impl HttpContext for RedirectsHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        let read = || -> Result<Request, Status> {
-            let header = |name| proxy::request_header(name).map(Option::unwrap_or_default);
-            Ok(Request {
-                scheme: header(":scheme")?,
-                authority: header(":authority")?,
-                path: header(":path")?,
-                method: header(":method")?,
-                identity: proxy::caller_identity()?,
-            })
-        };
-        let request = match read() {
+        let request = match RequestLine::read() {
             Ok(request) => self.request.insert(request),
             Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
         };
@@ -147,11 +142,11 @@ impl HttpContext for RedirectsHttp {
 }
 
 /// The request side: the first request starts the hop state; a later one is a hop Envoy is following.
-fn judge_request(policy: &Policy, metrics: &Metrics, request: &Request) -> Result<Next, Status> {
+fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> Result<Next, Status> {
     if policy.follow_route_hops().is_none() {
         return Ok(Next::Continue);
     }
-    let base = request.base();
+    let base = base(request);
     let Some(state) = proxy::property_string(&[state::REDIRECT_HOPS])? else {
         // The first request. One whose authority does not parse is the allow-list's to refuse.
         if let Ok(target) = Target::of_request(&base) {
@@ -165,7 +160,7 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &Request) -> Resul
     };
     let counted = proxy::property_string(&["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
     let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
-    match policy.judge_followed_hop(&state, &base, hops, request.identity.as_ref()) {
+    match with_caller(|caller| policy.judge_followed_hop(&state, &base, hops, caller))? {
         FollowedHop::Proceed { vetted, strip_credentials } => {
             // Envoy adds the previous hop's URL, query included: it must not reach the next host.
             proxy::remove_request_header("x-envoy-original-url")?;
@@ -207,7 +202,7 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &Request) -> Resul
 }
 
 fn save_hop_state(state: &HopState) -> Result<(), Status> {
-    proxy::publish(&[(state::REDIRECT_HOPS, &serde_json::to_string(state).unwrap_or_default())])
+    proxy::publish_record(state::REDIRECT_HOPS, state)
 }
 
 /// Appends one hop to the request-long chain in filter state.
@@ -215,7 +210,7 @@ fn append_hop(record: serde_json::Value) -> Result<(), Status> {
     let chain = proxy::property_string(&[state::REDIRECTS])?;
     let mut hops: Vec<serde_json::Value> = chain.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
     hops.push(record);
-    proxy::publish(&[(state::REDIRECTS, &serde_json::Value::Array(hops).to_string())])
+    proxy::publish_record(state::REDIRECTS, &hops)
 }
 
 /// A hop Envoy followed: its 3xx never reached a filter, so the status is unknown.
@@ -257,7 +252,7 @@ impl RedirectsHttp {
             // Two Locations: clients disagree on which wins, so neither is followed.
             _ => "",
         };
-        let vetted = policy.vet_redirect(&request.base(), status, location, request.identity.as_ref());
+        let vetted = with_caller(|caller| policy.vet_redirect(&base(request), status, location, caller))?;
         append_hop(hop_record(status, &vetted))?;
         match vetted.action {
             Action::Allow => metrics.allowed.increment(),

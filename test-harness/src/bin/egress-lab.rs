@@ -158,7 +158,13 @@ fn print_tries(lab: &Lab, policy: &Policy) {
     let ca = lab.files.join("ca.crt");
     let ca = ca.display();
     let expect = |host: &str, method: &str| {
-        let request = HttpRequest { authority: host, scheme: "http", method, path: Some("/headers"), identity: None };
+        let request = HttpRequest {
+            authority: host,
+            scheme: "http",
+            method,
+            path: Some("/headers"),
+            caller: egress_core::Caller::ANONYMOUS,
+        };
         let decision = policy.evaluate_http(&request);
         match decision.rule {
             Some(rule) if decision.action.proceeds() => format!("{} (rule {rule})", decision.action.as_str()),
