@@ -75,7 +75,7 @@ struct AllowListRoot {
 impl Context for AllowListRoot {}
 
 impl RootContext for AllowListRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let root_id = proxy::root_id().unwrap_or_default();
         let (kind, metric_prefix) = match root_id.as_str() {
             HTTP_ROOT_ID => (ContextType::HttpContext, "egress_allowlist"),
@@ -87,10 +87,17 @@ impl RootContext for AllowListRoot {
             }
         };
         self.kind = Some(kind);
-        proxy::configure(
+        // The policy is parsed as it is read from the host, and the HTTP and TLS plugins of one VM share it when
+        // their configurations are the same: a large policy costs each worker's VM its compiled form once.
+        let build = || {
+            proxy::shared_config(plugin_configuration_size, |config| {
+                Policy::from_reader(config).map_err(|errors| errors.to_string())
+            })
+        };
+        proxy::configure_with(
             FILTER,
             &mut self.filter,
-            |json| Policy::from_json(json).map_err(|errors| errors.to_string()),
+            build,
             || Metrics::define(metric_prefix),
             |policy| format!("{root_id}: {} rules, mode {:?}", policy.rule_count(), policy.mode()),
         )

@@ -444,7 +444,7 @@ impl Suggest {
                 continue;
             }
             let pattern = HostPattern::parse(host).map_err(|e| Usage(format!("--allow {host}: {e}")))?;
-            index.insert(&pattern, unique.len());
+            index.insert(&pattern, unique.len()).map_err(|e| Usage(format!("--allow {host}: {e}")))?;
             unique.push(host.to_string());
         }
         let Some(first) = unique.first() else {

@@ -255,7 +255,7 @@ impl Policy {
             (reason, Mode::Report) if !reason.refused_in_every_mode() => Action::ReportDeny,
             _ => Action::Deny,
         };
-        let name = rule.and_then(|i| self.rules.get(i as usize)).map(|r| r.name.as_str());
+        let name = rule.and_then(|i| self.rule_name(i as usize));
         Decision { action, reason, rule: name, destination, rule_index: rule }
     }
 
@@ -300,13 +300,14 @@ impl Policy {
 /// The first condition of `rule` that the target fails, or `None` when the rule matches.
 /// `caller` is resolved by the first identity-scoped rule and reused by the next.
 fn rule_failure(rule: &Rule, target: &Target<'_>, caller: &mut CallerFacts<'_>) -> Option<Reason> {
+    let rule = rule.conditions.as_deref()?;
     if let Some(ports) = &rule.ports {
         if !ports.contains(&target.destination.port) {
             return Some(Reason::PortNotAllowed);
         }
     }
     if let Some(methods) = &rule.methods {
-        if !target.method.is_some_and(|m| methods.iter().any(|allowed| allowed == m)) {
+        if !target.method.is_some_and(|m| methods.iter().any(|allowed| **allowed == *m)) {
             return Some(Reason::MethodNotAllowed);
         }
     }

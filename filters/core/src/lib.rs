@@ -14,6 +14,7 @@ pub mod identity;
 pub mod policy;
 pub mod redirect;
 pub mod state;
+mod table;
 pub mod workload;
 pub mod xfcc;
 

@@ -6,9 +6,10 @@
 use crate::cidr::{Cidr, CidrIndex};
 use crate::hosts::{HostIndex, HostPattern};
 use crate::identity::StringMatch;
+use crate::table::{self, Table};
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// `enforce` blocks what the policy denies; `report` lets it through and records `report-deny`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -191,23 +192,43 @@ impl PathMatch {
     }
 }
 
-/// A compiled rule: the conditions besides the destination (which the indexes hold).
+/// A compiled rule: its name and the conditions besides the destination (which the indexes hold). Small, because a
+/// policy may have 100,000 rules and every worker's Wasm VM holds it: the name lives in `Policy::names`, and a rule
+/// with no other condition (most of them) allocates nothing.
 #[derive(Debug)]
 pub(crate) struct Rule {
-    pub(crate) name: String,
-    pub(crate) ports: Option<Vec<u16>>,
-    pub(crate) methods: Option<Vec<String>>,
-    pub(crate) paths: Option<Vec<PathMatch>>,
-    pub(crate) principals: Option<Vec<StringMatch>>,
-    pub(crate) namespaces: Option<Vec<StringMatch>>,
+    /// Where the rule's name ends in `Policy::names`; it starts where the previous rule's ends.
+    name_end: u32,
     pub(crate) redirects: RuleRedirects,
+    pub(crate) conditions: Option<Box<Conditions>>,
+}
+
+/// A rule's conditions besides the destination; an absent one matches anything.
+#[derive(Debug, Default)]
+pub(crate) struct Conditions {
+    pub(crate) ports: Option<Box<[u16]>>,
+    pub(crate) methods: Option<Box<[Box<str>]>>,
+    pub(crate) paths: Option<Box<[PathMatch]>>,
+    pub(crate) principals: Option<Box<[StringMatch]>>,
+    pub(crate) namespaces: Option<Box<[StringMatch]>>,
+}
+
+impl Conditions {
+    fn is_empty(&self) -> bool {
+        self.ports.is_none()
+            && self.methods.is_none()
+            && self.paths.is_none()
+            && self.principals.is_none()
+            && self.namespaces.is_none()
+    }
 }
 
 /// A rule's redirect overrides, compiled.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RuleRedirects {
     pub(crate) follow: Option<bool>,
-    pub(crate) max_hops: Option<u32>,
+    /// 1 to `MAX_REDIRECT_HOPS`.
+    pub(crate) max_hops: Option<u8>,
     pub(crate) allow_downgrade: bool,
 }
 
@@ -229,6 +250,8 @@ pub const MAX_REDIRECT_HOPS: i64 = 20;
 pub struct Policy {
     pub(crate) mode: Mode,
     pub(crate) rules: Vec<Rule>,
+    /// Every rule's name, back to back (one buffer rather than a heap block per rule).
+    names: String,
     pub(crate) hosts: HostIndex<u32>,
     pub(crate) cidrs: CidrIndex<u32>,
     pub(crate) deny_hosts: HostIndex<()>,
@@ -236,10 +259,37 @@ pub struct Policy {
     pub(crate) redirects: Redirects,
 }
 
+/// The name of rule `index`, from the rules and their names buffer.
+fn rule_name<'n>(rules: &[Rule], names: &'n str, index: usize) -> Option<&'n str> {
+    let end = rules.get(index)?.name_end;
+    let start = match index.checked_sub(1) {
+        Some(previous) => rules.get(previous)?.name_end,
+        None => 0,
+    };
+    names.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+}
+
 impl Policy {
-    /// Parses and compiles a JSON policy (the plugin configuration Envoy hands the filter).
+    /// Parses and compiles a JSON policy (the plugin configuration Envoy hands the filter). Rules are compiled as
+    /// they are parsed, so the whole document never exists next to the compiled policy.
     pub fn from_json(json: &[u8]) -> Result<Policy, ConfigErrors> {
-        Policy::compile(&from_json_with_path::<PolicyDocument>(json)?)
+        from_json_with_path::<streamed::PolicyDocument>(json)?.compile()
+    }
+
+    /// Like [`Policy::from_json`], reading the JSON while parsing it: the allow-list reads its plugin configuration
+    /// from the host in chunks, so the text of a large policy never sits whole in the VM's memory.
+    pub fn from_reader(reader: impl std::io::Read) -> Result<Policy, ConfigErrors> {
+        let mut deserializer = serde_json::Deserializer::from_reader(reader);
+        let document: streamed::PolicyDocument =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+                // As `from_json_with_path`: serde_path_to_error names the document root ".".
+                let path = match err.path().to_string() {
+                    root if root == "." => "(document)".to_string(),
+                    path => path,
+                };
+                ConfigErrors(vec![ConfigError { path, message: err.into_inner().to_string() }])
+            })?;
+        document.compile()
     }
 
     /// Validates a document, collecting every error with its path, and builds the indexes.
@@ -249,96 +299,16 @@ impl Policy {
 
     /// Like `compile`, with field paths under `prefix` (for policies embedded in a larger document).
     pub fn compile_at(doc: &PolicyDocument, prefix: &str) -> Result<Policy, ConfigErrors> {
-        let mut errors = Errors { prefix, found: Vec::new() };
-        let mut policy = Policy {
-            mode: doc.mode,
-            rules: Vec::with_capacity(doc.rules.len()),
-            hosts: HostIndex::default(),
-            cidrs: CidrIndex::default(),
-            deny_hosts: HostIndex::default(),
-            deny_cidrs: CidrIndex::default(),
-            redirects: Redirects { follow: false, max_hops: 5, deny_status: 403, originate_tls: HostIndex::default() },
-        };
-        let mut names = HashSet::with_capacity(doc.rules.len());
-        for (i, rule) in doc.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            check_rule_name(&rule.name).unwrap_or_else(|e| errors.add(format!("{at}.name"), e));
-            if !names.insert(rule.name.as_str()) {
-                errors.add(format!("{at}.name"), format!("duplicate rule name `{}`", rule.name));
-            }
-            if rule.hosts.is_none() && rule.cidrs.is_none() {
-                errors.add(at.clone(), "a rule needs `hosts` or `cidrs`".into());
-            }
-            for pattern in errors.each(&at, "hosts", &rule.hosts, |raw| HostPattern::parse(raw)) {
-                policy.hosts.insert(&pattern, index);
-            }
-            for cidr in errors.each(&at, "cidrs", &rule.cidrs, |raw| Cidr::parse(raw)) {
-                policy.cidrs.insert(cidr, index);
-            }
-            let ports = errors.list(&at, "ports", &rule.ports, |&port| {
-                u16::try_from(port)
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| format!("port {port} is out of range 1-65535"))
-            });
-            let methods = errors.list(&at, "methods", &rule.methods, |raw| {
-                let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
-                valid.then(|| raw.to_ascii_uppercase()).ok_or_else(|| format!("`{raw}` is not an HTTP method"))
-            });
-            let paths = errors.list(&at, "paths", &rule.paths, |raw| PathMatch::parse(raw));
-            let principals = errors.list(&at, "principals", &rule.principals, |raw| {
-                if raw.starts_with("spiffe://") {
-                    return Err(format!("`{raw}`: write principals without `spiffe://`, as Istio does"));
-                }
-                StringMatch::parse(raw)
-            });
-            let namespaces = errors.list(&at, "namespaces", &rule.namespaces, |raw| StringMatch::parse(raw));
-            let redirects = rule.redirects.as_ref().map_or_else(RuleRedirects::default, |r| RuleRedirects {
-                follow: r.follow,
-                max_hops: r.max_hops.and_then(|hops| errors.max_hops(&format!("{at}.redirects.maxHops"), hops)),
-                allow_downgrade: r.allow_downgrade,
-            });
-            policy.rules.push(Rule {
-                name: rule.name.clone(),
-                ports,
-                methods,
-                paths,
-                principals,
-                namespaces,
-                redirects,
-            });
+        let mut compiler = Compiler::new(prefix);
+        for rule in &doc.rules {
+            compiler.rule(rule);
         }
-        if let Some(deny) = &doc.deny {
-            let hosts = Some(deny.hosts.clone()).filter(|h| !h.is_empty());
-            for pattern in errors.each("deny", "hosts", &hosts, |raw| HostPattern::parse(raw)) {
-                policy.deny_hosts.insert(&pattern, ());
-            }
-            let cidrs = Some(deny.cidrs.clone()).filter(|c| !c.is_empty());
-            for cidr in errors.each("deny", "cidrs", &cidrs, |raw| Cidr::parse(raw)) {
-                policy.deny_cidrs.insert(cidr, ());
-            }
-        }
-        if let Some(redirects) = &doc.redirects {
-            policy.redirects.follow = redirects.follow;
-            policy.redirects.max_hops = errors.max_hops("redirects.maxHops", redirects.max_hops).unwrap_or(0);
-            match u16::try_from(redirects.deny_status) {
-                Ok(status @ 400..=599) => policy.redirects.deny_status = status,
-                _ => errors.add(
-                    "redirects.denyStatus".into(),
-                    format!("{} is not a 4xx or 5xx status", redirects.deny_status),
-                ),
-            }
-            let hosts = Some(redirects.originate_tls.clone()).filter(|h| !h.is_empty());
-            for pattern in errors.each("redirects", "originateTls", &hosts, |raw| HostPattern::parse(raw)) {
-                policy.redirects.originate_tls.insert(&pattern, ());
-            }
-        }
-        if errors.found.is_empty() {
-            Ok(policy)
-        } else {
-            Err(ConfigErrors(errors.found))
-        }
+        compiler.finish(doc.mode, doc.deny.as_ref(), doc.redirects.as_ref())
+    }
+
+    /// The name of rule `index`.
+    pub(crate) fn rule_name(&self, index: usize) -> Option<&str> {
+        rule_name(&self.rules, &self.names, index)
     }
 
     pub fn mode(&self) -> Mode {
@@ -357,7 +327,7 @@ impl Policy {
     /// settings, else the policy's.
     pub fn follow_settings(&self, rule_index: Option<u32>) -> (bool, u32) {
         let own = rule_index.and_then(|i| self.rules.get(i as usize)).map(|rule| rule.redirects).unwrap_or_default();
-        (own.follow.unwrap_or(self.redirects.follow), own.max_hops.unwrap_or(self.redirects.max_hops))
+        (own.follow.unwrap_or(self.redirects.follow), own.max_hops.map_or(self.redirects.max_hops, u32::from))
     }
 
     pub(crate) fn rule_allows_downgrade(&self, rule_index: u32) -> bool {
@@ -373,6 +343,207 @@ fn check_rule_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{name}`: 1-128 characters from A-Z a-z 0-9 - _ . : /"))
+    }
+}
+
+/// Compiles a policy one rule at a time, so that a large policy need not exist twice in memory (as a document and
+/// compiled): `Policy::from_json` hands it each rule as soon as it is parsed, then drops the rule's document.
+/// Errors come in document order: rules, then `deny`, then `redirects`.
+struct Compiler<'p> {
+    errors: Errors<'p>,
+    policy: Policy,
+    /// Rule indexes by name, for the duplicate check (the names themselves are in `policy.names`).
+    names: Table<u32>,
+    /// The path of the rule being compiled (`rules[7]`), one buffer for all.
+    at: String,
+}
+
+impl<'p> Compiler<'p> {
+    fn new(prefix: &'p str) -> Self {
+        Compiler {
+            errors: Errors { prefix, found: Vec::new() },
+            policy: Policy {
+                mode: Mode::default(),
+                rules: Vec::new(),
+                names: String::new(),
+                hosts: HostIndex::default(),
+                cidrs: CidrIndex::default(),
+                deny_hosts: HostIndex::default(),
+                deny_cidrs: CidrIndex::default(),
+                redirects: Redirects {
+                    follow: false,
+                    max_hops: 5,
+                    deny_status: 403,
+                    originate_tls: HostIndex::default(),
+                },
+            },
+            names: Table::default(),
+            at: String::new(),
+        }
+    }
+
+    fn rule(&mut self, rule: &RuleDocument) {
+        let Compiler { errors, policy, names, at } = self;
+        let i = policy.rules.len();
+        at.clear();
+        let _ = write!(at, "rules[{i}]");
+        let at = at.as_str();
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        check_rule_name(&rule.name).unwrap_or_else(|e| errors.add(format!("{at}.name"), e));
+        let hash = table::hash(rule.name.as_bytes());
+        let (rules, all_names) = (&policy.rules, policy.names.as_str());
+        let name_of = |j: u32| usize::try_from(j).ok().and_then(|j| rule_name(rules, all_names, j));
+        if names.candidates(hash).any(|&j| name_of(j) == Some(rule.name.as_str())) {
+            errors.add(format!("{at}.name"), format!("duplicate rule name `{}`", rule.name));
+        } else {
+            names.insert(hash, index, |&j| table::hash(name_of(j).unwrap_or_default().as_bytes()));
+        }
+        policy.names.push_str(&rule.name);
+        let name_end = u32::try_from(policy.names.len()).unwrap_or_else(|_| {
+            errors.add(format!("{at}.name"), "too many rule names: at most 4 GiB in all".into());
+            u32::MAX
+        });
+        if rule.hosts.is_none() && rule.cidrs.is_none() {
+            errors.add(at.to_string(), "a rule needs `hosts` or `cidrs`".into());
+        }
+        for pattern in errors.each(at, "hosts", &rule.hosts, |raw| HostPattern::parse(raw)) {
+            if let Err(full) = policy.hosts.insert(&pattern, index) {
+                errors.add(format!("{at}.hosts"), full.to_string());
+            }
+        }
+        for cidr in errors.each(at, "cidrs", &rule.cidrs, |raw| Cidr::parse(raw)) {
+            policy.cidrs.insert(cidr, index);
+        }
+        let ports = errors.list(at, "ports", &rule.ports, |&port| {
+            u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(|| format!("port {port} is out of range 1-65535"))
+        });
+        let methods = errors.list(at, "methods", &rule.methods, |raw| {
+            let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
+            valid.then(|| raw.to_ascii_uppercase().into()).ok_or_else(|| format!("`{raw}` is not an HTTP method"))
+        });
+        let paths = errors.list(at, "paths", &rule.paths, |raw| PathMatch::parse(raw));
+        let principals = errors.list(at, "principals", &rule.principals, |raw| {
+            if raw.starts_with("spiffe://") {
+                return Err(format!("`{raw}`: write principals without `spiffe://`, as Istio does"));
+            }
+            StringMatch::parse(raw)
+        });
+        let namespaces = errors.list(at, "namespaces", &rule.namespaces, |raw| StringMatch::parse(raw));
+        let redirects = rule.redirects.as_ref().map_or_else(RuleRedirects::default, |r| RuleRedirects {
+            follow: r.follow,
+            max_hops: r
+                .max_hops
+                .and_then(|hops| errors.max_hops(&format!("{at}.redirects.maxHops"), hops))
+                .and_then(|hops| u8::try_from(hops).ok()),
+            allow_downgrade: r.allow_downgrade,
+        });
+        let conditions = Conditions { ports, methods, paths, principals, namespaces };
+        let conditions = (!conditions.is_empty()).then(|| Box::new(conditions));
+        policy.rules.push(Rule { name_end, redirects, conditions });
+    }
+
+    /// The rest of the document, after the rules; the policy if nothing was wrong anywhere.
+    fn finish(
+        self,
+        mode: Mode,
+        deny: Option<&DenyDocument>,
+        redirects: Option<&RedirectsDocument>,
+    ) -> Result<Policy, ConfigErrors> {
+        let Compiler { mut errors, mut policy, names, at: _ } = self;
+        drop(names);
+        policy.mode = mode;
+        if let Some(deny) = deny {
+            let hosts = Some(deny.hosts.clone()).filter(|h| !h.is_empty());
+            for pattern in errors.each("deny", "hosts", &hosts, |raw| HostPattern::parse(raw)) {
+                if let Err(full) = policy.deny_hosts.insert(&pattern, ()) {
+                    errors.add("deny.hosts".into(), full.to_string());
+                }
+            }
+            let cidrs = Some(deny.cidrs.clone()).filter(|c| !c.is_empty());
+            for cidr in errors.each("deny", "cidrs", &cidrs, |raw| Cidr::parse(raw)) {
+                policy.deny_cidrs.insert(cidr, ());
+            }
+        }
+        if let Some(redirects) = redirects {
+            policy.redirects.follow = redirects.follow;
+            policy.redirects.max_hops = errors.max_hops("redirects.maxHops", redirects.max_hops).unwrap_or(0);
+            match u16::try_from(redirects.deny_status) {
+                Ok(status @ 400..=599) => policy.redirects.deny_status = status,
+                _ => errors.add(
+                    "redirects.denyStatus".into(),
+                    format!("{} is not a 4xx or 5xx status", redirects.deny_status),
+                ),
+            }
+            let hosts = Some(redirects.originate_tls.clone()).filter(|h| !h.is_empty());
+            for pattern in errors.each("redirects", "originateTls", &hosts, |raw| HostPattern::parse(raw)) {
+                if let Err(full) = policy.redirects.originate_tls.insert(&pattern, ()) {
+                    errors.add("redirects.originateTls".into(), full.to_string());
+                }
+            }
+        }
+        if !errors.found.is_empty() {
+            return Err(ConfigErrors(errors.found));
+        }
+        // Rules were added one by one: give back what the buffers grew beyond their final size.
+        policy.rules.shrink_to_fit();
+        policy.names.shrink_to_fit();
+        policy.hosts.shrink_to_fit();
+        policy.deny_hosts.shrink_to_fit();
+        policy.redirects.originate_tls.shrink_to_fit();
+        Ok(policy)
+    }
+}
+
+mod streamed {
+    use super::{CompiledRules, ConfigErrors, DenyDocument, Mode, Policy, RedirectsDocument};
+    use serde::Deserialize;
+
+    /// [`super::PolicyDocument`] as `Policy::from_json` reads it: the same name, fields and serde attributes, so the
+    /// same errors at the same paths, but the rules are compiled as they are parsed instead of collected.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct PolicyDocument {
+        #[serde(default)]
+        mode: Mode,
+        rules: CompiledRules,
+        #[serde(default)]
+        deny: Option<DenyDocument>,
+        #[serde(default)]
+        redirects: Option<RedirectsDocument>,
+    }
+
+    impl PolicyDocument {
+        pub(super) fn compile(self) -> Result<Policy, ConfigErrors> {
+            self.rules.0.finish(self.mode, self.deny.as_ref(), self.redirects.as_ref())
+        }
+    }
+}
+
+/// The `rules` array, compiled while it is read: each rule's document is dropped once compiled.
+struct CompiledRules(Compiler<'static>);
+
+impl<'de> Deserialize<'de> for CompiledRules {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Rules;
+
+        impl<'de> Visitor<'de> for Rules {
+            type Value = CompiledRules;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // As `Vec`'s: errors read as they do for `PolicyDocument::rules`.
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CompiledRules, A::Error> {
+                let mut compiler = Compiler::new("");
+                while let Some(rule) = seq.next_element::<RuleDocument>()? {
+                    compiler.rule(&rule);
+                }
+                Ok(CompiledRules(compiler))
+            }
+        }
+
+        deserializer.deserialize_seq(Rules)
     }
 }
 
@@ -428,9 +599,9 @@ impl Errors<'_> {
         field: &str,
         list: &Option<Vec<T>>,
         parse: impl Fn(&T) -> Result<U, String>,
-    ) -> Option<Vec<U>> {
+    ) -> Option<Box<[U]>> {
         list.as_ref()?;
-        Some(self.each(at, field, list, parse))
+        Some(self.each(at, field, list, parse).into_boxed_slice())
     }
 }
 
@@ -511,6 +682,94 @@ mod tests {
         }
         assert!(got.iter().any(|g| g.starts_with("deny.cidrs[0]: `300.0.0.0/8` is not an IP address")), "{got:#?}");
         assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+    }
+
+    /// `from_json` and `from_reader` compile rules while parsing; they must say exactly what parsing the whole
+    /// document and then compiling it says, errors and their order included.
+    #[test]
+    fn loading_rule_by_rule_reports_what_compiling_the_document_does() {
+        let cases = [
+            r#"{"rules":[{"name":"a","hosts":["x.com"],"portz":[1]}]}"#,
+            r#"{"rules":[{"name":"a","hosts":["x.com", 7]}]}"#,
+            r#"{"rules":[],"mode":"audit"}"#,
+            r#"{"rulez":[]}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"7"#,
+            r#"{"rules":{}}"#,
+            r#"{"rules":[],"rules":[]}"#,
+            r#"{"rules":[{"name":"a","hosts":["a.com"]}"#,
+            // Semantic errors, then a type error: only the type error, as when the document failed to parse.
+            r#"{"rules":[{"name":"bad name","hosts":["a.*"]},{"name":"b","hosts":["x.com"]},{"hosts":[1]}]}"#,
+            // `deny` and `redirects` before `rules`: errors still come rules first.
+            r#"{"deny":{"hosts":["*.*.x"]},"redirects":{"maxHops":0,"originateTls":["a..b"]},
+                "rules":[{"name":"a","hosts":[""]},{"name":"a","cidrs":["10.0.0.1/8"]},{"name":"a","hosts":["b.c"]}]}"#,
+            r#"{"rules":[{"name":"a","hosts":["a.com"],"redirects":{"maxHops":30}},{"name":"b","hosts":["b.com"],
+                "ports":[0],"methods":[],"paths":["x"],"principals":["spiffe://a"],"namespaces":["*a*"]}]}"#,
+            // A struct may be written as a sequence (serde's rule).
+            r#"["report", [{"name":"a","hosts":["a.com"]}]]"#,
+            r#"["report"]"#,
+            r#"{"rules":[{"name":"a","hosts":["a.com"]}]} trailing"#,
+            r#"{"mode":"report","rules":[{"name":"a","hosts":["a.com","*.a.com","x.*.a.com"],"cidrs":["10.0.0.0/8"],
+                "ports":[443],"methods":["get"],"paths":["/x/*"],"principals":["td/ns/a/sa/*"],"namespaces":["a"],
+                "redirects":{"follow":true,"maxHops":3,"allowDowngrade":true}}],
+                "deny":{"hosts":["b.a.com"],"cidrs":["10.1.0.0/16"]},
+                "redirects":{"follow":true,"originateTls":["a.com"]}}"#,
+        ];
+        for json in cases {
+            let compiled = from_json_with_path::<PolicyDocument>(json.as_bytes()).and_then(|doc| Policy::compile(&doc));
+            let streamed = Policy::from_json(json.as_bytes());
+            let read = Policy::from_reader(json.as_bytes());
+            let summary = |p: Result<Policy, ConfigErrors>| p.map(|p| (p.rule_count(), p.mode()));
+            let compiled = summary(compiled);
+            assert_eq!(summary(streamed), compiled, "{json}");
+            // serde_json places a data error (unknown field, invalid type) one column further when it reads from a
+            // stream (it has peeked a byte); everything else is the same.
+            let unplaced = |errors: ConfigErrors| {
+                let unplaced = errors.0.into_iter().map(|e| match e.message.rsplit_once(" at line ") {
+                    Some((message, _)) => ConfigError { message: message.to_string(), ..e },
+                    None => e,
+                });
+                ConfigErrors(unplaced.collect())
+            };
+            assert_eq!(summary(read).map_err(unplaced), compiled.clone().map_err(unplaced), "{json}");
+        }
+    }
+
+    #[test]
+    fn large_policies_keep_every_rule_and_name() {
+        let rules: Vec<String> = (0..5000)
+            .map(|i| match i % 3 {
+                0 => format!(r#"{{"name":"r{i}","hosts":["h{i}.example.com","shared.example.com"]}}"#),
+                1 => format!(r#"{{"name":"r{i}","hosts":["*.z{i}.example.net"],"ports":[443]}}"#),
+                _ => format!(r#"{{"name":"r{i}","hosts":["ec2.*.r{i}.aws.com"]}}"#),
+            })
+            .collect();
+        let policy = Policy::from_json(format!(r#"{{"rules":[{}]}}"#, rules.join(",")).as_bytes()).unwrap();
+        assert_eq!(policy.rule_count(), 5000);
+        let rule = |host: &str| {
+            let request = crate::HttpRequest {
+                authority: host,
+                scheme: "https",
+                method: "GET",
+                path: None,
+                caller: crate::Caller::ANONYMOUS,
+            };
+            policy.evaluate_http(&request).rule.map(str::to_string)
+        };
+        assert_eq!(rule("h3999.example.com").as_deref(), Some("r3999"));
+        assert_eq!(rule("shared.example.com").as_deref(), Some("r0"));
+        assert_eq!(rule("a.b.z4000.example.net").as_deref(), Some("r4000"));
+        assert_eq!(rule("ec2.x.r4997.aws.com").as_deref(), Some("r4997"));
+        assert_eq!(rule("ec2.x.r4998.aws.com"), None);
+        assert_eq!(rule("h3998.example.com"), None);
+        for i in [0, 1, 4999] {
+            assert_eq!(policy.rule_name(i), Some(format!("r{i}").as_str()));
+        }
+
+        let duplicate = format!(r#"{{"rules":[{},{{"name":"r4321","cidrs":["10.0.0.0/8"]}}]}}"#, rules.join(","));
+        let err = Policy::from_json(duplicate.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "rules[5000].name: duplicate rule name `r4321`");
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Policy {
             .rules
             .iter()
             .filter(|r| r.redirects.follow.unwrap_or(self.redirects.follow))
-            .map(|r| r.redirects.max_hops.unwrap_or(self.redirects.max_hops));
+            .map(|r| r.redirects.max_hops.map_or(self.redirects.max_hops, u32::from));
         policy.into_iter().chain(rules).max()
     }
 

@@ -29,6 +29,130 @@ pub fn plugin_config() -> Result<Vec<u8>, String> {
         .ok_or_else(|| "no plugin configuration".to_string())
 }
 
+/// Bytes asked of the host per read of the plugin configuration.
+const CONFIG_CHUNK: usize = 64 * 1024;
+
+/// The plugin configuration read from the host a chunk at a time, for a filter that parses while reading: a large
+/// configuration (a policy of 100,000 rules is 7 MB of JSON) then never sits whole in the VM's linear memory, which
+/// only grows.
+#[derive(Debug)]
+pub struct PluginConfigReader {
+    /// `on_configure`'s `plugin_configuration_size`: reads never go past it.
+    size: usize,
+    /// Where the next chunk starts.
+    offset: usize,
+    chunk: Vec<u8>,
+    /// How much of `chunk` was read.
+    used: usize,
+}
+
+impl PluginConfigReader {
+    /// A reader of the `size` bytes of plugin configuration (`RootContext::on_configure`'s argument); an error when
+    /// there is none.
+    pub fn new(size: usize) -> Result<PluginConfigReader, String> {
+        if size == 0 {
+            return Err("no plugin configuration".to_string());
+        }
+        Ok(PluginConfigReader { size, offset: 0, chunk: Vec::new(), used: 0 })
+    }
+}
+
+impl std::io::BufRead for PluginConfigReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.used == self.chunk.len() && self.offset < self.size {
+            // Free the last chunk before the host allocates the next.
+            self.chunk = Vec::new();
+            self.used = 0;
+            let want = CONFIG_CHUNK.min(self.size - self.offset);
+            self.chunk = hostcalls::get_buffer(BufferType::PluginConfiguration, self.offset, want)
+                .map_err(|s| std::io::Error::other(format!("cannot read plugin configuration: {s:?}")))?
+                .unwrap_or_default();
+            if self.chunk.is_empty() {
+                let why = format!("plugin configuration ended at byte {} of {}", self.offset, self.size);
+                return Err(std::io::Error::other(why));
+            }
+            self.offset += self.chunk.len();
+        }
+        Ok(self.chunk.get(self.used..).unwrap_or_default())
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.used = self.chunk.len().min(self.used + amount);
+    }
+}
+
+impl std::io::Read for PluginConfigReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        // serde_json reads a byte at a time: keep that path short.
+        if let ([slot], Some(&byte)) = (&mut *buf, self.chunk.get(self.used)) {
+            *slot = byte;
+            self.used += 1;
+            return Ok(1);
+        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), available.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+thread_local! {
+    /// The configuration this VM built last, by a fingerprint of its plugin configuration: plugins of one module share
+    /// a VM (an Istio gateway runs the allow-list's HTTP and TLS plugins in one), and when their configurations are
+    /// the same bytes they share what was built from them instead of each holding a copy.
+    static BUILT: std::cell::RefCell<Option<(ConfigFingerprint, std::rc::Weak<dyn std::any::Any>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The length and 64-bit SipHash of a plugin configuration. Two configurations with the same fingerprint are taken
+/// to be the same: an accident has a 2^-64 chance, and whoever could craft a collision writes this VM's plugin
+/// configurations, so could set any configuration directly. (SHA-256 would cost the module 10 KB.)
+type ConfigFingerprint = (usize, u64);
+
+fn fingerprint(size: usize) -> Result<ConfigFingerprint, String> {
+    use std::hash::Hasher;
+    use std::io::BufRead;
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut reader = PluginConfigReader::new(size)?;
+    loop {
+        let chunk = reader.fill_buf().map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            return Ok((size, hasher.finish()));
+        }
+        hasher.write(chunk);
+        let n = chunk.len();
+        reader.consume(n);
+    }
+}
+
+/// Builds a configuration from the `size` bytes of plugin configuration, read in chunks, unless another plugin of
+/// this VM built one from the same bytes and still holds it: then that one is shared. `build` must depend on the
+/// bytes only.
+pub fn shared_config<C: 'static>(
+    size: usize,
+    build: impl FnOnce(&mut PluginConfigReader) -> Result<C, String>,
+) -> Result<Rc<C>, String> {
+    let fingerprint = fingerprint(size)?;
+    let built = BUILT.with(|b| {
+        b.borrow()
+            .as_ref()
+            .filter(|(built_from, _)| *built_from == fingerprint)
+            .and_then(|(_, config)| config.upgrade()?.downcast::<C>().ok())
+    });
+    if let Some(config) = built {
+        return Ok(config);
+    }
+    let config = Rc::new(build(&mut PluginConfigReader::new(size)?)?);
+    let weak: std::rc::Weak<C> = Rc::downgrade(&config);
+    let weak: std::rc::Weak<dyn std::any::Any> = weak;
+    BUILT.with(|b| *b.borrow_mut() = Some((fingerprint, weak)));
+    Ok(config)
+}
+
 /// The plugin's root id (Istio `pluginName`).
 pub fn root_id() -> Result<String, String> {
     property_string(&["plugin_root_id"])
@@ -239,8 +363,19 @@ pub fn configure<C, M: Copy>(
     define_metrics: impl FnOnce() -> Result<M, String>,
     describe: impl FnOnce(&C) -> String,
 ) -> bool {
+    configure_with(filter, slot, || build(&plugin_config()?).map(Rc::new), define_metrics, describe)
+}
+
+/// [`configure`] for a filter that reads its plugin configuration itself (e.g. with [`shared_config`]).
+pub fn configure_with<C, M: Copy>(
+    filter: &str,
+    slot: &mut Option<(Rc<C>, M)>,
+    build: impl FnOnce() -> Result<Rc<C>, String>,
+    define_metrics: impl FnOnce() -> Result<M, String>,
+    describe: impl FnOnce(&C) -> String,
+) -> bool {
     let configured = (|| {
-        let config = build(&plugin_config()?)?;
+        let config = build()?;
         let metrics = match slot {
             Some((_, metrics)) => *metrics,
             None => define_metrics()?,
@@ -250,7 +385,7 @@ pub fn configure<C, M: Copy>(
     match configured {
         Ok((config, metrics)) => {
             log(LogLevel::Info, &format!("{filter}: configured; {}", describe(&config)));
-            *slot = Some((Rc::new(config), metrics));
+            *slot = Some((config, metrics));
             record_vm_memory(filter);
             true
         }
