@@ -91,7 +91,7 @@ impl RootContext for AllowListRoot {
         // their configurations are the same: a large policy costs each worker's VM its compiled form once.
         let build = || {
             proxy::shared_config(plugin_configuration_size, |config| {
-                Policy::from_reader(config).map_err(|errors| errors.to_string())
+                Policy::from_buf_reader(config).map_err(|errors| errors.to_string())
             })
         };
         proxy::configure_with(

@@ -2,7 +2,6 @@
 //! (`egressctl validate`), and asked what they decide (`egressctl explain`).
 
 use egress_core::audit::AuditConfig;
-use egress_core::policy::from_json_with_path;
 use egress_core::redirect::{self, BaseRequest};
 use egress_core::workload::IdentityConfig;
 use egress_core::{Action, Decision, HttpRequest, Policy, PolicyDocument, SpiffeId};
@@ -58,7 +57,7 @@ pub fn check(kind: Kind, json: &str) -> Result<Checked, Vec<String>> {
     let messages = |errors: egress_core::ConfigErrors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>();
     match kind {
         Kind::Policy => {
-            let document: PolicyDocument = from_json_with_path(json.as_bytes()).map_err(messages)?;
+            let document = PolicyDocument::from_json(json.as_bytes()).map_err(messages)?;
             Policy::compile(&document).map(|p| Checked::Policy(Box::new(p))).map_err(messages)
         }
         Kind::Identity => IdentityConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64)))

@@ -356,7 +356,7 @@ impl AuditConfig {
             mode: observed.mode.clone(),
         });
         let redirects =
-            observed.redirects.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            observed.redirects.as_deref().and_then(|json| crate::json::from_str(json).ok()).unwrap_or_default();
         AuditEvent {
             schema: SCHEMA.to_string(),
             time: rfc3339_millis(observed.time_unix_ms),

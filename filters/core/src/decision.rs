@@ -2,6 +2,7 @@
 
 use crate::authority::{Authority, Host, Malformed};
 use crate::identity::SpiffeId;
+use crate::json::Object;
 use crate::policy::{Mode, Policy, Rule};
 use serde::Serialize;
 use std::fmt;
@@ -124,21 +125,21 @@ impl Decision<'_> {
 
     /// The JSON body of a local reply.
     pub fn http_body(&self) -> String {
-        let body = match self.reason {
-            Reason::MalformedAuthority(detail) => serde_json::json!({
-                "error": "malformed_request",
-                "reason": self.reason.code(),
-                "detail": detail.code(),
-            }),
-            _ => serde_json::json!({
-                "error": "egress_denied",
-                "host": self.destination.as_ref().map(|d| d.host.to_string()),
-                "port": self.destination.as_ref().map(|d| d.port),
-                "reason": self.reason.code(),
-                "rule": self.rule,
-            }),
-        };
-        body.to_string()
+        // Members in sorted order, as `serde_json::json!` wrote them.
+        match self.reason {
+            Reason::MalformedAuthority(detail) => Object::new()
+                .str("detail", detail.code())
+                .str("error", "malformed_request")
+                .str("reason", self.reason.code())
+                .finish(),
+            _ => Object::new()
+                .str("error", "egress_denied")
+                .opt_str("host", self.destination.as_ref().map(|d| d.host.to_string()).as_deref())
+                .opt_uint("port", self.destination.as_ref().map(|d| u64::from(d.port)))
+                .str("reason", self.reason.code())
+                .opt_str("rule", self.rule)
+                .finish(),
+        }
     }
 }
 
@@ -259,25 +260,33 @@ impl Policy {
         Decision { action, reason, rule: name, destination, rule_index: rule }
     }
 
-    /// The deny list first, then the first rule (in policy order) whose every condition holds.
+    /// The deny list first, then the first rule (in policy order) whose every condition holds; when none holds,
+    /// the first candidate rule (in policy order) and why it refused.
+    ///
+    /// The index hands candidates over in its own order, possibly repeated: each goes into place in a sorted list
+    /// as it arrives (a handful per request), so no slice sort is linked into the modules. Rules are then tried in
+    /// policy order, so the caller is looked up only when an identity-scoped rule is actually tried.
     fn judge(&self, target: &Target<'_>) -> (Reason, Option<u32>) {
         let mut candidates: Vec<u32> = Vec::new();
+        let mut add = |rule: u32| {
+            if let Err(at) = candidates.binary_search(&rule) {
+                candidates.insert(at, rule);
+            }
+        };
         match &target.destination.host {
             Host::Name(name) => {
                 if self.deny_hosts.matches(name) {
                     return (Reason::DenyListed, None);
                 }
-                self.hosts.for_each_match(name, |rule| candidates.push(rule));
+                self.hosts.for_each_match(name, &mut add);
             }
             Host::Ip(ip) => {
                 if self.deny_cidrs.contains(*ip) {
                     return (Reason::DenyListed, None);
                 }
-                self.cidrs.for_each_match(*ip, |rule| candidates.push(rule));
+                self.cidrs.for_each_match(*ip, &mut add);
             }
         }
-        candidates.sort_unstable();
-        candidates.dedup();
         let Some(&first) = candidates.first() else {
             let reason = if target.destination.host.is_ip() { Reason::IpNotAllowed } else { Reason::HostNotAllowed };
             return (reason, None);
@@ -345,8 +354,8 @@ fn is_ambiguous_path(path: &str) -> bool {
     if path.split('/').any(|segment| segment == "." || segment == "..") {
         return true;
     }
-    let lower = path.to_ascii_lowercase();
-    ["%2f", "%5c", "%2e"].iter().any(|escape| lower.contains(escape))
+    // `%2f`, `%5c`, `%2e` in either case, byte by byte: no lowercased copy, and no substring searcher linked.
+    path.as_bytes().windows(3).any(|w| matches!(w, [b'%', b'2', b'f' | b'F' | b'e' | b'E'] | [b'%', b'5', b'c' | b'C']))
 }
 
 #[cfg(test)]
@@ -407,6 +416,12 @@ mod tests {
         assert_eq!(reason(&get(&p, "httpbin.org", "/status/../admin")), "ambiguous_path");
         assert_eq!(reason(&get(&p, "httpbin.org", "/status/%2e%2e/admin")), "ambiguous_path");
         assert_eq!(reason(&get(&p, "httpbin.org", "/status%2F..%2Fadmin")), "ambiguous_path");
+        for escaped in ["/status/%2E", "/status/a%5cb", "/status/a%5Cb", "/status/%2fx", "/status/x%2F"] {
+            assert_eq!(reason(&get(&p, "httpbin.org", escaped)), "ambiguous_path", "{escaped}");
+        }
+        for plain in ["/status/%25", "/status/%2", "/status/%20x", "/status/2f"] {
+            assert_eq!(reason(&get(&p, "httpbin.org", plain)), "allowed", "{plain}");
+        }
         assert_eq!(reason(&get(&p, "httpbin.org", "/headers?x=/status/")), "allowed", "the query is not the path");
         assert_eq!(reason(&get(&p, "example.com", "/")), "host_not_allowed");
         assert_eq!(reason(&get(&p, "ec2.aws.amazonaws.com.evil", "/")), "host_not_allowed");
@@ -563,19 +578,68 @@ mod tests {
     }
 
     #[test]
+    fn the_first_rule_in_policy_order_decides_whatever_order_the_index_finds_them_in() {
+        // api.example.com reaches rule 2 (twice) and 3 through exact names, 0 through `*`, 1 and 2 through the
+        // suffix: the index hands them over as 2, 3, 0, 1, 2.
+        let p = policy(
+            r#"{"rules":[
+              {"name":"r0","hosts":["*"],"ports":[8443]},
+              {"name":"r1","hosts":["*.example.com"],"methods":["POST"]},
+              {"name":"r2","hosts":["api.example.com","*.example.com"]},
+              {"name":"r3","hosts":["api.example.com"]}
+            ]}"#,
+        );
+        let request = |method, authority| {
+            let d = p.evaluate_http(&HttpRequest {
+                authority,
+                scheme: "http",
+                method,
+                path: Some("/"),
+                caller: Caller::ANONYMOUS,
+            });
+            (d.reason, d.rule)
+        };
+        assert_eq!(request("GET", "api.example.com"), (Reason::Allowed, Some("r2")));
+        assert_eq!(request("POST", "api.example.com"), (Reason::Allowed, Some("r1")));
+        assert_eq!(request("GET", "api.example.com:8443"), (Reason::Allowed, Some("r0")));
+        assert_eq!(request("GET", "x.other.org"), (Reason::PortNotAllowed, Some("r0")));
+        // None allows: the first candidate in policy order names the rule and the reason.
+        let refuse = |rules: &str| {
+            let p = policy(&format!(r#"{{"rules":{rules}}}"#));
+            let d = get(&p, "x.a.com", "/");
+            (d.reason, d.rule.map(str::to_string))
+        };
+        let method_first =
+            r#"[{"name":"m","hosts":["*.a.com"],"methods":["POST"]},{"name":"p","hosts":["x.a.com"],"ports":[1]}]"#;
+        assert_eq!(refuse(method_first), (Reason::MethodNotAllowed, Some("m".into())));
+        let port_first =
+            r#"[{"name":"p","hosts":["x.a.com"],"ports":[1]},{"name":"m","hosts":["*.a.com"],"methods":["POST"]}]"#;
+        assert_eq!(refuse(port_first), (Reason::PortNotAllowed, Some("p".into())));
+        assert_eq!(refuse(r#"[{"name":"o","hosts":["other.com"]}]"#), (Reason::HostNotAllowed, None));
+    }
+
+    #[test]
     fn reply_bodies() {
         let p = policy(REFERENCE);
-        let denied: serde_json::Value = serde_json::from_str(&get(&p, "example.com", "/").http_body()).unwrap();
+        // Byte for byte what `serde_json::json!` wrote before the modules stopped linking it.
         assert_eq!(
-            denied,
+            get(&p, "example.com", "/").http_body(),
             serde_json::json!({"error":"egress_denied","host":"example.com","port":80,"reason":"host_not_allowed","rule":null})
+                .to_string()
         );
+        let ruled = get(&p, "httpbin.org", "/nope");
+        assert_eq!(
+            ruled.http_body(),
+            serde_json::json!({"error":"egress_denied","host":"httpbin.org","port":80,"reason":ruled.reason.code(),"rule":ruled.rule})
+                .to_string()
+        );
+        assert!(ruled.rule.is_some(), "{ruled:?}");
         let malformed = get(&p, "a\\b.com", "/");
         assert_eq!(malformed.http_status(), 400);
-        let body: serde_json::Value = serde_json::from_str(&malformed.http_body()).unwrap();
         assert_eq!(
-            body,
+            malformed.http_body(),
             serde_json::json!({"error":"malformed_request","reason":"malformed_authority","detail":"backslash"})
+                .to_string()
         );
     }
 }

@@ -7,7 +7,6 @@ use crate::cidr::{Cidr, CidrIndex};
 use crate::hosts::{HostIndex, HostPattern};
 use crate::identity::StringMatch;
 use crate::table::{self, Table};
-use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
@@ -136,25 +135,19 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("; "))
+        for (i, error) in self.0.iter().enumerate() {
+            let separator = if i == 0 { "" } else { "; " };
+            write!(f, "{separator}{error}")?;
+        }
+        Ok(())
     }
 }
 
 impl std::error::Error for ConfigErrors {}
 
-/// Parses a JSON document into `T`, naming the field path of the first type error.
+/// Parses a JSON document into `T`, naming the field path of the first type error (see [`crate::json`]).
 pub fn from_json_with_path<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigErrors> {
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        // serde_path_to_error names the document root ".".
-        let path = match err.path().to_string() {
-            root if root == "." => "(document)".to_string(),
-            path => path,
-        };
-        let message = err.into_inner().to_string();
-        ConfigErrors(vec![ConfigError { path, message }])
-    })
+    crate::json::from_slice(json)
 }
 
 /// A path segment matcher: `/headers` exact, `/status/*` any path under `/status/`.
@@ -238,7 +231,7 @@ pub struct Redirects {
     pub follow: bool,
     pub max_hops: u32,
     pub deny_status: u16,
-    pub(crate) originate_tls: HostIndex<()>,
+    pub(crate) originate_tls: HostIndex<u32>,
 }
 
 /// Most hops a follow may take: each is a full upstream request on the client's time.
@@ -254,8 +247,10 @@ pub struct Policy {
     names: String,
     pub(crate) hosts: HostIndex<u32>,
     pub(crate) cidrs: CidrIndex<u32>,
-    pub(crate) deny_hosts: HostIndex<()>,
-    pub(crate) deny_cidrs: CidrIndex<()>,
+    // The deny and origination indexes hold a dummy `u32` (0), like the rule indexes: one instantiation of the
+    // index code in the modules instead of two.
+    pub(crate) deny_hosts: HostIndex<u32>,
+    pub(crate) deny_cidrs: CidrIndex<u32>,
     pub(crate) redirects: Redirects,
 }
 
@@ -272,35 +267,35 @@ fn rule_name<'n>(rules: &[Rule], names: &'n str, index: usize) -> Option<&'n str
 impl Policy {
     /// Parses and compiles a JSON policy (the plugin configuration Envoy hands the filter). Rules are compiled as
     /// they are parsed, so the whole document never exists next to the compiled policy.
-    // `inline`: compiled, with the deserializer it instantiates, into the calling filter crate, which `make build`
-    // optimises for size (this crate's hot path stays at opt-level "s"); parsing a configuration is cold.
-    #[inline]
     pub fn from_json(json: &[u8]) -> Result<Policy, ConfigErrors> {
-        from_json_with_path::<streamed::PolicyDocument>(json)?.compile()
+        Policy::from_buf_reader(&mut &*json)
     }
 
     /// Like [`Policy::from_json`], reading the JSON while parsing it: the allow-list reads its plugin configuration
     /// from the host in chunks, so the text of a large policy never sits whole in the VM's memory.
     pub fn from_reader(reader: impl std::io::Read) -> Result<Policy, ConfigErrors> {
-        let mut deserializer = serde_json::Deserializer::from_reader(reader);
-        let document: streamed::PolicyDocument =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-                // As `from_json_with_path`: serde_path_to_error names the document root ".".
-                let path = match err.path().to_string() {
-                    root if root == "." => "(document)".to_string(),
-                    path => path,
-                };
-                ConfigErrors(vec![ConfigError { path, message: err.into_inner().to_string() }])
-            })?;
-        document.compile()
+        Policy::from_buf_reader(&mut std::io::BufReader::new(reader))
+    }
+
+    /// [`Policy::from_reader`] for a reader that buffers itself (no copy into another buffer).
+    // `inline`: compiled into the calling filter crate, which `make build` optimises for size (this crate's hot
+    // path stays at opt-level "s"); loading a policy is cold.
+    #[inline]
+    pub fn from_buf_reader(reader: &mut impl std::io::BufRead) -> Result<Policy, ConfigErrors> {
+        let mut compiler = Compiler::new("");
+        let doc = crate::documents::stream(reader, &mut |rule| compiler.rule(&rule))?;
+        compiler.finish(doc.mode, doc.deny.as_ref(), doc.redirects.as_ref())
     }
 
     /// Validates a document, collecting every error with its path, and builds the indexes.
+    // `inline` (both): compiled into the calling filter crate, optimised for size; compiling is cold.
+    #[inline]
     pub fn compile(doc: &PolicyDocument) -> Result<Policy, ConfigErrors> {
         Policy::compile_at(doc, "")
     }
 
     /// Like `compile`, with field paths under `prefix` (for policies embedded in a larger document).
+    #[inline]
     pub fn compile_at(doc: &PolicyDocument, prefix: &str) -> Result<Policy, ConfigErrors> {
         let mut compiler = Compiler::new(prefix);
         for rule in &doc.rules {
@@ -361,7 +356,10 @@ struct Compiler<'p> {
     at: String,
 }
 
+// `inline` (new, rule, finish): compiled into the calling filter crate, which `make build` optimises for size (this
+// crate's hot path stays at opt-level "s"); compiling is cold.
 impl<'p> Compiler<'p> {
+    #[inline]
     fn new(prefix: &'p str) -> Self {
         Compiler {
             errors: Errors { prefix, found: Vec::new() },
@@ -385,6 +383,7 @@ impl<'p> Compiler<'p> {
         }
     }
 
+    #[inline]
     fn rule(&mut self, rule: &RuleDocument) {
         let Compiler { errors, policy, names, at } = self;
         let i = policy.rules.len();
@@ -446,6 +445,7 @@ impl<'p> Compiler<'p> {
     }
 
     /// The rest of the document, after the rules; the policy if nothing was wrong anywhere.
+    #[inline]
     fn finish(
         self,
         mode: Mode,
@@ -458,13 +458,13 @@ impl<'p> Compiler<'p> {
         if let Some(deny) = deny {
             let hosts = Some(deny.hosts.clone()).filter(|h| !h.is_empty());
             for pattern in errors.each("deny", "hosts", &hosts, |raw| HostPattern::parse(raw)) {
-                if let Err(full) = policy.deny_hosts.insert(&pattern, ()) {
+                if let Err(full) = policy.deny_hosts.insert(&pattern, 0) {
                     errors.add("deny.hosts".into(), full.to_string());
                 }
             }
             let cidrs = Some(deny.cidrs.clone()).filter(|c| !c.is_empty());
             for cidr in errors.each("deny", "cidrs", &cidrs, |raw| Cidr::parse(raw)) {
-                policy.deny_cidrs.insert(cidr, ());
+                policy.deny_cidrs.insert(cidr, 0);
             }
         }
         if let Some(redirects) = redirects {
@@ -479,7 +479,7 @@ impl<'p> Compiler<'p> {
             }
             let hosts = Some(redirects.originate_tls.clone()).filter(|h| !h.is_empty());
             for pattern in errors.each("redirects", "originateTls", &hosts, |raw| HostPattern::parse(raw)) {
-                if let Err(full) = policy.redirects.originate_tls.insert(&pattern, ()) {
+                if let Err(full) = policy.redirects.originate_tls.insert(&pattern, 0) {
                     errors.add("redirects.originateTls".into(), full.to_string());
                 }
             }
@@ -494,59 +494,6 @@ impl<'p> Compiler<'p> {
         policy.deny_hosts.shrink_to_fit();
         policy.redirects.originate_tls.shrink_to_fit();
         Ok(policy)
-    }
-}
-
-mod streamed {
-    use super::{CompiledRules, ConfigErrors, DenyDocument, Mode, Policy, RedirectsDocument};
-    use serde::Deserialize;
-
-    /// [`super::PolicyDocument`] as `Policy::from_json` reads it: the same name, fields and serde attributes, so the
-    /// same errors at the same paths, but the rules are compiled as they are parsed instead of collected.
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    pub(super) struct PolicyDocument {
-        #[serde(default)]
-        mode: Mode,
-        rules: CompiledRules,
-        #[serde(default)]
-        deny: Option<DenyDocument>,
-        #[serde(default)]
-        redirects: Option<RedirectsDocument>,
-    }
-
-    impl PolicyDocument {
-        pub(super) fn compile(self) -> Result<Policy, ConfigErrors> {
-            self.rules.0.finish(self.mode, self.deny.as_ref(), self.redirects.as_ref())
-        }
-    }
-}
-
-/// The `rules` array, compiled while it is read: each rule's document is dropped once compiled.
-struct CompiledRules(Compiler<'static>);
-
-impl<'de> Deserialize<'de> for CompiledRules {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Rules;
-
-        impl<'de> Visitor<'de> for Rules {
-            type Value = CompiledRules;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                // As `Vec`'s: errors read as they do for `PolicyDocument::rules`.
-                f.write_str("a sequence")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CompiledRules, A::Error> {
-                let mut compiler = Compiler::new("");
-                while let Some(rule) = seq.next_element::<RuleDocument>()? {
-                    compiler.rule(&rule);
-                }
-                Ok(CompiledRules(compiler))
-            }
-        }
-
-        deserializer.deserialize_seq(Rules)
     }
 }
 
@@ -573,16 +520,27 @@ impl Errors<'_> {
     ) -> Vec<U> {
         let Some(list) = list else { return Vec::new() };
         if list.is_empty() {
-            self.add(format!("{at}.{field}"), "empty list; omit the field to allow any".into());
+            self.entry(at, field, None, "empty list; omit the field to allow any".into());
         }
         let mut parsed = Vec::with_capacity(list.len());
         for (i, raw) in list.iter().enumerate() {
             match parse(raw) {
                 Ok(value) => parsed.push(value),
-                Err(message) => self.add(format!("{at}.{field}[{i}]"), message),
+                Err(message) => self.entry(at, field, Some(i), message),
             }
         }
         parsed
+    }
+
+    /// An error at `at.field`, or at its entry `at.field[i]`. Not generic: one copy of the formatting for every
+    /// instantiation of `each`.
+    #[inline(never)]
+    fn entry(&mut self, at: &str, field: &str, index: Option<usize>, message: String) {
+        let path = match index {
+            Some(i) => format!("{at}.{field}[{i}]"),
+            None => format!("{at}.{field}"),
+        };
+        self.add(path, message);
     }
 
     fn max_hops(&mut self, path: &str, hops: i64) -> Option<u32> {
@@ -709,7 +667,7 @@ mod tests {
                 "rules":[{"name":"a","hosts":[""]},{"name":"a","cidrs":["10.0.0.1/8"]},{"name":"a","hosts":["b.c"]}]}"#,
             r#"{"rules":[{"name":"a","hosts":["a.com"],"redirects":{"maxHops":30}},{"name":"b","hosts":["b.com"],
                 "ports":[0],"methods":[],"paths":["x"],"principals":["spiffe://a"],"namespaces":["*a*"]}]}"#,
-            // A struct may be written as a sequence (serde's rule).
+            // A struct written as a sequence: refused (the modules' JSON reader takes structs as objects only).
             r#"["report", [{"name":"a","hosts":["a.com"]}]]"#,
             r#"["report"]"#,
             r#"{"rules":[{"name":"a","hosts":["a.com"]}]} trailing"#,
@@ -726,16 +684,32 @@ mod tests {
             let summary = |p: Result<Policy, ConfigErrors>| p.map(|p| (p.rule_count(), p.mode()));
             let compiled = summary(compiled);
             assert_eq!(summary(streamed), compiled, "{json}");
-            // serde_json places a data error (unknown field, invalid type) one column further when it reads from a
-            // stream (it has peeked a byte); everything else is the same.
-            let unplaced = |errors: ConfigErrors| {
-                let unplaced = errors.0.into_iter().map(|e| match e.message.rsplit_once(" at line ") {
-                    Some((message, _)) => ConfigError { message: message.to_string(), ..e },
-                    None => e,
-                });
-                ConfigErrors(unplaced.collect())
-            };
-            assert_eq!(summary(read).map_err(unplaced), compiled.clone().map_err(unplaced), "{json}");
+            assert_eq!(summary(read), compiled, "{json}");
+            // However the text arrives: a byte at a time, or in chunks that split tokens.
+            for capacity in [1, 3, 7] {
+                let chunked =
+                    Policy::from_buf_reader(&mut std::io::BufReader::with_capacity(capacity, json.as_bytes()));
+                assert_eq!(summary(chunked), compiled, "{json} in chunks of {capacity}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_policy_reads_text_split_anywhere() {
+        // Multi-byte characters and escapes split across chunks; a syntax error located on its line.
+        let json = r#"{"rules":[{"name":"a","hosts":["x.com"],"principals":["td/ns/\u00e9t\u00e9/sa/café"]}]}"#;
+        for capacity in [1, 2, 3, 64] {
+            let mut reader = std::io::BufReader::with_capacity(capacity, json.as_bytes());
+            let mut principals = Vec::new();
+            crate::documents::stream(&mut reader, &mut |rule| principals.extend(rule.principals.unwrap_or_default()))
+                .unwrap();
+            assert_eq!(principals, ["td/ns/\u{e9}t\u{e9}/sa/caf\u{e9}"], "chunks of {capacity}");
+        }
+        let broken = "{\"rules\":[\n  {\"name\":\"a\",\"hosts\":[\"x.com\"]}\n  {\"name\":\"b\"}]}";
+        for capacity in [1, 5, 64] {
+            let mut reader = std::io::BufReader::with_capacity(capacity, broken.as_bytes());
+            let err = Policy::from_buf_reader(&mut reader).unwrap_err();
+            assert_eq!(err.to_string(), "(document): expected `,` or `]` at line 3 column 3", "chunks of {capacity}");
         }
     }
 

@@ -7,6 +7,7 @@
 
 use crate::authority::{Authority, Host};
 use crate::decision::{Action, Caller, Decision, HttpRequest, Reason};
+use crate::json::{self, Object};
 use crate::policy::{Mode, Policy};
 use std::fmt;
 
@@ -219,13 +220,13 @@ pub struct Vetted<'p> {
 impl Vetted<'_> {
     /// The JSON body of the reply that replaces a refused redirect. The `Location` itself is never echoed.
     pub fn http_body(&self, status: u16) -> String {
-        serde_json::json!({
-            "error": "redirect_denied",
-            "reason": self.reason.map(RedirectReason::code),
-            "status": status,
-            "host": self.target.as_ref().map(|t| t.authority.host.to_string()),
-        })
-        .to_string()
+        // Members in sorted order, as `serde_json::json!` wrote them.
+        Object::new()
+            .str("error", "redirect_denied")
+            .opt_str("host", self.target.as_ref().map(|t| t.authority.host.to_string()).as_deref())
+            .opt_str("reason", self.reason.map(RedirectReason::code))
+            .uint("status", u64::from(status))
+            .finish()
     }
 }
 
@@ -348,6 +349,56 @@ impl HopState {
     pub fn record(&mut self, request: &BaseRequest<'_>, target: &Target) {
         self.last = [request.scheme, request.authority, request.path, request.method].map(str::to_string);
         self.visited.push(fingerprint(&target.url()));
+    }
+
+    /// The state as JSON, exactly as its `Serialize` writes it (a test holds them together), without instantiating
+    /// a serializer in the Wasm module.
+    pub fn to_json(&self) -> String {
+        let mut last = String::from("[");
+        for part in &self.last {
+            if last.len() > 1 {
+                last.push(',');
+            }
+            crate::json::push_string(&mut last, part);
+        }
+        last.push(']');
+        let mut visited = String::from("[");
+        for fingerprint in &self.visited {
+            if visited.len() > 1 {
+                visited.push(',');
+            }
+            visited.push_str(&fingerprint.to_string());
+        }
+        visited.push(']');
+        Object::new().str("origin_host", &self.origin_host).raw("last", &last).raw("visited", &visited).finish()
+    }
+
+    /// Reads what [`HopState::to_json`] wrote (by hand, as its `Deserialize` would: a test holds them together).
+    // `inline`: compiled into the redirects filter crate, which `make build` optimises for size.
+    #[inline]
+    pub fn from_json(json: &str) -> Option<HopState> {
+        const FIELDS: &[&str] = &["origin_host", "last", "visited"];
+        let read = |reader: &mut json::Reader<'_>, path: &json::Path<'_>| {
+            let mut state = HopState::default();
+            let HopState { origin_host, last, visited } = &mut state;
+            let seen = reader.members(path, "struct HopState", FIELDS, false, &mut |reader, field, at| {
+                match field {
+                    0 => *origin_host = reader.string(at)?,
+                    1 => {
+                        let parts = reader.list(at, json::Reader::string)?;
+                        let len = parts.len();
+                        *last = parts
+                            .try_into()
+                            .map_err(|_| serde::de::Error::invalid_length(len, &"an array of length 4"))?;
+                    }
+                    _ => *visited = reader.list(at, json::Reader::uint)?,
+                }
+                Ok(())
+            })?;
+            (0..FIELDS.len()).try_for_each(|field| json::require(seen, field, FIELDS, path))?;
+            Ok(state)
+        };
+        json::read(&mut json.as_bytes(), read).ok()
     }
 
     fn last_request(&self) -> BaseRequest<'_> {
@@ -635,6 +686,24 @@ mod tests {
         state.record(&next, &Target::of_request(&next).unwrap());
         assert_eq!(hop(&p, &state, "https", "b.example", "/next", 2), "508 redirect_loop");
         assert_eq!(hop(&p, &state, "https", "c.example", "/", 2), "proceed strip=true");
+        // The state travels between hops as JSON: written without serde, exactly as serde writes it.
+        state.last[2] = "/p?q=\"\\\u{1}é".into();
+        assert_eq!(state.to_json(), serde_json::to_string(&state).unwrap());
+        assert_eq!(HopState::from_json(&state.to_json()), Some(state));
+        assert_eq!(HopState::default().to_json(), serde_json::to_string(&HopState::default()).unwrap());
+        assert_eq!(HopState::from_json("{}"), None);
+        for bad in [
+            r#"{"origin_host":"a","last":["a","b","c"],"visited":[]}"#,
+            r#"{"origin_host":"a","last":["a","b","c","d","e"],"visited":[]}"#,
+            r#"{"origin_host":"a","last":["a","b","c","d"],"visited":[-1]}"#,
+            r#"{"origin_host":"a","last":["a","b","c","d"]}"#,
+            r#"{"origin_host":"a","origin_host":"b","last":["a","b","c","d"],"visited":[]}"#,
+        ] {
+            assert_eq!(HopState::from_json(bad), None, "{bad}");
+            assert!(serde_json::from_str::<HopState>(bad).is_err(), "{bad}");
+        }
+        let extra = r#"{"origin_host":"a","last":["a","b","c","d"],"visited":[1],"new":true}"#;
+        assert_eq!(HopState::from_json(extra), serde_json::from_str::<HopState>(extra).ok());
     }
 
     #[test]
@@ -644,8 +713,11 @@ mod tests {
         let body = v.http_body(302);
         assert!(!body.contains("secret") && !body.contains("token"), "{body}");
         assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            body,
             serde_json::json!({"error":"redirect_denied","reason":"host_not_allowed","status":302,"host":"example.com"})
+                .to_string()
         );
+        let unparsed = vet(&p, BASE, 302, "gopher://x/").http_body(301);
+        assert_eq!(unparsed, r#"{"error":"redirect_denied","host":null,"reason":"non_http_scheme","status":301}"#);
     }
 }

@@ -297,7 +297,7 @@ impl DenyReason {
 
     /// The JSON body of the 403.
     pub fn http_body(self) -> String {
-        serde_json::json!({"error": "identity_denied", "reason": self.code()}).to_string()
+        crate::json::Object::new().str("error", "identity_denied").str("reason", self.code()).finish()
     }
 }
 

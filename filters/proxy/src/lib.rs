@@ -8,7 +8,7 @@
 //! not. So the hot paths read a whole header map once instead of header by header, try the cheap absent case
 //! first, publish one filter-state record per filter, and read the caller's identity only when a rule needs it.
 
-use egress_core::state::{self, IdentityRecord};
+use egress_core::state::{self, IdentityRecord, ToJson};
 use egress_core::SpiffeId;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
@@ -84,12 +84,6 @@ impl std::io::BufRead for PluginConfigReader {
 impl std::io::Read for PluginConfigReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::io::BufRead;
-        // serde_json reads a byte at a time: keep that path short.
-        if let ([slot], Some(&byte)) = (&mut *buf, self.chunk.get(self.used)) {
-            *slot = byte;
-            self.used += 1;
-            return Ok(1);
-        }
         let available = self.fill_buf()?;
         let n = available.len().min(buf.len());
         if let (Some(to), Some(from)) = (buf.get_mut(..n), available.get(..n)) {
@@ -243,9 +237,8 @@ pub fn publish(key: &str, value: &str) -> Result<(), Status> {
 }
 
 /// Publishes a record (JSON) to filter state.
-pub fn publish_record(key: &str, record: &impl serde::Serialize) -> Result<(), Status> {
-    let json = serde_json::to_string(record).map_err(|_| Status::SerializationFailure)?;
-    publish(key, &json)
+pub fn publish_record(key: &str, record: &impl ToJson) -> Result<(), Status> {
+    publish(key, &record.to_json())
 }
 
 /// A local JSON reply carrying `reason` in [`REASON_HEADER`]; the request goes no further. If even the reply

@@ -12,6 +12,7 @@
 //! redirect back to the client when the target's rule does not follow, and strips credentials when a hop leaves
 //! the original host. A 3xx that Envoy stopped following at the route's limit becomes a 508.
 
+use egress_core::json::Object;
 use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
 use egress_core::{state, Action, Caller, Policy};
 use egress_proxy::{self as proxy, Counter, RequestLine};
@@ -79,7 +80,10 @@ impl RootContext for RedirectsRoot {
                 Ok(policy)
             },
             Metrics::define,
-            |policy| format!("follow {:?} hops", policy.follow_route_hops()),
+            |policy| match policy.follow_route_hops() {
+                Some(hops) => format!("following redirects up to {hops} hops"),
+                None => "following redirects off".to_string(),
+            },
         )
     }
 
@@ -155,7 +159,7 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> R
         return Ok(Next::Continue);
     };
     // Unreadable state is our own bug; refusing is the safe answer.
-    let Ok(mut state) = serde_json::from_str::<HopState>(&state) else {
+    let Some(mut state) = HopState::from_json(&state) else {
         return Ok(proxy::reply_internal_error(FILTER, "unreadable hop state"));
     };
     let counted = proxy::property_string(&["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
@@ -173,14 +177,14 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> R
                 state.record(&base, target);
             }
             save_hop_state(&state)?;
-            append_hop(followed_record(&vetted, vetted.action.as_str()))?;
+            append_hop(&followed_record(&vetted, vetted.action.as_str()))?;
             metrics.followed.increment();
             Ok(Next::Continue)
         }
         FollowedHop::Bounce { location, vetted } => {
-            append_hop(followed_record(&vetted, "bounce"))?;
+            append_hop(&followed_record(&vetted, "bounce"))?;
             metrics.bounced.increment();
-            let body = serde_json::json!({"redirect": "not_followed", "reason": "rule_does_not_follow"}).to_string();
+            let body = Object::new().str("reason", "rule_does_not_follow").str("redirect", "not_followed").finish();
             Ok(proxy::reply_with(302, "rule_does_not_follow", &body, &[("location", &location)]))
         }
         FollowedHop::Refuse { status, reason, vetted } => {
@@ -190,13 +194,12 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> R
                 _ => metrics.denied,
             };
             counter.increment();
-            let record = vetted.as_ref().map_or_else(
-                || serde_json::json!({"status": null, "location": null, "action": "deny", "reason": reason, "followed": true}),
-                |v| followed_record(v, "deny"),
-            );
-            append_hop(record)?;
-            let body = serde_json::json!({"error": "redirect_denied", "reason": reason, "hops": hops}).to_string();
-            Ok(proxy::reply(status, reason, &body))
+            let record = match &vetted {
+                Some(vetted) => followed_record(vetted, "deny"),
+                None => record("deny", true, None, reason, None),
+            };
+            append_hop(&record)?;
+            Ok(proxy::reply(status, reason, &refusal_body(reason, u64::from(hops))))
         }
     }
 }
@@ -205,21 +208,38 @@ fn save_hop_state(state: &HopState) -> Result<(), Status> {
     proxy::publish_record(state::REDIRECT_HOPS, state)
 }
 
-/// Appends one hop to the request-long chain in filter state.
-fn append_hop(record: serde_json::Value) -> Result<(), Status> {
+/// Appends one hop record (a JSON object) to the request-long chain in filter state, a JSON array only this filter
+/// writes; anything else there is replaced.
+fn append_hop(record: &str) -> Result<(), Status> {
     let chain = proxy::property_string(&[state::REDIRECTS])?;
-    let mut hops: Vec<serde_json::Value> = chain.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
-    hops.push(record);
-    proxy::publish_record(state::REDIRECTS, &hops)
+    let chain = match chain.as_deref().and_then(|c| c.strip_suffix(']')) {
+        Some(head) if head.starts_with("[{") => format!("{head},{record}]"),
+        _ => format!("[{record}]"),
+    };
+    proxy::publish(state::REDIRECTS, &chain)
+}
+
+/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`, read back by the audit filter
+/// as `egress_core::audit::RedirectHop`). Members in sorted order, as `serde_json::json!` wrote them.
+fn record(action: &str, followed: bool, location: Option<&str>, reason: &str, status: Option<u16>) -> String {
+    let object = Object::new().str("action", action);
+    let object = if followed { object.bool("followed", true) } else { object };
+    object.opt_str("location", location).str("reason", reason).opt_uint("status", status.map(u64::from)).finish()
+}
+
+/// The reply when a redirect is refused for the hop count.
+fn refusal_body(reason: &str, hops: u64) -> String {
+    Object::new().str("error", "redirect_denied").uint("hops", hops).str("reason", reason).finish()
+}
+
+fn vetted_reason(vetted: &Vetted<'_>) -> &'static str {
+    vetted.reason.map_or("allowed", |r| r.code())
 }
 
 /// A hop Envoy followed: its 3xx never reached a filter, so the status is unknown.
-fn followed_record(vetted: &Vetted<'_>, action: &str) -> serde_json::Value {
-    let mut record = hop_record(0, vetted);
-    record["status"] = serde_json::Value::Null;
-    record["action"] = action.into();
-    record["followed"] = true.into();
-    record
+fn followed_record(vetted: &Vetted<'_>, action: &str) -> String {
+    let location = vetted.target.as_ref().map(|t| t.url_without_query());
+    record(action, true, location.as_deref(), vetted_reason(vetted), None)
 }
 
 impl RedirectsHttp {
@@ -238,10 +258,8 @@ impl RedirectsHttp {
             if hops.is_some_and(|hops| hops >= route_max) {
                 metrics.hop_limit.increment();
                 let reason = redirect::HOP_LIMIT_REASON;
-                append_hop(
-                    serde_json::json!({"status": status, "location": null, "action": "deny", "reason": reason}),
-                )?;
-                let body = serde_json::json!({"error": "redirect_denied", "reason": reason, "hops": hops}).to_string();
+                append_hop(&record("deny", false, None, reason, Some(status)))?;
+                let body = refusal_body(reason, hops.map_or(0, u64::from));
                 return Ok(proxy::reply(redirect::LOOP_STATUS, reason, &body));
             }
         }
@@ -253,7 +271,7 @@ impl RedirectsHttp {
             _ => "",
         };
         let vetted = with_caller(|caller| policy.vet_redirect(&base(request), status, location, caller))?;
-        append_hop(hop_record(status, &vetted))?;
+        append_hop(&hop_record(status, &vetted))?;
         match vetted.action {
             Action::Allow => metrics.allowed.increment(),
             Action::ReportDeny => metrics.would_deny.increment(),
@@ -272,11 +290,7 @@ impl RedirectsHttp {
 }
 
 /// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`).
-fn hop_record(status: u16, vetted: &Vetted<'_>) -> serde_json::Value {
-    serde_json::json!({
-        "status": status,
-        "location": vetted.target.as_ref().map(|t| t.url_without_query()),
-        "action": vetted.action.as_str(),
-        "reason": vetted.reason.map_or("allowed", |r| r.code()),
-    })
+fn hop_record(status: u16, vetted: &Vetted<'_>) -> String {
+    let location = vetted.target.as_ref().map(|t| t.url_without_query());
+    record(vetted.action.as_str(), false, location.as_deref(), vetted_reason(vetted), Some(status))
 }

@@ -1,0 +1,1238 @@
+//! JSON in the Wasm modules, kept small: one pull parser, one `serde` deserializer that knows the field path of
+//! every value it hands out (so each configuration error names where it is, `rules[2].hosts[0]: …`), readers for
+//! the documents the modules read by hand, and a writer for the small objects the filters reply with and publish.
+//!
+//! Why not `serde_json` + `serde_path_to_error`: every `Deserialize` type was instantiated for `serde_json`'s
+//! deserializer and again for the path-tracking wrapper around it, and error messages pulled in float formatting;
+//! together more than 100 KB of each module. Here one non-generic parser ([`Reader`]) reads every document: the
+//! policy member by member as it streams in (`crate::documents`, so a large one is compiled rule by rule and never
+//! whole in memory), the small ones into a tree that the derived visitors read through one deserializer.
+//!
+//! Configurations hold integers only: a number with a fraction or an exponent (or out of the 64-bit range) is
+//! refused as a `floating point` value wherever it appears, without ever being converted to a float.
+
+use crate::policy::{ConfigError, ConfigErrors};
+use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Expected, IntoDeserializer, Unexpected, Visitor};
+use std::fmt::{self, Write as _};
+use std::io::BufRead;
+use std::slice;
+
+/// Parses a JSON document into `T`. Every error (syntax or type) comes back with its field path; the document root
+/// is `(document)`.
+pub fn from_slice<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigErrors> {
+    let value = parse(json).map_err(config_errors)?;
+    T::deserialize(De { value: &value, path: Path::Root }).map_err(config_errors)
+}
+
+/// [`from_slice`] for text.
+pub fn from_str<T: DeserializeOwned>(json: &str) -> Result<T, ConfigErrors> {
+    from_slice(json.as_bytes())
+}
+
+const ROOT: &str = "(document)";
+
+fn config_errors(error: Error) -> ConfigErrors {
+    let ErrorInner { path, message } = *error.0;
+    ConfigErrors(vec![ConfigError { path: path.unwrap_or_else(|| ROOT.to_string()), message }])
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The reader, and the tree.
+
+/// A parsed value, for the serde deserializer below (small documents: the audit and identity configurations, the
+/// filter-state records) and for the value of a type error.
+#[derive(Debug)]
+pub(crate) enum Value {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Value>),
+    /// Members in document order; a repeated key is kept (the derived visitors refuse duplicate fields).
+    Object(Vec<(String, Value)>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Number {
+    Unsigned(u64),
+    Negative(i64),
+    /// A fraction, an exponent, or outside the 64-bit range: kept as written, for the error message.
+    Other(String),
+}
+
+/// As deep as `serde_json` nests before refusing.
+const MAX_DEPTH: usize = 128;
+
+/// Parses a whole document (RFC 8259; no trailing commas, comments or other extensions) into a tree.
+fn parse(json: &[u8]) -> Result<Value, Error> {
+    let mut source = json;
+    let mut reader = Reader::new(&mut source);
+    let value = reader.tree()?;
+    reader.end()?;
+    Ok(value)
+}
+
+/// A pull parser over any [`BufRead`]: a document is read as it arrives (the allow-list reads its plugin
+/// configuration from the host 64 KiB at a time), so a large one never has to be whole in memory, as text or as a
+/// tree. The readers of `crate::documents` walk it member by member; [`Reader::tree`] parses one value whole.
+///
+/// One parser for every source (`&[u8]` is a `BufRead`), behind `dyn`: one copy in each module.
+pub(crate) struct Reader<'r> {
+    source: &'r mut dyn Source,
+    /// Where a syntax error is, as `serde_json` places it: 1-based line, bytes read on it.
+    line: usize,
+    column: usize,
+    depth: usize,
+    /// The source's own failure: reported instead of the syntax error it causes.
+    failure: Option<String>,
+}
+
+type Parsed<T> = Result<T, &'static str>;
+
+/// What a [`Reader`] needs of a [`BufRead`]. A `dyn BufRead` would link every `Read` and `BufRead` method of each
+/// source type into the modules (`read_to_end`, `read_until` …), for two.
+pub(crate) trait Source {
+    /// What is buffered, empty at the end; the failure's message when the source fails.
+    fn fill(&mut self) -> Result<&[u8], String>;
+    fn consume(&mut self, n: usize);
+}
+
+impl<B: BufRead> Source for B {
+    fn fill(&mut self) -> Result<&[u8], String> {
+        self.fill_buf().map_err(|e| e.to_string())
+    }
+
+    fn consume(&mut self, n: usize) {
+        BufRead::consume(self, n);
+    }
+}
+
+impl<'r> Reader<'r> {
+    pub(crate) fn new(source: &'r mut dyn Source) -> Reader<'r> {
+        Reader { source, line: 1, column: 0, depth: 0, failure: None }
+    }
+
+    /// The syntax error `what` at the current position (or the source's failure).
+    fn syntax(&mut self, what: &str) -> Error {
+        let message = match self.failure.take() {
+            Some(failure) => failure,
+            None => format!("{what} at line {} column {}", self.line, self.column),
+        };
+        Error(Box::new(ErrorInner { path: Some(ROOT.to_string()), message }))
+    }
+
+    /// What the source has buffered; empty at its end or when it failed.
+    fn buffer(&mut self) -> &[u8] {
+        match self.source.fill() {
+            Ok(buffer) => buffer,
+            Err(failure) => {
+                self.failure.get_or_insert(failure);
+                &[]
+            }
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.buffer().first().copied()
+    }
+
+    /// Consumes `n` buffered bytes, none of them a line break.
+    fn advance(&mut self, n: usize) {
+        self.source.consume(n);
+        self.column += n;
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.source.consume(1);
+        if byte == b'\n' {
+            self.line += 1;
+            self.column = 0;
+        } else {
+            self.column += 1;
+        }
+        Some(byte)
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.next();
+        }
+    }
+
+    /// The next value, parsed whole.
+    pub(crate) fn tree(&mut self) -> Result<Value, Error> {
+        self.value().map_err(|what| self.syntax(what))
+    }
+
+    /// The end of the document: nothing but whitespace is left.
+    pub(crate) fn end(&mut self) -> Result<(), Error> {
+        self.skip_whitespace();
+        match self.next() {
+            None if self.failure.is_none() => Ok(()),
+            _ => Err(self.syntax("trailing characters")),
+        }
+    }
+
+    fn value(&mut self) -> Parsed<Value> {
+        self.skip_whitespace();
+        match self.peek() {
+            None => Err("EOF while parsing a value"),
+            Some(b'n') => self.literal("null", Value::Null),
+            Some(b't') => self.literal("true", Value::Bool(true)),
+            Some(b'f') => self.literal("false", Value::Bool(false)),
+            Some(b'"') => {
+                self.advance(1);
+                self.string_rest().map(Value::String)
+            }
+            Some(b'-' | b'0'..=b'9') => self.number().map(Value::Number),
+            Some(b'[') => self.array(),
+            Some(b'{') => self.object(),
+            Some(_) => Err("expected value"),
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Value) -> Parsed<Value> {
+        for expected in word.bytes() {
+            match self.next() {
+                Some(b) if b == expected => {}
+                None => return Err("EOF while parsing a value"),
+                Some(_) => return Err("expected ident"),
+            }
+        }
+        Ok(value)
+    }
+
+    /// Enters the array or object whose bracket is next; `true` when it is empty (its `close` read too).
+    fn open(&mut self, close: u8) -> Parsed<bool> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err("recursion limit exceeded");
+        }
+        self.advance(1);
+        self.skip_whitespace();
+        if self.peek() == Some(close) {
+            self.advance(1);
+            self.depth -= 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// After an element or member: `true` when another follows, `false` at `close` (then the container is left).
+    fn more(&mut self, close: u8, eof: &'static str, expected: &'static str) -> Parsed<bool> {
+        self.skip_whitespace();
+        match self.next() {
+            Some(b',') => {}
+            Some(b) if b == close => {
+                self.depth -= 1;
+                return Ok(false);
+            }
+            None => return Err(eof),
+            Some(_) => return Err(expected),
+        }
+        self.skip_whitespace();
+        if self.peek() == Some(close) {
+            self.advance(1);
+            return Err("trailing comma");
+        }
+        Ok(true)
+    }
+
+    fn more_elements(&mut self) -> Parsed<bool> {
+        self.more(b']', "EOF while parsing a list", "expected `,` or `]`")
+    }
+
+    fn more_members(&mut self) -> Parsed<bool> {
+        self.more(b'}', "EOF while parsing an object", "expected `,` or `}`")
+    }
+
+    /// A member's key and the colon after it.
+    fn key(&mut self) -> Parsed<String> {
+        self.skip_whitespace();
+        match self.next() {
+            Some(b'"') => {}
+            None => return Err("EOF while parsing an object"),
+            Some(_) => return Err("key must be a string"),
+        }
+        let key = self.string_rest()?;
+        self.skip_whitespace();
+        match self.next() {
+            Some(b':') => Ok(key),
+            None => Err("EOF while parsing an object"),
+            Some(_) => Err("expected `:`"),
+        }
+    }
+
+    fn array(&mut self) -> Parsed<Value> {
+        let mut items = Vec::new();
+        if !self.open(b']')? {
+            loop {
+                items.push(self.value()?);
+                if !self.more_elements()? {
+                    break;
+                }
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn object(&mut self) -> Parsed<Value> {
+        let mut members = Vec::new();
+        if !self.open(b'}')? {
+            loop {
+                let key = self.key()?;
+                members.push((key, self.value()?));
+                if !self.more_members()? {
+                    break;
+                }
+            }
+        }
+        Ok(Value::Object(members))
+    }
+
+    /// The rest of a string whose opening quote was read.
+    fn string_rest(&mut self) -> Parsed<String> {
+        let mut out = Vec::new();
+        loop {
+            // The run of plain bytes buffered (no line break among them), taken at once.
+            let buffer = self.buffer();
+            let run = buffer.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(buffer.len());
+            out.extend_from_slice(buffer.get(..run).unwrap_or_default());
+            let more = run > 0 && run == buffer.len();
+            self.advance(run);
+            if more {
+                continue;
+            }
+            match self.next() {
+                Some(b'"') => return String::from_utf8(out).map_err(|_| "invalid unicode code point"),
+                Some(b'\\') => {
+                    let unescaped = match self.next() {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => self.unicode_escape()?,
+                        None => return Err("EOF while parsing a string"),
+                        Some(_) => return Err("invalid escape"),
+                    };
+                    out.extend_from_slice(unescaped.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                None => return Err("EOF while parsing a string"),
+                Some(_) => return Err("control character (\\u0000-\\u001F) found while parsing a string"),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Parsed<u32> {
+        let mut code = 0;
+        for _ in 0..4 {
+            let digit = match self.next() {
+                Some(b) => char::from(b).to_digit(16).ok_or("invalid escape")?,
+                None => return Err("EOF while parsing a string"),
+            };
+            code = code * 16 + digit;
+        }
+        Ok(code)
+    }
+
+    /// `\uXXXX` (its `\u` read), a surrogate pair as one character.
+    fn unicode_escape(&mut self) -> Parsed<char> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if self.next() != Some(b'\\') || self.next() != Some(b'u') {
+                    return Err("unexpected end of hex escape");
+                }
+                let second = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err("lone leading surrogate in hex escape");
+                }
+                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err("lone leading surrogate in hex escape"),
+            code => code,
+        };
+        char::from_u32(code).ok_or("invalid unicode code point")
+    }
+
+    fn number(&mut self) -> Parsed<Number> {
+        let mut raw = String::new();
+        if self.peek() == Some(b'-') {
+            self.advance(1);
+            raw.push('-');
+        }
+        match self.next() {
+            // No leading zeros.
+            Some(b'0') if self.peek().is_some_and(|b| b.is_ascii_digit()) => {
+                self.advance(1);
+                return Err("invalid number");
+            }
+            Some(digit @ b'0'..=b'9') => {
+                raw.push(char::from(digit));
+                self.digits(&mut raw);
+            }
+            _ => return Err("invalid number"),
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.advance(1);
+            raw.push('.');
+            self.required_digits(&mut raw)?;
+            integer = false;
+        }
+        if let Some(e @ (b'e' | b'E')) = self.peek() {
+            self.advance(1);
+            raw.push(char::from(e));
+            if let Some(sign @ (b'+' | b'-')) = self.peek() {
+                self.advance(1);
+                raw.push(char::from(sign));
+            }
+            self.required_digits(&mut raw)?;
+            integer = false;
+        }
+        let number = match (integer, raw.starts_with('-')) {
+            (true, false) => raw.parse().ok().map(Number::Unsigned),
+            (true, true) => raw.parse().ok().map(Number::Negative),
+            (false, _) => None,
+        };
+        Ok(number.unwrap_or(Number::Other(raw)))
+    }
+
+    fn digits(&mut self, raw: &mut String) {
+        while let Some(digit) = self.peek().filter(u8::is_ascii_digit) {
+            self.advance(1);
+            raw.push(char::from(digit));
+        }
+    }
+
+    fn required_digits(&mut self, raw: &mut String) -> Parsed<()> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.next();
+            return Err("invalid number");
+        }
+        self.digits(raw);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The deserializer.
+
+/// Where a value is in the document, as a chain to the root.
+#[derive(Clone, Copy)]
+pub(crate) enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl fmt::Display for Path<'_> {
+    /// `rules[2].hosts[0]`; the root alone is `(document)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root => f.write_str(ROOT),
+            Path::Key(Path::Root, key) => f.write_str(key),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(Path::Root, index) => write!(f, "[{index}]"),
+            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+/// A deserialization error; the path is that of the innermost value it was raised for. Boxed: every generic
+/// `Result` the derived visitors pass around stays one pointer wide.
+#[derive(Debug)]
+pub struct Error(Box<ErrorInner>);
+
+#[derive(Debug)]
+struct ErrorInner {
+    path: Option<String>,
+    message: String,
+}
+
+impl Error {
+    fn new(message: String) -> Error {
+        Error(Box::new(ErrorInner { path: None, message }))
+    }
+
+    fn at(mut self, path: &Path<'_>) -> Error {
+        if self.0.path.is_none() {
+            self.0.path = Some(path.to_string());
+        }
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.path {
+            Some(path) => write!(f, "{path}: {}", self.0.message),
+            None => f.write_str(&self.0.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl de::Error for Error {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        Error::new(message.to_string())
+    }
+
+    // Overridden so that `Unexpected`'s own `Display` (which formats floats) is never linked.
+    fn invalid_type(unexpected: Unexpected<'_>, expected: &dyn Expected) -> Self {
+        Error::unexpected("invalid type", unexpected, expected)
+    }
+
+    fn invalid_value(unexpected: Unexpected<'_>, expected: &dyn Expected) -> Self {
+        Error::unexpected("invalid value", unexpected, expected)
+    }
+}
+
+impl Error {
+    /// `invalid type: string "80", expected i64`, worded as `serde_json` words it.
+    fn unexpected(what: &str, unexpected: Unexpected<'_>, expected: &dyn Expected) -> Error {
+        let mut message = format!("{what}: ");
+        let _ = match unexpected {
+            Unexpected::Bool(b) => write!(message, "boolean `{b}`"),
+            Unexpected::Unsigned(n) => write!(message, "integer `{n}`"),
+            Unexpected::Signed(n) => write!(message, "integer `{n}`"),
+            Unexpected::Float(_) => write!(message, "floating point"),
+            Unexpected::Char(c) => write!(message, "character `{c}`"),
+            // JSON-escaped rather than `{:?}` (same text for any printable string): no `Debug` for `str` linked.
+            Unexpected::Str(s) => {
+                message.push_str("string ");
+                push_string(&mut message, s);
+                Ok(())
+            }
+            Unexpected::Bytes(_) => write!(message, "byte array"),
+            Unexpected::Unit => write!(message, "null"),
+            Unexpected::Option => write!(message, "Option value"),
+            Unexpected::NewtypeStruct => write!(message, "newtype struct"),
+            Unexpected::Seq => write!(message, "sequence"),
+            Unexpected::Map => write!(message, "map"),
+            Unexpected::Enum => write!(message, "enum"),
+            Unexpected::UnitVariant => write!(message, "unit variant"),
+            Unexpected::NewtypeVariant => write!(message, "newtype variant"),
+            Unexpected::TupleVariant => write!(message, "tuple variant"),
+            Unexpected::StructVariant => write!(message, "struct variant"),
+            Unexpected::Other(other) => write!(message, "{other}"),
+        };
+        let _ = write!(message, ", expected {expected}");
+        Error::new(message)
+    }
+}
+
+/// `invalid type: <value>, expected <expected>` at `path`.
+fn invalid_type(value: &Value, expected: &dyn Expected, path: &Path<'_>) -> Error {
+    let float;
+    let unexpected = match value {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(Number::Unsigned(n)) => Unexpected::Unsigned(*n),
+        Value::Number(Number::Negative(n)) => Unexpected::Signed(*n),
+        Value::Number(Number::Other(raw)) => {
+            float = format!("floating point `{raw}`");
+            Unexpected::Other(&float)
+        }
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    };
+    <Error as de::Error>::invalid_type(unexpected, expected).at(path)
+}
+
+/// Deserializes one value of the tree, knowing where it is.
+///
+/// Each typed method hands the visitor only the one form that type takes (a struct only an object, a string only a
+/// string …) and refuses the rest itself: every derived visitor is instantiated with just the code it needs.
+/// Accepting a JSON array for a struct, as `serde_json` does, would instantiate every struct's sequence visitor.
+struct De<'v, 'p> {
+    value: &'v Value,
+    path: Path<'p>,
+}
+
+impl<'v> De<'v, '_> {
+    /// `invalid type: <this value>, expected <what the visitor wanted>`, at this path.
+    fn invalid(&self, expected: &dyn Expected) -> Error {
+        invalid_type(self.value, expected, &self.path)
+    }
+
+    fn integer<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.value {
+            Value::Number(Number::Unsigned(n)) => visitor.visit_u64(*n),
+            Value::Number(Number::Negative(n)) => visitor.visit_i64(*n),
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+
+    fn string<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error>
+    where
+        'v: 'de,
+    {
+        match self.value {
+            Value::String(s) => visitor.visit_borrowed_str(s),
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+
+    fn seq<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error>
+    where
+        'v: 'de,
+    {
+        match self.value {
+            Value::Array(items) => {
+                let mut seq = Seq { items: items.iter(), index: 0, parent: &self.path };
+                visitor.visit_seq(&mut seq).and_then(|value| seq.end(items.len()).map(|()| value))
+            }
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+
+    fn map<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error>
+    where
+        'v: 'de,
+    {
+        match self.value {
+            Value::Object(members) => {
+                visitor.visit_map(Map { members: members.iter(), value: None, parent: &self.path })
+            }
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+}
+
+impl<'de> de::Deserializer<'de> for De<'de, '_> {
+    type Error = Error;
+
+    /// For types that take any form (none of the configurations' own).
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.value {
+            Value::Null => visitor.visit_unit().map_err(|e: Error| e.at(&self.path)),
+            Value::Bool(b) => visitor.visit_bool(*b).map_err(|e: Error| e.at(&self.path)),
+            Value::Number(_) => self.integer(visitor),
+            Value::String(_) => self.string(visitor),
+            Value::Array(_) => self.seq(visitor),
+            Value::Object(_) => self.map(visitor),
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.value {
+            Value::Bool(b) => visitor.visit_bool(*b),
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.string(visitor)
+    }
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.string(visitor)
+    }
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.string(visitor)
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.value {
+            Value::Null => visitor.visit_unit(),
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.seq(visitor)
+    }
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.seq(visitor)
+    }
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.seq(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.map(visitor)
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.map(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let path = self.path;
+        match self.value {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+        .map_err(|e| e.at(&path))
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+        let path = self.path;
+        visitor.visit_newtype_struct(self).map_err(|e| e.at(&path))
+    }
+
+    /// Unit variants, written as strings (the only enums the configurations have).
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        match self.value {
+            Value::String(s) => {
+                let variant: StrDeserializer<'_, Error> = s.as_str().into_deserializer();
+                visitor.visit_enum(variant)
+            }
+            _ => Err(self.invalid(&visitor)),
+        }
+        .map_err(|e| e.at(&self.path))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        i128 u128 f32 f64 char bytes byte_buf
+    }
+}
+
+struct Seq<'v, 'p> {
+    items: slice::Iter<'v, Value>,
+    index: usize,
+    parent: &'p Path<'p>,
+}
+
+impl Seq<'_, '_> {
+    /// A visitor that stopped early (a fixed-size array) leaves elements over: refused, as `serde_json` does.
+    fn end(&self, len: usize) -> Result<(), Error> {
+        if self.items.len() == 0 {
+            Ok(())
+        } else {
+            Err(de::Error::invalid_length(len, &"fewer elements in sequence"))
+        }
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Seq<'de, '_> {
+    type Error = Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+        let Some(value) = self.items.next() else { return Ok(None) };
+        let path = Path::Index(self.parent, self.index);
+        self.index += 1;
+        seed.deserialize(De { value, path }).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len())
+    }
+}
+
+struct Map<'v, 'p> {
+    members: slice::Iter<'v, (String, Value)>,
+    value: Option<&'v (String, Value)>,
+    parent: &'p Path<'p>,
+}
+
+impl<'de> de::MapAccess<'de> for Map<'de, '_> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+        let Some(member) = self.members.next() else { return Ok(None) };
+        self.value = Some(member);
+        let key: BorrowedStrDeserializer<'de, Error> = BorrowedStrDeserializer::new(&member.0);
+        // An unknown field is reported at its own path (`rules[0].portz: unknown field`).
+        seed.deserialize(key).map(Some).map_err(|e| e.at(&Path::Key(self.parent, &member.0)))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        match self.value.take() {
+            Some((key, value)) => seed.deserialize(De { value, path: Path::Key(self.parent, key) }),
+            None => Err(de::Error::custom("value before its key")),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.members.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading without serde.
+//
+// The documents the modules read by hand (the policy, the redirect hop state, the filter-state records) are read
+// with these (`crate::documents`, `crate::state`, `crate::redirect`), which is a fraction of the code the derived
+// visitors take, straight from the [`Reader`]. Every error is built by serde's own constructors, and tests hold
+// each reader to the derived `Deserialize` of its type: the same values, the same errors at the same paths.
+
+/// Reads the document in `source` with `read` (handed the reader at the root), and then its end.
+pub(crate) fn read<T>(
+    source: &mut dyn Source,
+    read: impl FnOnce(&mut Reader<'_>, &Path<'_>) -> Result<T, Error>,
+) -> Result<T, ConfigErrors> {
+    let mut reader = Reader::new(source);
+    let value = read(&mut reader, &Path::Root).map_err(config_errors)?;
+    reader.end().map_err(config_errors)?;
+    Ok(value)
+}
+
+impl Reader<'_> {
+    /// The next value, whatever it is, when it is not the `expecting` the caller wanted: read whole, for the error.
+    fn refuse(&mut self, expecting: &dyn Expected, path: &Path<'_>) -> Error {
+        match self.tree() {
+            Ok(value) => invalid_type(&value, expecting, path),
+            Err(e) => e,
+        }
+    }
+
+    /// Whether the next value opens with `bracket` (whitespace before it skipped).
+    fn opens_with(&mut self, bracket: u8) -> bool {
+        self.skip_whitespace();
+        self.peek() == Some(bracket)
+    }
+
+    /// Reads the members of an object (a struct with `fields`) in document order, handing each known one to
+    /// `member`; unknown ones are refused when `deny_unknown`, else skipped. Returns which fields were present (bit
+    /// `i` for `fields[i]`), for [`require`].
+    pub(crate) fn members(
+        &mut self,
+        path: &Path<'_>,
+        expecting: &str,
+        fields: &'static [&'static str],
+        deny_unknown: bool,
+        // The reader at the member's value (which `member` must read), the member's index in `fields`, its path.
+        member: &mut dyn FnMut(&mut Self, usize, &Path<'_>) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        if !self.opens_with(b'{') {
+            return Err(self.refuse(&expecting, path));
+        }
+        let mut seen = 0u64;
+        if self.open(b'}').map_err(|what| self.syntax(what))? {
+            return Ok(seen);
+        }
+        loop {
+            let key = self.key().map_err(|what| self.syntax(what))?;
+            let at = Path::Key(path, &key);
+            match fields.iter().position(|field| *field == key) {
+                Some(index) if seen & (1 << index) != 0 => {
+                    return Err(<Error as de::Error>::duplicate_field(fields[index]).at(path));
+                }
+                Some(index) => {
+                    seen |= 1 << index;
+                    member(self, index, &at)?;
+                }
+                None if deny_unknown => return Err(<Error as de::Error>::unknown_field(&key, fields).at(&at)),
+                None => drop(self.tree()?),
+            }
+            if !self.more_members().map_err(|what| self.syntax(what))? {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Reads the elements of an array, handing each to `element` at its index's path.
+    pub(crate) fn elements(
+        &mut self,
+        path: &Path<'_>,
+        element: &mut dyn FnMut(&mut Self, &Path<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if !self.opens_with(b'[') {
+            return Err(self.refuse(&"a sequence", path));
+        }
+        if self.open(b']').map_err(|what| self.syntax(what))? {
+            return Ok(());
+        }
+        for index in 0.. {
+            element(self, &Path::Index(path, index))?;
+            if !self.more_elements().map_err(|what| self.syntax(what))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// An array, each element read by `item`.
+    pub(crate) fn list<T>(
+        &mut self,
+        path: &Path<'_>,
+        mut item: impl FnMut(&mut Self, &Path<'_>) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let mut items = Vec::new();
+        self.elements(path, &mut |reader, at| item(reader, at).map(|value| items.push(value)))?;
+        Ok(items)
+    }
+
+    /// `null` is `None`, as for an `Option` field.
+    pub(crate) fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, Error>) -> Result<Option<T>, Error> {
+        if self.opens_with(b'n') {
+            // `null`, or a syntax error.
+            self.tree()?;
+            return Ok(None);
+        }
+        read(self).map(Some)
+    }
+
+    pub(crate) fn string(&mut self, path: &Path<'_>) -> Result<String, Error> {
+        match self.tree()? {
+            Value::String(s) => Ok(s),
+            value => Err(invalid_type(&value, &"a string", path)),
+        }
+    }
+
+    pub(crate) fn boolean(&mut self, path: &Path<'_>) -> Result<bool, Error> {
+        match self.tree()? {
+            Value::Bool(b) => Ok(b),
+            value => Err(invalid_type(&value, &"a boolean", path)),
+        }
+    }
+
+    pub(crate) fn int(&mut self, path: &Path<'_>) -> Result<i64, Error> {
+        match self.tree()? {
+            Value::Number(Number::Negative(n)) => Ok(n),
+            Value::Number(Number::Unsigned(n)) => i64::try_from(n)
+                .map_err(|_| <Error as de::Error>::invalid_value(Unexpected::Unsigned(n), &"i64").at(path)),
+            value => Err(invalid_type(&value, &"i64", path)),
+        }
+    }
+
+    pub(crate) fn uint(&mut self, path: &Path<'_>) -> Result<u64, Error> {
+        match self.tree()? {
+            Value::Number(Number::Unsigned(n)) => Ok(n),
+            Value::Number(Number::Negative(n)) => {
+                Err(<Error as de::Error>::invalid_value(Unexpected::Signed(n), &"u64").at(path))
+            }
+            value => Err(invalid_type(&value, &"u64", path)),
+        }
+    }
+
+    /// The index in `variants` of a unit variant written as a string.
+    pub(crate) fn variant(
+        &mut self,
+        path: &Path<'_>,
+        expecting: &str,
+        variants: &'static [&'static str],
+    ) -> Result<usize, Error> {
+        match self.tree()? {
+            Value::String(s) => variants
+                .iter()
+                .position(|variant| *variant == s)
+                .ok_or_else(|| <Error as de::Error>::unknown_variant(&s, variants).at(path)),
+            value => Err(invalid_type(&value, &expecting, path)),
+        }
+    }
+}
+
+/// `missing field` unless [`Reader::members`] saw `fields[index]`.
+pub(crate) fn require(seen: u64, index: usize, fields: &'static [&'static str], path: &Path<'_>) -> Result<(), Error> {
+    match fields.get(index) {
+        Some(field) if seen & (1 << index) == 0 => Err(<Error as de::Error>::missing_field(field).at(path)),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The writer.
+
+/// Appends `s` as a JSON string, escaped exactly as `serde_json` escapes it (`"`, `\`, control characters).
+pub fn push_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(s.get(start..i).unwrap_or_default());
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(s.get(start..).unwrap_or_default());
+    out.push('"');
+}
+
+/// A JSON object written member by member, in the order given: `Object::new().str("error", "x").finish()`.
+#[derive(Debug)]
+pub struct Object {
+    out: String,
+}
+
+impl Default for Object {
+    fn default() -> Self {
+        Object::new()
+    }
+}
+
+impl Object {
+    pub fn new() -> Object {
+        Object { out: String::from("{") }
+    }
+
+    fn key(&mut self, key: &str) -> &mut String {
+        if self.out.len() > 1 {
+            self.out.push(',');
+        }
+        push_string(&mut self.out, key);
+        self.out.push(':');
+        &mut self.out
+    }
+
+    /// A member whose value is already JSON.
+    pub fn raw(mut self, key: &str, json: &str) -> Object {
+        self.key(key).push_str(json);
+        self
+    }
+
+    pub fn str(mut self, key: &str, value: &str) -> Object {
+        push_string(self.key(key), value);
+        self
+    }
+
+    /// A string, or `null`.
+    pub fn opt_str(self, key: &str, value: Option<&str>) -> Object {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    pub fn uint(mut self, key: &str, value: u64) -> Object {
+        let _ = write!(self.key(key), "{value}");
+        self
+    }
+
+    /// An integer, or `null`.
+    pub fn opt_uint(self, key: &str, value: Option<u64>) -> Object {
+        match value {
+            Some(value) => self.uint(key, value),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    pub fn bool(self, key: &str, value: bool) -> Object {
+        self.raw(key, if value { "true" } else { "false" })
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        ports: Option<Vec<u16>>,
+        #[serde(default)]
+        inner: Vec<Inner>,
+        #[serde(default)]
+        kind: Kind,
+        #[serde(default)]
+        pair: Option<[String; 2]>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        flag: bool,
+        #[serde(default)]
+        offset: i64,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        hosts: Vec<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        #[default]
+        Plain,
+        Fancy,
+    }
+
+    fn error(json: &str) -> String {
+        match from_str::<Doc>(json) {
+            Ok(doc) => panic!("accepted {doc:?}"),
+            Err(ConfigErrors(errors)) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        }
+    }
+
+    #[test]
+    fn parses_every_json_form() {
+        let doc: Doc = from_str(
+            " {\"name\" : \"a\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00é\", \"ports\":[1, 65535],\n\
+             \"inner\":[{\"hosts\":[]}], \"kind\":\"fancy\", \"pair\":[\"x\",\"y\"], \"labels\":{\"k\":\"v\"},\
+             \"flag\":true, \"offset\":-12} ",
+        )
+        .unwrap();
+        assert_eq!(doc.name, "a\"\\/\u{8}\u{c}\n\r\t\u{e9}\u{1f600}é");
+        assert_eq!(doc.ports, Some(vec![1, 65535]));
+        assert_eq!(doc.inner, [Inner { hosts: vec![] }]);
+        assert_eq!(doc.kind, Kind::Fancy);
+        assert_eq!(doc.pair, Some(["x".to_string(), "y".to_string()]));
+        assert_eq!(doc.labels.get("k").map(String::as_str), Some("v"));
+        assert!(doc.flag);
+        assert_eq!(doc.offset, -12);
+        let doc: Doc = from_str(r#"{"name":"b","ports":null}"#).unwrap();
+        assert_eq!((doc.ports, doc.kind), (None, Kind::Plain));
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        assert_eq!(error(r#"{"name":"a","portz":[1]}"#), "portz: unknown field `portz`, expected one of `name`, `ports`, `inner`, `kind`, `pair`, `labels`, `flag`, `offset`");
+        assert_eq!(error(r#"{"name":"a","ports":[1,"2"]}"#), r#"ports[1]: invalid type: string "2", expected u16"#);
+        assert_eq!(error(r#"{"name":"a","ports":[70000]}"#), "ports[0]: invalid value: integer `70000`, expected u16");
+        assert_eq!(
+            error(r#"{"name":"a","ports":[1.5]}"#),
+            "ports[0]: invalid type: floating point `1.5`, expected u16"
+        );
+        assert_eq!(error(r#"{"name":"a","offset":1e3}"#), "offset: invalid type: floating point `1e3`, expected i64");
+        assert_eq!(
+            error(r#"{"name":"a","offset":99999999999999999999}"#),
+            "offset: invalid type: floating point `99999999999999999999`, expected i64"
+        );
+        assert_eq!(
+            error(r#"{"name":"a","inner":[{"hosts":["x"]},{"hosts":[null]}]}"#),
+            "inner[1].hosts[0]: invalid type: null, expected a string"
+        );
+        assert_eq!(error(r#"{"name":"a","inner":[{}]}"#), "inner[0]: missing field `hosts`");
+        assert_eq!(error(r#"{"name":"a","kind":"odd"}"#), "kind: unknown variant `odd`, expected `plain` or `fancy`");
+        assert_eq!(error(r#"{"name":"a","kind":7}"#), "kind: invalid type: integer `7`, expected enum Kind");
+        assert_eq!(error(r#"{"name":"a","pair":["x"]}"#), "pair: invalid length 1, expected an array of length 2");
+        assert_eq!(
+            error(r#"{"name":"a","pair":["x","y","z"]}"#),
+            "pair: invalid length 3, expected fewer elements in sequence"
+        );
+        assert_eq!(error(r#"{"name":"a","flag":"yes"}"#), r#"flag: invalid type: string "yes", expected a boolean"#);
+        assert_eq!(error(r#"{"name":"a","name":"b"}"#), "(document): duplicate field `name`");
+        assert_eq!(error(r#"{}"#), "(document): missing field `name`");
+        assert_eq!(error(r#"[]"#), "(document): invalid type: sequence, expected struct Doc", "no structs as arrays");
+        assert_eq!(error(r#"{"name":{}}"#), "name: invalid type: map, expected a string");
+        assert_eq!(error(r#"{"name":"a","ports":{"a":1}}"#), "ports: invalid type: map, expected a sequence");
+        assert_eq!(error(r#"{"name":"a","labels":{"k":1}}"#), "labels.k: invalid type: integer `1`, expected a string");
+        assert_eq!(error(r#"{"name":"a","flag":1.0}"#), "flag: invalid type: floating point `1.0`, expected a boolean");
+        assert_eq!(error(r#""x""#), r#"(document): invalid type: string "x", expected struct Doc"#);
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let cases = [
+            ("", "EOF while parsing a value at line 1 column 0"),
+            ("{\"name\":\"a\",}", "trailing comma at line 1 column 13"),
+            ("[1,]", "trailing comma at line 1 column 4"),
+            ("{\"name\":\"a\"} x", "trailing characters at line 1 column 14"),
+            ("{\n\"name\" \"a\"}", "expected `:` at line 2 column 8"),
+            ("{\"name\":\"a\"", "EOF while parsing an object at line 1 column 11"),
+            ("{\"name\":[1 2]}", "expected `,` or `]` at line 1 column 12"),
+            (
+                "{\"name\":\"\u{1}\"}",
+                "control character (\\u0000-\\u001F) found while parsing a string at line 1 column 10",
+            ),
+            ("{\"name\":\"\\x\"}", "invalid escape at line 1 column 11"),
+            ("{\"name\":\"\\ud800\"}", "unexpected end of hex escape at line 1 column 16"),
+            ("{\"name\":\"\\udc00\"}", "lone leading surrogate in hex escape at line 1 column 15"),
+            ("{\"name\":01}", "invalid number at line 1 column 10"),
+            ("{\"name\":-}", "invalid number at line 1 column 10"),
+            ("{\"name\":1.}", "invalid number at line 1 column 11"),
+            ("{\"name\":tru}", "expected ident at line 1 column 12"),
+            ("{name:1}", "key must be a string at line 1 column 2"),
+        ];
+        for (json, want) in cases {
+            assert_eq!(error(json), format!("(document): {want}"), "{json:?}");
+        }
+        assert_eq!(error(&"[".repeat(200)), "(document): recursion limit exceeded at line 1 column 128");
+        assert!(
+            matches!(from_slice::<Doc>(b"{\"name\":\"\xff\"}"), Err(ConfigErrors(e)) if e[0].message == "invalid unicode code point at line 1 column 11")
+        );
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let tricky = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}/é😀";
+        let mut out = String::new();
+        push_string(&mut out, tricky);
+        assert_eq!(out, serde_json::to_string(tricky).unwrap());
+        let object = Object::new().str("s", tricky).opt_str("n", None).uint("u", u64::MAX).bool("b", true).finish();
+        assert_eq!(
+            object,
+            format!(r#"{{"s":{},"n":null,"u":18446744073709551615,"b":true}}"#, serde_json::to_string(tricky).unwrap())
+        );
+        assert_eq!(Object::new().finish(), "{}");
+    }
+}
