@@ -8,12 +8,11 @@
 //! listener. A host call that fails denies the request (fail closed) instead of panicking.
 
 use egress_core::state::{self, DecisionRecord};
-use egress_core::{Action, Caller, Decision, HttpRequest, Mode, Policy, Reason};
+use egress_core::{Action, Decision, HttpRequest, Mode, Policy, Reason};
 use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
-use std::cell::Cell;
 use std::rc::Rc;
 
 /// Root id of the HTTP filter.
@@ -131,18 +130,21 @@ impl HttpContext for AllowListHttp {
             Ok(request) => request,
             Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
         };
-        let lookup_failure = Cell::new(None);
-        let lookup = proxy::caller_lookup(&lookup_failure);
-        let decision = policy.evaluate_http(&HttpRequest {
-            authority: &request.authority,
-            scheme: if request.scheme.is_empty() { "http" } else { &request.scheme },
-            method: &request.method,
-            path: request.path.as_deref(),
-            caller: Caller::Lookup(&lookup),
+        let judged = proxy::with_caller(|caller| {
+            policy.evaluate_http(&HttpRequest {
+                authority: &request.authority,
+                scheme: if request.scheme.is_empty() { "http" } else { &request.scheme },
+                method: &request.method,
+                path: request.path.as_deref(),
+                caller,
+            })
         });
-        if let Some(status) = lookup_failure.get() {
-            return proxy::reply_internal_error(FILTER, &format!("cannot read the caller's identity: {status:?}"));
-        }
+        let decision = match judged {
+            Ok(decision) => decision,
+            Err(status) => {
+                return proxy::reply_internal_error(FILTER, &format!("cannot read the caller's identity: {status:?}"))
+            }
+        };
         metrics.count(&decision);
         if let Err(status) = publish(&decision, policy) {
             return proxy::reply_internal_error(FILTER, &format!("cannot publish the decision: {status:?}"));
@@ -174,12 +176,10 @@ impl StreamContext for AllowListTls {
             Ok(inputs) => inputs,
             Err(status) => return close_connection(&format!("cannot read connection properties: {status:?}")),
         };
-        let lookup_failure = Cell::new(None);
-        let lookup = proxy::caller_lookup(&lookup_failure);
-        let decision = policy.evaluate_tls(sni.as_deref(), port, Caller::Lookup(&lookup));
-        if let Some(status) = lookup_failure.get() {
-            return close_connection(&format!("cannot read the caller's identity: {status:?}"));
-        }
+        let decision = match proxy::with_caller(|caller| policy.evaluate_tls(sni.as_deref(), port, caller)) {
+            Ok(decision) => decision,
+            Err(status) => return close_connection(&format!("cannot read the caller's identity: {status:?}")),
+        };
         metrics.count(&decision);
         if let Err(status) = publish(&decision, policy) {
             return close_connection(&format!("cannot publish the decision: {status:?}"));

@@ -9,7 +9,7 @@
 //! first, publish one filter-state record per filter, and read the caller's identity only when a rule needs it.
 
 use egress_core::state::{self, IdentityRecord, ToJson};
-use egress_core::SpiffeId;
+use egress_core::{Caller, SpiffeId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
 use std::rc::Rc;
@@ -293,7 +293,7 @@ pub fn unix_now() -> Result<u64, Status> {
 /// The caller's SPIFFE identity: as the identity filter established it when that filter runs first (it may have
 /// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A URI SAN that is not a valid
 /// Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
-pub fn caller_identity() -> Result<Option<SpiffeId>, Status> {
+fn caller_identity() -> Result<Option<SpiffeId>, Status> {
     if let Some(published) = property_string(&[state::IDENTITY])? {
         let record: Option<IdentityRecord<String>> = state::parse(Some(&published));
         return Ok(record.and_then(|r| r.id).and_then(|id| SpiffeId::parse(&id).ok()));
@@ -301,16 +301,18 @@ pub fn caller_identity() -> Result<Option<SpiffeId>, Status> {
     Ok(verified_peer_uri_san()?.and_then(|uri| SpiffeId::parse(&uri).ok()))
 }
 
-/// [`caller_identity`] as a lookup for `egress_core::Caller::Lookup`, run only if a rule needs the caller. A
-/// failed host call reads as no identity (identity-scoped rules refuse) and is kept in `failure` for the caller
-/// to report.
-pub fn caller_lookup(failure: &std::cell::Cell<Option<Status>>) -> impl Fn() -> Option<SpiffeId> + '_ {
-    move || {
+/// Runs `judge` with the caller as a lookup (`egress_core::Caller::Lookup`): [`caller_identity`] is read only if a
+/// rule needs it. A failed host call is an error, never an anonymous caller.
+pub fn with_caller<T>(judge: impl FnOnce(Caller<'_>) -> T) -> Result<T, Status> {
+    let failure = std::cell::Cell::new(None);
+    let lookup = || {
         caller_identity().unwrap_or_else(|status| {
             failure.set(Some(status));
             None
         })
-    }
+    };
+    let judged = judge(Caller::Lookup(&lookup));
+    failure.get().map_or(Ok(judged), Err)
 }
 
 /// Replaces every copy of a response header with one value.

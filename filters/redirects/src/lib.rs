@@ -14,11 +14,10 @@
 
 use egress_core::json::Object;
 use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
-use egress_core::{state, Action, Caller, Policy};
+use egress_core::{state, Action, Policy};
 use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as Next, ContextType, Status};
-use std::cell::Cell;
 use std::rc::Rc;
 
 pub const ROOT_ID: &str = "egress-redirects";
@@ -105,15 +104,6 @@ fn base(request: &RequestLine) -> BaseRequest<'_> {
     }
 }
 
-/// Vets with the caller looked up only if an identity-scoped rule is tried; a failed lookup is an error, not an
-/// anonymous caller.
-fn with_caller<T>(vet: impl FnOnce(Caller<'_>) -> T) -> Result<T, Status> {
-    let failure = Cell::new(None);
-    let lookup = proxy::caller_lookup(&failure);
-    let vetted = vet(Caller::Lookup(&lookup));
-    failure.get().map_or(Ok(vetted), Err)
-}
-
 struct RedirectsHttp {
     filter: Option<(Rc<Policy>, Metrics)>,
     /// What the response side needs of the request.
@@ -164,7 +154,7 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> R
     };
     let counted = proxy::property_string(&["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
     let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
-    match with_caller(|caller| policy.judge_followed_hop(&state, &base, hops, caller))? {
+    match proxy::with_caller(|caller| policy.judge_followed_hop(&state, &base, hops, caller))? {
         FollowedHop::Proceed { vetted, strip_credentials } => {
             // Envoy adds the previous hop's URL, query included: it must not reach the next host.
             proxy::remove_request_header("x-envoy-original-url")?;
@@ -270,7 +260,7 @@ impl RedirectsHttp {
             // Two Locations: clients disagree on which wins, so neither is followed.
             _ => "",
         };
-        let vetted = with_caller(|caller| policy.vet_redirect(&base(request), status, location, caller))?;
+        let vetted = proxy::with_caller(|caller| policy.vet_redirect(&base(request), status, location, caller))?;
         append_hop(&hop_record(status, &vetted))?;
         match vetted.action {
             Action::Allow => metrics.allowed.increment(),
