@@ -30,8 +30,14 @@ export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS := --remap-path-prefix=$(or $(CARGO_
 # rewrites the linker output in deps/ into the module in WASM_DIR. The features are those rustc enables for
 # wasm32-wasip1; Envoy's V8 supports them all.
 WASM_OPT_VERSION := 108
-WASM_OPT_FLAGS := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
-	--enable-multivalue --enable-reference-types --merge-similar-functions -Oz
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
+	--enable-multivalue --enable-reference-types
+WASM_OPT_FLAGS := $(WASM_FEATURES) --merge-similar-functions -Oz
+# Envoy enters the VM for every proxy-wasm callback a module exports, and the SDK exports them all, so before that
+# Binaryen's wasm-metadce keeps only the lifecycle exports and the callbacks each filter lists in its Cargo.toml
+# ([package.metadata.proxy-wasm] callbacks): each callback dropped is one VM entry less per request.
+LIFECYCLE_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate proxy_on_vm_start \
+	proxy_on_configure proxy_on_context_create proxy_on_delete
 export ENVOY_VERSION
 
 .PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench clean tools envoy
@@ -63,8 +69,19 @@ build: tools ## Build every filter as a release .wasm
 	@# Always from cargo's own output, never in place, and renamed into place: cargo hard-links the module to its
 	@# output in deps/, and writing through that link would change the input of the next run.
 	@for filter in $(FILTERS); do \
-		module=$${filter//-/_}.wasm; \
-		wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/deps/$$module -o $(WASM_DIR)/$$module.opt; \
+		module=$${filter//-/_}.wasm; manifest=filters/$${filter#egress-}/Cargo.toml; \
+		callbacks=$$(sed -n 's/^callbacks = \[\(.*\)\]$$/\1/p' $$manifest | tr -d '",'); \
+		test -n "$$callbacks" || { echo "$$manifest: no [package.metadata.proxy-wasm] callbacks" >&2; exit 1; }; \
+		graph=$$(for export in $(LIFECYCLE_EXPORTS) $$callbacks; do \
+			printf '{"name": "%s", "root": true, "export": "%s"},' $$export $$export; done); \
+		echo "[$${graph%,}]" > $(WASM_DIR)/$$module.exports.json; \
+		wasm-metadce $(WASM_FEATURES) -f $(WASM_DIR)/$$module.exports.json $(WASM_DIR)/deps/$$module \
+			-o $(WASM_DIR)/$$module.kept > /dev/null; \
+		exports=$$(wasm-dis $(WASM_DIR)/$$module.kept | sed -n 's/^ *(export "\([a-z_0-9]*\)".*/\1/p'); \
+		for callback in $$callbacks; do grep -qx $$callback <<< "$$exports" || \
+			{ echo "$$manifest: $$callback is not a callback the module exports" >&2; exit 1; }; done; \
+		wasm-opt $(WASM_OPT_FLAGS) $(WASM_DIR)/$$module.kept -o $(WASM_DIR)/$$module.opt; \
+		rm -f $(WASM_DIR)/$$module.kept $(WASM_DIR)/$$module.exports.json; \
 		mv -f $(WASM_DIR)/$$module.opt $(WASM_DIR)/$$module; \
 	done
 	@ls -l $(WASM_DIR)/*.wasm | awk '{printf "  %-50s %7d bytes\n", $$9, $$5}'
