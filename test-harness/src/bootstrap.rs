@@ -94,7 +94,7 @@ impl Gateway {
     }
 
     fn http_listener(&self, name: &str, address: SocketAddr, transport_socket: Option<Value>) -> Value {
-        let mut filters: Vec<Value> = self.http_plugins.iter().map(|p| wasm_filter(p, false)).collect();
+        let mut filters: Vec<Value> = self.http_plugins.iter().map(wasm_filter).collect();
         filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -154,7 +154,7 @@ impl Gateway {
     }
 
     fn tls_listener(&self) -> Value {
-        let mut filters: Vec<Value> = self.tls_plugins.iter().map(|p| wasm_filter(p, true)).collect();
+        let mut filters: Vec<Value> = self.tls_plugins.iter().map(wasm_filter).collect();
         filters.push(json!({
             "name": "envoy.filters.network.tcp_proxy",
             "typed_config": {
@@ -202,9 +202,9 @@ impl Gateway {
 
 /// A Wasm filter as istiod writes it for a WasmPlugin (`pilot/pkg/model/extensions.go`): no VM id, so plugins of
 /// the same module and VM environment share one VM, as they do on an Istio gateway.
-fn wasm_filter(plugin: &DeployedPlugin, network: bool) -> Value {
+fn wasm_filter(plugin: &DeployedPlugin) -> Value {
     let (name, kind) =
-        if network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
+        if plugin.network { ("envoy.filters.network.wasm", "network") } else { ("envoy.filters.http.wasm", "http") };
     let key_values: serde_json::Map<String, Value> =
         plugin.env.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
     json!({

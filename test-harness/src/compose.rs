@@ -14,7 +14,7 @@
 use crate::bootstrap::{self, Upstream, ECHO_HTTPS_CLUSTER, ECHO_HTTP_CLUSTER};
 use crate::envoy::workspace_root;
 use crate::pki::Error;
-use crate::{gateway_bootstrap, load_audit, load_identity, load_policy, LabOptions};
+use crate::{gateway_bootstrap, load_audit, load_identity, load_policy, shipped_manifests_dir, LabOptions};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ pub fn compose_bootstrap() -> Result<Value, Error> {
         redirects: true,
         listen: SocketAddr::from(([0, 0, 0, 0], HTTP_PORT)),
         // The shipped manifests rather than `$EGRESS_MANIFESTS`: the committed file must not depend on who renders it.
-        manifests: root.join("wasmplugin-manifests/wasmplugins"),
+        manifests: shipped_manifests_dir(),
         ..LabOptions::new(load_policy(&example("policy.yaml"))?)
     };
     let mut bootstrap = gateway_bootstrap(&options)?;

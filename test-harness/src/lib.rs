@@ -41,16 +41,6 @@ pub fn wasm_dir() -> PathBuf {
         .unwrap_or_else(|| envoy::workspace_root().join("target/wasm32-wasip1/release"))
 }
 
-/// The path of a built filter module, e.g. `wasm_module("egress_allowlist")`.
-pub fn wasm_module(name: &str) -> Result<PathBuf, Error> {
-    let path = wasm_dir().join(format!("{name}.wasm"));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("{} is missing: build the filters first (`make build`)", path.display()).into())
-    }
-}
-
 /// Reads a policy file (YAML or JSON), validates it with the filter's own rules, and returns it as the JSON the
 /// plugin receives. Errors name the file and the field path.
 pub fn load_policy(path: &Path) -> Result<String, Error> {
@@ -82,12 +72,14 @@ pub fn load_identity(path: &Path, env: &[(String, String)]) -> Result<String, Er
 /// The gateway's own identity on its mTLS listener (XFCC `By=`), as Istio names the egress gateway.
 pub const GATEWAY_SPIFFE_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
 
-/// The manifests a [`Lab`] builds its filter chain from: `$EGRESS_MANIFESTS`, else the WasmPlugins the project
-/// ships (`wasmplugin-manifests/wasmplugins`).
+/// The manifests a [`Lab`] builds its filter chain from: `$EGRESS_MANIFESTS`, else [`shipped_manifests_dir`].
 pub fn manifests_dir() -> PathBuf {
-    env::var_os("EGRESS_MANIFESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| envoy::workspace_root().join("wasmplugin-manifests/wasmplugins"))
+    env::var_os("EGRESS_MANIFESTS").map(PathBuf::from).unwrap_or_else(shipped_manifests_dir)
+}
+
+/// The WasmPlugins the project ships (`wasmplugin-manifests/wasmplugins`).
+pub fn shipped_manifests_dir() -> PathBuf {
+    envoy::workspace_root().join("wasmplugin-manifests/wasmplugins")
 }
 
 /// The gateway of a [`Lab`] without the mTLS listener: the chain the manifests deploy, with the configurations of

@@ -106,7 +106,9 @@ fn base(request: &RequestLine) -> BaseRequest<'_> {
 
 struct RedirectsHttp {
     filter: Option<(Rc<Policy>, Metrics)>,
-    /// What the response side needs of the request.
+    /// What the response side needs of the request, read on the request side even when not following: by the
+    /// response, Envoy's router has rewritten the request headers for the upstream (host rewrite), so a relative
+    /// Location would resolve against the wrong host.
     request: Option<RequestLine>,
 }
 

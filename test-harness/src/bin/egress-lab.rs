@@ -3,7 +3,7 @@
 //! `egress-lab compose-config [--out FILE]`: the same gateway's bootstrap for `docker-compose.yaml`.
 
 use egress_core::{HttpRequest, Policy};
-use egress_harness::compose::{compose_config_yaml, CONFIG_FILE};
+use egress_harness::compose::{compose_config_yaml, CONFIG_FILE, SIGNING_KEY_ENV};
 use egress_harness::pki::Error;
 use egress_harness::{load_audit, load_identity, load_policy, Lab, LabOptions};
 use std::net::SocketAddr;
@@ -25,9 +25,6 @@ compose-config: prints (or writes to FILE) the Envoy bootstrap docker-compose.ya
 the gateway `up` runs with examples/{policy,identity,audit}.yaml, listening on all interfaces (10000 HTTP,
 10001 TLS passthrough; no mTLS), upstream the compose service httpbin:8080, modules from /etc/envoy/wasm.
 The built modules must match the manifests' sha256 pins (`make build`).";
-
-/// The environment variable the example identity configuration reads its signing key from.
-const SIGNING_KEY_ENV: &str = "EGRESS_ASSERTION_KEY";
 
 enum Command {
     Up(Args),
