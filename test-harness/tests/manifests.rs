@@ -27,9 +27,12 @@ fn rendered() -> Vec<render::File> {
         identity: source("examples/istio/identity.yaml"),
         audit: source("examples/istio/audit.yaml"),
     };
-    let version = fs::read_to_string(root.join("Makefile")).unwrap();
-    let tag = version.lines().find_map(|l| l.strip_prefix("VERSION ?= ")).unwrap().trim().to_string();
-    let release = Release { registry: "ghcr.io/egress-suite".into(), tag, wasm_dir: wasm_dir() };
+    let makefile = fs::read_to_string(root.join("Makefile")).unwrap();
+    let default = |name: &str| {
+        let prefix = format!("{name} ?= ");
+        makefile.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap().trim().to_string()
+    };
+    let release = Release { registry: default("REGISTRY"), tag: default("VERSION"), wasm_dir: wasm_dir() };
     render::render(&sources, &release).expect("the example configurations render")
 }
 
