@@ -194,12 +194,9 @@ impl CallerFacts<'_> {
     /// `(principal, namespace)` of a verified caller.
     fn get(&mut self) -> Option<&(String, String)> {
         let caller = self.caller;
-        let resolve = || {
-            let identity = match caller {
-                Caller::Known(identity) => identity.cloned(),
-                Caller::Lookup(lookup) => lookup(),
-            };
-            identity.map(|id| (id.principal(), id.namespace))
+        let resolve = || match caller {
+            Caller::Known(identity) => identity.map(|id| (id.principal(), id.namespace.clone())),
+            Caller::Lookup(lookup) => lookup().map(|id| (id.principal(), id.namespace)),
         };
         self.resolved.get_or_insert_with(resolve).as_ref()
     }

@@ -1074,6 +1074,25 @@ impl Object {
         }
     }
 
+    /// An array whose items `write` appends, one call per item (the commas are written here).
+    pub fn array<T>(
+        mut self,
+        key: &str,
+        items: impl IntoIterator<Item = T>,
+        mut write: impl FnMut(&mut String, T),
+    ) -> Object {
+        let out = self.key(key);
+        out.push('[');
+        for (index, item) in items.into_iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            write(out, item);
+        }
+        out.push(']');
+        self
+    }
+
     pub fn bool(self, key: &str, value: bool) -> Object {
         self.raw(key, if value { "true" } else { "false" })
     }

@@ -9,7 +9,7 @@ use crate::authority::{Authority, Host};
 use crate::decision::{Action, Caller, Decision, HttpRequest, Reason};
 use crate::json::{self, Object};
 use crate::policy::{Mode, Policy};
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// The status codes that redirect (RFC 9110 §15.4).
 pub fn is_redirect(status: u16) -> bool {
@@ -354,23 +354,13 @@ impl HopState {
     /// The state as JSON, exactly as its `Serialize` writes it (a test holds them together), without instantiating
     /// a serializer in the Wasm module.
     pub fn to_json(&self) -> String {
-        let mut last = String::from("[");
-        for part in &self.last {
-            if last.len() > 1 {
-                last.push(',');
-            }
-            crate::json::push_string(&mut last, part);
-        }
-        last.push(']');
-        let mut visited = String::from("[");
-        for fingerprint in &self.visited {
-            if visited.len() > 1 {
-                visited.push(',');
-            }
-            visited.push_str(&fingerprint.to_string());
-        }
-        visited.push(']');
-        Object::new().str("origin_host", &self.origin_host).raw("last", &last).raw("visited", &visited).finish()
+        Object::new()
+            .str("origin_host", &self.origin_host)
+            .array("last", &self.last, |out, part| crate::json::push_string(out, part))
+            .array("visited", &self.visited, |out, fingerprint| {
+                let _ = write!(out, "{fingerprint}");
+            })
+            .finish()
     }
 
     /// Reads what [`HopState::to_json`] wrote (by hand, as its `Deserialize` would: a test holds them together).
