@@ -316,82 +316,99 @@ impl AuditConfig {
         Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector: doc.collector })
     }
 
-    /// Builds the event, applying redaction: the query only when configured, only the named headers.
+    /// Builds the event, applying redaction: the query only when configured, only the named headers. The observed
+    /// values move into the event (it runs once per request).
     pub fn event(&self, observed: Observed) -> AuditEvent {
-        let identity = observed.identity.clone().filter(|id| !id.is_empty());
-        let (principal, verified) = match (&observed.identity_source, identity) {
-            (Some(_), id) => (id, observed.identity_source.as_deref().is_some_and(|s| s != "none")),
-            (None, _) => {
-                let peer = observed.peer_uri_san.clone().filter(|uri| crate::SpiffeId::parse(uri).is_ok());
+        let (host, port) = destination(&observed);
+        let Observed {
+            kind,
+            time_unix_ms,
+            request_id,
+            random_id,
+            node,
+            identity,
+            identity_source,
+            peer_uri_san,
+            source_address,
+            decision,
+            reason,
+            rule,
+            mode,
+            destination: _,
+            authority: _,
+            scheme,
+            method,
+            path,
+            protocol,
+            sni,
+            headers,
+            redirects,
+            response_code,
+            response_flags,
+            response_details,
+            bytes_sent,
+            bytes_received,
+            duration_ms,
+            upstream_cluster,
+            upstream_address,
+        } = observed;
+        let (principal, verified) = match &identity_source {
+            Some(source) => (identity.filter(|id| !id.is_empty()), source != "none"),
+            None => {
+                let peer = peer_uri_san.filter(|uri| crate::SpiffeId::parse(uri).is_ok());
                 let verified = peer.is_some();
                 (peer, verified)
             }
         };
         let parsed = principal.as_deref().and_then(|p| crate::SpiffeId::parse(p).ok());
-        let (host, port) = destination(&observed);
-        let request = observed.method.as_ref().map(|method| {
-            let full = observed.path.clone().unwrap_or_default();
+        let request = method.map(|method| {
+            let full = path.unwrap_or_default();
             let (path, query) = match full.split_once('?') {
                 Some((path, query)) => (path.to_string(), Some(query.to_string())),
                 None => (full, None),
             };
-            let headers = observed
-                .headers
-                .iter()
-                .filter(|(name, _)| self.headers.contains(name))
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect();
             Request {
-                method: method.clone(),
+                method,
                 path,
                 query: query.filter(|_| self.include_query),
-                protocol: observed.protocol.clone(),
-                headers,
+                protocol,
+                headers: headers.into_iter().filter(|(name, _)| self.headers.contains(name)).collect(),
             }
         });
-        let decision = observed.decision.as_ref().map(|action| Decision {
-            action: action.clone(),
-            reason: observed.reason.clone().unwrap_or_default(),
-            rule: observed.rule.clone().filter(|r| !r.is_empty()),
-            mode: observed.mode.clone(),
+        let decision = decision.map(|action| Decision {
+            action,
+            reason: reason.unwrap_or_default(),
+            rule: rule.filter(|r| !r.is_empty()),
+            mode,
         });
-        let redirects =
-            observed.redirects.as_deref().and_then(|json| crate::json::from_str(json).ok()).unwrap_or_default();
+        let redirects = redirects.as_deref().and_then(|json| crate::json::from_str(json).ok()).unwrap_or_default();
         AuditEvent {
             schema: SCHEMA.to_string(),
-            time: rfc3339_millis(observed.time_unix_ms),
-            id: observed.request_id.clone().filter(|id| !id.is_empty()).unwrap_or_else(|| hex(&observed.random_id)),
-            kind: observed.kind.unwrap_or(EventKind::Http),
-            gateway: Gateway { node: observed.node.clone() },
+            time: rfc3339_millis(time_unix_ms),
+            id: request_id.filter(|id| !id.is_empty()).unwrap_or_else(|| hex(&random_id)),
+            kind: kind.unwrap_or(EventKind::Http),
+            gateway: Gateway { node },
             source: Source {
                 principal: parsed.as_ref().map(ToString::to_string),
                 namespace: parsed.as_ref().map(|id| id.namespace.clone()),
                 service_account: parsed.as_ref().map(|id| id.service_account.clone()),
                 verified: verified && parsed.is_some(),
-                identity_source: observed.identity_source.clone(),
-                address: observed.source_address.clone(),
+                identity_source,
+                address: source_address,
             },
-            destination: Destination {
-                host,
-                port,
-                scheme: observed.scheme.clone(),
-                sni: observed.sni.clone().filter(|s| !s.is_empty()),
-            },
+            destination: Destination { host, port, scheme, sni: sni.filter(|s| !s.is_empty()) },
             request,
             decision,
             redirects,
             response: Response {
-                code: observed.response_code.filter(|&c| c != 0),
-                flags: observed.response_flags,
-                details: observed.response_details.clone().filter(|d| !d.is_empty()),
-                bytes_sent: observed.bytes_sent,
-                bytes_received: observed.bytes_received,
+                code: response_code.filter(|&c| c != 0),
+                flags: response_flags,
+                details: response_details.filter(|d| !d.is_empty()),
+                bytes_sent,
+                bytes_received,
             },
-            duration_ms: observed.duration_ms,
-            upstream: Upstream {
-                cluster: observed.upstream_cluster.clone(),
-                address: observed.upstream_address.clone(),
-            },
+            duration_ms,
+            upstream: Upstream { cluster: upstream_cluster, address: upstream_address },
         }
     }
 }
