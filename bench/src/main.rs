@@ -15,7 +15,7 @@ use egress_harness::envoy::{self, Envoy, Launcher};
 use egress_harness::pki::{Error, TestPki};
 use egress_harness::{load_policy, wasm_dir};
 use load::Expect;
-use report::{Results, Samples, Scaling};
+use report::{LatencyRun, Load, Results, Samples, Scaling};
 use scenarios::{Filters, Targets, Upstream};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -108,23 +108,25 @@ fn run(args: &Args) -> Result<(), Error> {
             samples.push(rate);
         }
     }
-    let no_filter_echo = side_by_side
-        .iter()
-        .find(|(f, u, _, _)| *f == Filters::None && *u == Upstream::Echo)
-        .map(|(_, _, _, s)| s.median())
-        .ok_or("no baseline")?;
-    // Below the knee: half the no-filter maximum, through the echo upstream.
-    let half_load = (no_filter_echo / 2.0).round();
-    let mut latencies: Vec<(Filters, Vec<load::Latency>)> = Filters::ALL.iter().map(|f| (*f, Vec::new())).collect();
+    let echo_medians: Vec<(Filters, f64)> =
+        side_by_side.iter().filter(|(_, u, _, _)| *u == Upstream::Echo).map(|(f, _, _, s)| (*f, s.median())).collect();
+    let no_filter_echo =
+        echo_medians.iter().find(|(f, _)| *f == Filters::None).map(|(_, m)| *m).ok_or("no baseline")?;
+    let slowest_echo = echo_medians.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
+    // Half the no-filter maximum is the "below the knee"; a scenario slower than twice that is past its own
+    // knee there and reports queueing, so latency is also measured at half the slowest scenario's maximum.
+    let mut latencies = vec![
+        LatencyRun::new(Load::HalfOfNoFilter, (no_filter_echo / 2.0).round()),
+        LatencyRun::new(Load::BelowEveryKnee, (slowest_echo / 2.0).round()),
+    ];
     for round in 1..=args.rounds {
-        eprintln!("latency round {round}/{} at {half_load} req/s", args.rounds);
-        for (filters, upstream, envoy, _) in &side_by_side {
-            if *upstream != Upstream::Echo {
-                continue;
-            }
-            let latency = load::at_rate(envoy.listener("egress_http"), HOST, PATH, args.seconds, half_load)?;
-            if let Some((_, samples)) = latencies.iter_mut().find(|(f, _)| f == filters) {
-                samples.push(latency);
+        for run in &mut latencies {
+            eprintln!("latency round {round}/{} at {} req/s", args.rounds, run.rate);
+            for (filters, upstream, envoy, _) in &side_by_side {
+                if *upstream == Upstream::Echo {
+                    let latency = load::at_rate(envoy.listener("egress_http"), HOST, PATH, args.seconds, run.rate)?;
+                    run.push(*filters, latency);
+                }
             }
         }
     }
@@ -191,7 +193,6 @@ fn run(args: &Args) -> Result<(), Error> {
         envoy_version: envoy::version(),
         rounds: args.rounds,
         seconds: args.seconds,
-        half_load,
         throughput,
         latencies,
         scaling,
