@@ -82,8 +82,8 @@ impl Sinks {
             proxy::log(LogLevel::Info, &format!("{LOG_PREFIX}{line}"));
         }
         if let Some(shipper) = &self.shipper {
-            // The queue-depth gauge is recorded by `flush`, on every tick: a host call per event would buy a gauge
-            // fresher than the ≤ 200 ms any scraper can see.
+            // `flush` records the queue-depth gauge on every tick (≤ 200 ms): fresh enough for any scraper, without
+            // a host call per event.
             self.metrics.dropped.add(shipper.borrow_mut().push(line));
         }
     }
@@ -293,7 +293,7 @@ fn observe_http(sinks: &Sinks, started_ms: u64, details: Option<String>) -> Resu
         headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
     };
     observed.kind = Some(EventKind::Http);
-    observed.request_id = header("x-request-id");
+    observed.request_id = header("x-request-id").filter(|id| !id.is_empty());
     if observed.request_id.is_none() {
         observed.random_id = random_id();
     }
