@@ -126,7 +126,7 @@ run: build envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.
 		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --audit $(AUDIT) --listen $(LISTEN)
 
 bench: build envoy ## Side-by-side cost in a real Envoy (bench/results/), then the matcher alone vs policy size
-	@command -v wrk >/dev/null && command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk hey >/dev/null)
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null)
 	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || apt-get install -y -qq fonts-dejavu-core >/dev/null
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run -q --release -p egress-bench -- --rounds 3 --seconds 4 --out bench/results

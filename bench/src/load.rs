@@ -1,5 +1,6 @@
-//! Load from the ecosystem's generators: `wrk` (closed loop, saturation throughput) and `hey` (a fixed rate per
-//! connection, every latency in CSV). Both are Debian packages (`make bench` installs them).
+//! Load from the ecosystem's generators: `wrk` (closed loop, saturation throughput) and nghttp2's `h2load` (a fixed
+//! rate per connection, every request's latency logged in microseconds: the targets are tens of microseconds, which
+//! `hey`'s 0.1 ms CSV cannot resolve). Both are Debian packages (`make bench` installs them).
 
 use egress_harness::pki::Error;
 use std::net::SocketAddr;
@@ -63,32 +64,38 @@ pub struct Latency {
     pub rate: f64,
 }
 
-/// `seconds` of `hey` at `rate` requests per second in all, spread over a few connections; every request must
-/// succeed.
+/// Connections sharing a fixed rate: few, so their paced sends rarely land together (a burst is queueing that no
+/// filter caused), enough that one slow answer does not stall the whole rate.
+pub const RATE_CONNECTIONS: u32 = 4;
+
+/// `seconds` of `h2load` (HTTP/1.1) at `rate` requests per second in all; every request must succeed.
 pub fn at_rate(target: SocketAddr, host: &str, path: &str, seconds: u32, rate: f64) -> Result<Latency, Error> {
-    let connections = 8u32;
-    let per_connection = (rate / f64::from(connections)).max(1.0);
-    let output = Command::new("hey")
-        .args(["-z", &format!("{seconds}s"), "-c", &connections.to_string(), "-q", &format!("{per_connection:.0}")])
-        .args(["-host", host, "-o", "csv"])
+    let per_connection = (rate / f64::from(RATE_CONNECTIONS)).max(1.0);
+    let log = std::env::temp_dir().join(format!("egress-bench-{}-{}.tsv", std::process::id(), target.port()));
+    let output = Command::new("h2load")
+        .args(["--h1", "-c", &RATE_CONNECTIONS.to_string(), "--rps", &format!("{per_connection:.0}")])
+        .args(["-D", &seconds.to_string(), "-H", &format!(":authority: {host}"), "--log-file"])
+        .arg(&log)
         .arg(format!("http://{target}{path}"))
         .output()
-        .map_err(|e| format!("cannot run hey ({e}): install it (apt-get install hey, or make bench)"))?;
+        .map_err(|e| format!("cannot run h2load ({e}): install it (apt-get install nghttp2-client, or make bench)"))?;
+    let lines = std::fs::read_to_string(&log);
+    let _ = std::fs::remove_file(&log);
     if !output.status.success() {
-        return Err(format!("hey failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+        return Err(format!("h2load failed: {}", String::from_utf8_lossy(&output.stderr)).into());
     }
-    // CSV: response-time (seconds), DNS+dialup, DNS, request-write, response-delay, response-read, status-code, offset.
+    // One row per request: start (µs since the epoch), status, µs until the end of the response.
     let mut latencies = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        let (Some(seconds), Some(status)) = (fields.first(), fields.get(6)) else { continue };
+    for line in lines.map_err(|e| format!("h2load wrote no log: {e}"))?.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let (Some(status), Some(micros)) = (fields.get(1), fields.get(2)) else { continue };
         if !status.starts_with('2') {
-            return Err(format!("hey: a request to Host {host} got {status}").into());
+            return Err(format!("h2load: a request to Host {host} got {status}").into());
         }
-        latencies.push(Duration::from_secs_f64(seconds.parse::<f64>().map_err(|e| format!("hey csv {line}: {e}"))?));
+        latencies.push(Duration::from_micros(micros.parse().map_err(|e| format!("h2load log {line}: {e}"))?));
     }
     if latencies.is_empty() {
-        return Err("hey sent no requests".into());
+        return Err("h2load sent no requests".into());
     }
     latencies.sort();
     let percentile = |p: usize| latencies[(latencies.len() * p).div_ceil(100).saturating_sub(1)];

@@ -1,6 +1,6 @@
 //! The results as a Markdown table (ratios first, absolute numbers second, machine and versions noted) and a PNG.
 
-use crate::load::Latency;
+use crate::load::{self, Latency};
 use crate::scenarios::{Filters, Upstream};
 use egress_harness::pki::Error;
 use plotters::prelude::*;
@@ -99,7 +99,12 @@ impl LatencyRun {
             Load::HalfOfNoFilter => "half load: half the no-filter maximum",
             Load::BelowEveryKnee => "below every knee: half the slowest scenario's maximum",
         };
-        let _ = writeln!(out, "\n## Latency at {title} ({:.0} req/s, hey, 8 connections, echo upstream)\n", self.rate);
+        let _ = writeln!(
+            out,
+            "\n## Latency at {title} ({:.0} req/s, h2load, {} connections, echo upstream)\n",
+            self.rate,
+            load::RATE_CONNECTIONS
+        );
         let _ = writeln!(out, "| scenario | p99 added vs no filter | p50 | p99 | achieved req/s |");
         let _ = writeln!(out, "|---|---:|---:|---:|---:|");
         let base_p99 = self.p99(Filters::None);
@@ -182,7 +187,7 @@ impl Results {
         let _ = writeln!(out, "# Egress filter suite: benchmark\n");
         let _ = writeln!(
             out,
-            "Machine: {}. Envoy {} (`--concurrency 1`: one worker), load from `{}` and `hey` on the same machine, \
+            "Machine: {}. Envoy {} (`--concurrency 1`: one worker), load from `{}` and `h2load` on the same machine, \
              echo upstream in-process. {} rounds of {} s per scenario, scenarios alternating within each round; \
              medians, with min–max. Run took {:.0?}. Reproduce: `make bench`.\n",
             machine(),
