@@ -113,7 +113,7 @@ fn run(args: &Args) -> Result<(), Error> {
     let no_filter_echo =
         echo_medians.iter().find(|(f, _)| *f == Filters::None).map(|(_, m)| *m).ok_or("no baseline")?;
     let slowest_echo = echo_medians.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
-    // Half the no-filter maximum is the "below the knee"; a scenario slower than twice that is past its own
+    // The targets measure latency at half the no-filter maximum; a scenario slower than twice that is past its own
     // knee there and reports queueing, so latency is also measured at half the slowest scenario's maximum.
     let mut latencies = vec![
         LatencyRun::new(Load::HalfOfNoFilter, (no_filter_echo / 2.0).round()),

@@ -65,6 +65,22 @@ pub enum Load {
     BelowEveryKnee,
 }
 
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::HalfOfNoFilter => "at half load",
+            Load::BelowEveryKnee => "below every knee",
+        }
+    }
+
+    fn rule(self) -> &'static str {
+        match self {
+            Load::HalfOfNoFilter => "half the no-filter maximum",
+            Load::BelowEveryKnee => "half the slowest scenario's maximum",
+        }
+    }
+}
+
 /// Latency of every scenario at one fixed rate, round by round.
 pub struct LatencyRun {
     pub load: Load,
@@ -95,13 +111,11 @@ impl LatencyRun {
     }
 
     fn markdown(&self, out: &mut String) {
-        let title = match self.load {
-            Load::HalfOfNoFilter => "half load: half the no-filter maximum",
-            Load::BelowEveryKnee => "below every knee: half the slowest scenario's maximum",
-        };
         let _ = writeln!(
             out,
-            "\n## Latency at {title} ({:.0} req/s, h2load, {} connections, echo upstream)\n",
+            "\n## Latency {}: {} ({:.0} req/s, h2load, {} connections, echo upstream)\n",
+            self.load.name(),
+            self.load.rule(),
             self.rate,
             load::RATE_CONNECTIONS
         );
@@ -281,11 +295,7 @@ impl Results {
             }
         }
         for run in &self.latencies {
-            let added = run.suite_added();
-            let at = match run.load {
-                Load::HalfOfNoFilter => "at half load",
-                Load::BelowEveryKnee => "below every knee",
-            };
+            let (added, at) = (run.suite_added(), run.load.name());
             let _ = writeln!(out, "| p99 added ≤ 50 µs {at} (full suite) | {added:+.0} µs | {} |", mark(added <= 50.0));
         }
         let largest = self.modules.iter().map(|(_, b)| *b).max().unwrap_or(0);
