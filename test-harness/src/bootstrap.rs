@@ -22,6 +22,41 @@ pub const AUDIT_COLLECTOR_CLUSTER: &str = "audit_collector";
 pub const ECHO_HTTP_CLUSTER: &str = "echo_http";
 pub const ECHO_HTTPS_CLUSTER: &str = "echo_https";
 
+/// Istio's `meshConfig.pathNormalization.normalization`, as istiod writes it into a gateway's HTTP connection
+/// manager (`pilot/pkg/networking/core/listener_builder.go`): the path the filters judge and the upstream receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathNormalization {
+    /// Paths as the client sent them (Envoy's own defaults).
+    None,
+    /// Istio's default: RFC 3986 normalization (`normalize_path`: dot segments removed, escapes of unreserved
+    /// characters decoded, backslashes made slashes).
+    #[default]
+    Base,
+    /// `Base` and adjacent slashes merged.
+    MergeSlashes,
+    /// `MergeSlashes` and `%2F`/`%5C` decoded to `/` and `\` first (`UNESCAPE_AND_FORWARD`).
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    pub const ALL: [PathNormalization; 4] = [
+        PathNormalization::None,
+        PathNormalization::Base,
+        PathNormalization::MergeSlashes,
+        PathNormalization::DecodeAndMergeSlashes,
+    ];
+
+    /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` of the connection manager.
+    fn hcm_fields(self) -> (bool, bool, &'static str) {
+        match self {
+            PathNormalization::None => (false, false, "KEEP_UNCHANGED"),
+            PathNormalization::Base => (true, false, "KEEP_UNCHANGED"),
+            PathNormalization::MergeSlashes => (true, true, "KEEP_UNCHANGED"),
+            PathNormalization::DecodeAndMergeSlashes => (true, true, "UNESCAPE_AND_FORWARD"),
+        }
+    }
+}
+
 /// Where a cluster's single endpoint is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Upstream {
@@ -57,6 +92,8 @@ pub struct Gateway {
     pub forward_client_cert: bool,
     /// Follow redirects at the gateway (Envoy `internal_redirect_policy`) up to this many hops.
     pub follow_redirects: Option<u32>,
+    /// What the HTTP connection manager does to paths before any filter sees them.
+    pub path_normalization: PathNormalization,
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
     /// The audit collector: the cluster name the audit filter posts to, and where it points.
@@ -85,10 +122,15 @@ impl Gateway {
     }
 
     fn clusters(&self) -> Vec<Value> {
-        let mut clusters = vec![
-            cluster(ECHO_HTTP_CLUSTER, &Upstream::Static(self.echo_http)),
-            cluster(ECHO_HTTPS_CLUSTER, &Upstream::Static(self.echo_https)),
-        ];
+        let mut echo_http = cluster(ECHO_HTTP_CLUSTER, &Upstream::Static(self.echo_http));
+        // Request trailers reach the echo upstream over HTTP/1.1 too (see the listener's `enable_trailers`).
+        echo_http["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}},
+            },
+        });
+        let mut clusters = vec![echo_http, cluster(ECHO_HTTPS_CLUSTER, &Upstream::Static(self.echo_https))];
         clusters.extend(self.collector.iter().map(|(name, address)| cluster(name, &Upstream::Static(*address))));
         clusters
     }
@@ -106,13 +148,17 @@ impl Gateway {
             }
             json!({"match": matcher, "route": {"cluster": cluster, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}})
         };
+        let (normalize_path, merge_slashes, escaped_slashes) = self.path_normalization.hcm_fields();
         let hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": name,
             "codec_type": "AUTO",
-            // As an Istio gateway does (meshConfig.pathNormalization BASE plus merge_slashes).
-            "normalize_path": true,
-            "merge_slashes": true,
+            "normalize_path": normalize_path,
+            "merge_slashes": merge_slashes,
+            "path_with_escaped_slashes_action": escaped_slashes,
+            // HTTP/1.1 trailers are read and passed on (HTTP/2 ones always are), so the tests see what a filter lets
+            // through in them.
+            "http_protocol_options": {"enable_trailers": true},
             "upgrade_configs": [{"upgrade_type": "CONNECT"}],
             "http2_protocol_options": {"allow_connect": true},
             "forward_client_cert_details": if self.forward_client_cert { "FORWARD_ONLY" } else { "SANITIZE" },
@@ -144,7 +190,7 @@ impl Gateway {
         let mut route = json!({"cluster": ECHO_HTTP_CLUSTER, "timeout": "30s"});
         if let Some(hops) = self.follow_redirects {
             route["internal_redirect_policy"] = json!({
-                "redirect_response_codes": [301, 302, 303, 307, 308],
+                "redirect_response_codes": egress_core::redirect::FOLLOWED_STATUSES,
                 "max_internal_redirects": hops,
                 // The redirects filter vets the scheme of every hop itself (Envoy would even follow ftp://).
                 "allow_cross_scheme_redirect": true,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
@@ -100,19 +100,48 @@ pub fn request(
 
 /// HTTP/2 with prior knowledge (cleartext h2c): `GET path` with `:authority` set to `authority`.
 pub fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Result<Response, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async { tokio::time::timeout(TIMEOUT, h2_get_async(addr, authority, path)).await? })
+    h2_request(addr, &H2Request { method: "GET", authority, path, ..H2Request::default() })
 }
 
-async fn h2_get_async(addr: SocketAddr, authority: &str, path: &str) -> Result<Response, Error> {
+/// One HTTP/2 request (h2c, prior knowledge), with the headers, body and trailers a test chooses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct H2Request<'a> {
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    /// Sent after the body, in a HEADERS frame of their own.
+    pub trailers: &'a [(&'a str, &'a str)],
+}
+
+/// Sends `request` on a new h2c connection and reads the whole response.
+pub fn h2_request(addr: SocketAddr, request: &H2Request<'_>) -> Result<Response, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async { tokio::time::timeout(TIMEOUT, h2_request_async(addr, request)).await? })
+}
+
+async fn h2_request_async(addr: SocketAddr, request: &H2Request<'_>) -> Result<Response, Error> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     // The connection task ends by itself once `sender` is dropped, or with the runtime.
     tokio::spawn(connection);
+    let mut trailers = hyper::HeaderMap::new();
+    for (name, value) in request.trailers {
+        trailers.append(hyper::header::HeaderName::from_bytes(name.as_bytes())?, value.parse()?);
+    }
+    let body = Frames {
+        data: (!request.body.is_empty()).then(|| Bytes::copy_from_slice(request.body)),
+        trailers: (!trailers.is_empty()).then_some(trailers),
+    };
     // hyper derives `:scheme` and `:authority` from the absolute URI.
-    let request = hyper::Request::get(format!("http://{authority}{path}")).body(Empty::<Bytes>::new())?;
-    let (parts, body) = sender.send_request(request).await?.into_parts();
+    let mut builder =
+        hyper::Request::builder().method(request.method).uri(format!("http://{}{}", request.authority, request.path));
+    for (name, value) in request.headers {
+        builder = builder.header(*name, *value);
+    }
+    let (parts, body) = sender.send_request(builder.body(body)?).await?.into_parts();
     Ok(Response {
         status: parts.status.as_u16(),
         headers: parts
@@ -122,6 +151,33 @@ async fn h2_get_async(addr: SocketAddr, authority: &str, path: &str) -> Result<R
             .collect(),
         body: body.collect().await?.to_bytes().to_vec(),
     })
+}
+
+/// A request body of one data frame and a trailers frame, of no announced length: hyper sends no
+/// `content-length`, so a proxy can pass the trailers on to an HTTP/1.1 upstream (chunked).
+struct Frames {
+    data: Option<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(hyper::body::Frame::data(data)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
 }
 
 /// Sends `CONNECT target HTTP/1.1` (`target` is `host:port`) and reads the reply head.

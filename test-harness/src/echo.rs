@@ -48,7 +48,8 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 ///
 /// ```json
 /// {"method": "GET", "path": "/headers", "query": "a=1" | null, "host": "api.example.com" | null,
-///  "headers": [["user-agent", "x"], ...], "body": "...", "protocol": "HTTP/1.1" | "HTTP/2",
+///  "headers": [["user-agent", "x"], ...], "body": "...", "trailers": [["name", "value"], ...] (only when sent),
+///  "protocol": "HTTP/1.1" | "HTTP/2",
 ///  "tls": null | {"sni": "api.example.com" | null}, "server": "http" | "https"}
 /// ```
 ///
@@ -214,6 +215,9 @@ struct EchoRecord<'a> {
     host: Option<String>,
     headers: Vec<(&'a str, String)>,
     body: String,
+    /// Request trailers (HTTP/2, chunked HTTP/1.1), when there were any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trailers: Vec<(String, String)>,
     protocol: &'static str,
     tls: Option<TlsInfo<'a>>,
     server: &'static str,
@@ -300,8 +304,13 @@ async fn handle(
     log: RequestLog,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().map(|map| {
+                map.iter().map(|(name, value)| (name.as_str().to_owned(), lossy(value.as_bytes()))).collect()
+            });
+            (collected.to_bytes(), trailers.unwrap_or_default())
+        }
         // The client broke the request off; the connection is likely gone, but answer in case it is not.
         Err(_) => {
             let reason = HeaderValue::from_static("request body could not be read");
@@ -321,6 +330,7 @@ async fn handle(
             .or_else(|| parts.headers.get(HOST).map(|host| lossy(host.as_bytes()))),
         headers: parts.headers.iter().map(|(name, value)| (name.as_str(), lossy(value.as_bytes()))).collect(),
         body: lossy(&body),
+        trailers,
         protocol: protocol_name(parts.version),
         tls: conn.tls.as_ref().map(|sni| TlsInfo { sni: sni.as_deref() }),
         server: conn.server,

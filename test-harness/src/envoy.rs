@@ -230,6 +230,18 @@ impl Envoy {
         stats.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
     }
 
+    /// The running Envoy's release, `(major, minor, patch)`, from the admin's `/server_info`
+    /// (`version: "<sha>/1.40.0/Clean/RELEASE/BoringSSL"`).
+    pub fn release(&self) -> Result<(u32, u32, u32), Error> {
+        let info: serde_json::Value = serde_json::from_str(&self.admin_get("/server_info")?)?;
+        let version = info["version"].as_str().and_then(|v| v.split('/').nth(1)).ok_or("no version in /server_info")?;
+        let mut parts = version.split('.').map(str::parse::<u32>);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => Ok((major, minor, patch)),
+            _ => Err(format!("unexpected Envoy version {version}").into()),
+        }
+    }
+
     /// Envoy's own log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()

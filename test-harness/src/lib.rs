@@ -12,7 +12,7 @@ pub mod load;
 pub mod openapi;
 pub mod pki;
 
-use bootstrap::{Gateway, MtlsFiles};
+use bootstrap::{Gateway, MtlsFiles, PathNormalization};
 use echo::Echo;
 use egress_core::workload::IdentityConfig;
 use egress_core::Policy;
@@ -31,8 +31,9 @@ pub const REDIRECTS_ROOT_ID: &str = "egress-redirects";
 /// Root ids of the audit plugins (`filters/audit`).
 pub const AUDIT_ROOT_ID: &str = "egress-audit";
 pub const AUDIT_TLS_ROOT_ID: &str = "egress-audit-tls";
-/// Root id of the identity plugin (`filters/identity`).
+/// Root ids of the identity plugins (`filters/identity`).
 pub const IDENTITY_ROOT_ID: &str = "egress-identity";
+pub const IDENTITY_TLS_ROOT_ID: &str = "egress-identity-tls";
 
 /// Where the built `.wasm` files are: `$EGRESS_WASM_DIR`, else the workspace's release output.
 pub fn wasm_dir() -> PathBuf {
@@ -119,6 +120,7 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         mtls: None,
         forward_client_cert: options.identity_json.is_some(),
         follow_redirects: follow_redirects.filter(|_| options.redirects),
+        path_normalization: options.path_normalization,
         echo_http,
         echo_https,
         collector,
@@ -174,6 +176,8 @@ pub struct LabOptions {
     /// The Istio manifests that give the chain: which plugins, in which order, from which (pinned) modules, failing
     /// how (see [`istio`]).
     pub manifests: PathBuf,
+    /// The gateway's `meshConfig.pathNormalization` (Istio's default: `BASE`).
+    pub path_normalization: PathNormalization,
 }
 
 impl LabOptions {
@@ -187,6 +191,7 @@ impl LabOptions {
             host_env: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             manifests: manifests_dir(),
+            path_normalization: PathNormalization::default(),
         }
     }
 
@@ -210,7 +215,7 @@ impl LabOptions {
     /// and the redirects filter read one policy document.
     fn config_for(&self, root_id: &str) -> Result<Option<&str>, Error> {
         Ok(match root_id {
-            IDENTITY_ROOT_ID => self.identity_json.as_deref(),
+            IDENTITY_ROOT_ID | IDENTITY_TLS_ROOT_ID => self.identity_json.as_deref(),
             ALLOWLIST_ROOT_ID | ALLOWLIST_TLS_ROOT_ID => Some(&self.policy_json),
             REDIRECTS_ROOT_ID => self.redirects.then_some(self.policy_json.as_str()),
             AUDIT_ROOT_ID | AUDIT_TLS_ROOT_ID => self.audit_json.as_deref(),
@@ -221,7 +226,9 @@ impl LabOptions {
     /// Root ids of the plugins these options configure, which the manifests must deploy.
     fn configured_root_ids(&self) -> Vec<&'static str> {
         let mut ids = vec![ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID];
-        ids.extend(self.identity_json.as_ref().map(|_| IDENTITY_ROOT_ID));
+        if self.identity_json.is_some() {
+            ids.extend([IDENTITY_ROOT_ID, IDENTITY_TLS_ROOT_ID]);
+        }
         ids.extend(self.redirects.then_some(REDIRECTS_ROOT_ID));
         if self.audit_json.is_some() {
             ids.extend([AUDIT_ROOT_ID, AUDIT_TLS_ROOT_ID]);

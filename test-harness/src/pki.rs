@@ -117,11 +117,17 @@ impl TestPki {
     /// Issues a client-auth leaf with CN [`CLIENT_COMMON_NAME`]; `uri_san` (typically a SPIFFE ID such as
     /// `spiffe://cluster.local/ns/app/sa/sleep`) becomes its only SAN.
     pub fn issue_client(&self, uri_san: Option<&str>) -> Result<CertKey, Error> {
+        self.issue_client_with_uris(uri_san.as_slice())
+    }
+
+    /// A client-auth leaf whose SANs are `uris`, in order: as many URI SANs as the test wants, which no Istio CA
+    /// would sign (X.509-SVID §2 allows exactly one).
+    pub fn issue_client_with_uris(&self, uris: &[&str]) -> Result<CertKey, Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, CLIENT_COMMON_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if let Some(uri) = uri_san {
-            params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        for uri in uris {
+            params.subject_alt_names.push(SanType::URI((*uri).try_into()?));
         }
         self.sign_leaf(params)
     }

@@ -29,7 +29,7 @@ fn audit_config(extra: &str) -> String {
 
 fn lab(policy: &str, collector: &Collector, audit: &str) -> Lab {
     let options = LabOptions {
-        identity_json: Some(r#"{"onMissing": "anonymous"}"#.into()),
+        identity_json: Some(r#"{"onMissing": "anonymous", "tunnels": "allow"}"#.into()),
         redirects: true,
         audit_json: Some(audit.into()),
         collector: Some(collector.addr()),
@@ -114,6 +114,8 @@ fn events_describe_each_request_and_redact_what_they_must() {
         (Some("a.httpbin.org"), Some("allow"))
     );
     assert!(tls.get("request").is_none(), "TLS passthrough has no HTTP request");
+    assert_eq!(tls["tunnel"], true, "nothing inside a passthrough connection was tagged");
+    assert_eq!(allowed["tunnel"], false);
 }
 
 #[test]
@@ -174,7 +176,7 @@ fn no_event_is_lost_under_load() {
     // The same load through the same chain without the audit filter, for the side-by-side figure (reported, never
     // asserted: tests do not time things).
     let options = LabOptions {
-        identity_json: Some(r#"{"onMissing": "anonymous"}"#.into()),
+        identity_json: Some(r#"{"onMissing": "anonymous", "tunnels": "allow"}"#.into()),
         redirects: true,
         ..LabOptions::new(POLICY)
     };

@@ -90,7 +90,7 @@ fn config_is_the_lab_gateway_adapted_to_containers() {
     }
 
     let modules = module_paths(&bootstrap);
-    assert_eq!(modules.len(), 6, "four HTTP and two network filters: {modules:?}");
+    assert_eq!(modules.len(), 7, "four HTTP and three network filters: {modules:?}");
     for module in &modules {
         let file = module.strip_prefix(&format!("{CONTAINER_WASM_DIR}/")).unwrap_or_else(|| panic!("{module}"));
         assert!(wasm_dir().join(file).is_file(), "{module} is no module of the local build (`make build`)");

@@ -54,26 +54,39 @@ fn the_deployed_chain_identifies_vets_signs_and_audits() {
     let redirect = lab.mtls_get(&sleep, "httpbin.org", "/redirect-to?url=http%3A%2F%2Fevil.example%2F").unwrap();
     assert_ne!(redirect.status / 100, 3, "{}", redirect.body_str());
 
-    // TLS passthrough: vetted by SNI.
+    // Tunnels are refused (`tunnels: deny`): inside one the gateway could neither tag nor strip identity headers.
+    // TLS passthrough is closed before any SNI is judged, CONNECT answered 403.
     let passthrough = client::tls_get(lab.tls(), Some("eu.httpbin.org"), lab.pki.ca_pem(), "eu.httpbin.org", "/");
-    assert_eq!(passthrough.unwrap().status, 200);
-    assert!(client::tls_get(lab.tls(), Some("evil.example"), lab.pki.ca_pem(), "evil.example", "/").is_err());
+    assert!(passthrough.is_err(), "{passthrough:?}");
+    let connect = lab.mtls_request(&sleep, "CONNECT", "httpbin.org:443", "httpbin.org:443", &[]).unwrap();
+    assert_eq!(connect.status, 403, "{}", connect.body_str());
+    assert_eq!(connect.header("x-egress-denied-reason"), Some("tunnel_not_allowed"));
 
-    // Every request and connection above, at the collector named by the deployed audit configuration.
-    // (The followed redirect is one request; the anonymous one has no allow-list decision: the identity filter
-    // refused it first.)
+    // Every request and connection above, at the collector named by the deployed audit configuration, each refusal
+    // with its reason (the identity filter's own refusals included). The followed redirect is one request.
     let events = collector.wait_for_events(8, Duration::from_secs(20));
     let compact: Vec<String> = events.iter().map(Value::to_string).collect();
     assert_eq!(events.len(), 8, "{compact:#?}");
+    let tunnels: Vec<&Value> = events.iter().filter(|e| e["tunnel"] == true).collect();
+    assert_eq!(tunnels.len(), 2, "{compact:#?}");
+    for tunnel in tunnels {
+        assert_eq!(tunnel["decision"]["reason"], "tunnel_not_allowed", "{tunnel}");
+    }
     let denied: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e["decision"]["action"] == "deny")
         .map(|e| (e["destination"]["host"].as_str().unwrap(), e["decision"]["reason"].as_str().unwrap()))
         .collect();
-    for expected in [("a.internal.httpbin.org", "deny_listed"), ("api.stripe.com", "identity_not_allowed")] {
+    for expected in [
+        ("a.internal.httpbin.org", "deny_listed"),
+        ("api.stripe.com", "identity_not_allowed"),
+        ("httpbin.org", "identity_required"),
+        ("httpbin.org", "tunnel_not_allowed"),
+        ("eu.httpbin.org", "tunnel_not_allowed"),
+    ] {
         assert!(denied.contains(&expected), "{expected:?} in {denied:?}");
     }
     let tls_denied = events.iter().find(|e| e["kind"] == "tls" && e["decision"]["action"] == "deny");
-    assert_eq!(tls_denied.unwrap()["destination"]["sni"], "evil.example", "a refused connection is audited too");
-    assert_eq!(denied.len(), 4, "{compact:#?}");
+    assert_eq!(tls_denied.unwrap()["destination"]["sni"], "eu.httpbin.org", "a refused connection is audited too");
+    assert_eq!(denied.len(), 6, "{compact:#?}");
 }

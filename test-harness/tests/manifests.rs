@@ -80,7 +80,15 @@ fn the_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as
         ]
     );
     // The network audit filter comes first: Envoy creates no network filter behind one that closed the connection.
-    assert_eq!(layer(true), [("egress-audit-tls", "FAIL_OPEN"), ("egress-allowlist-tls", "FAIL_CLOSED")]);
+    // The identity filter refuses tunnels before the allow-list reads the SNI.
+    assert_eq!(
+        layer(true),
+        [
+            ("egress-audit-tls", "FAIL_OPEN"),
+            ("egress-identity-tls", "FAIL_CLOSED"),
+            ("egress-allowlist-tls", "FAIL_CLOSED")
+        ]
+    );
 
     let config = |root_id: &str| &chain.iter().find(|p| p.root_id == root_id).unwrap().config;
     let policy: Value =
@@ -92,6 +100,12 @@ fn the_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as
     let identity = chain.iter().find(|p| p.root_id == "egress-identity").unwrap();
     let key_env = serde_json::from_str::<Value>(&identity.config).unwrap()["signing"]["keyEnv"].clone();
     assert_eq!(identity.host_env_keys, [key_env.as_str().unwrap()]);
+    let identity_tls = chain.iter().find(|p| p.root_id == "egress-identity-tls").unwrap();
+    assert_eq!(
+        (&identity_tls.config, &identity_tls.host_env_keys),
+        (&identity.config, &identity.host_env_keys),
+        "one VM, one configuration"
+    );
     let patch = documents(&workspace_root().join(MANIFESTS).join("egressgateway-env-patch.yaml"));
     let pod_env = patch[0]["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(pod_env.contains(key_env.as_str().unwrap()), "the gateway pod provides {key_env}: {pod_env}");
@@ -112,7 +126,7 @@ fn every_variant_deploys_the_same_chain() {
             .collect()
     };
     let reference = summary(istio::chain(&variant("wasmplugins"), &wasm_dir()).unwrap());
-    assert_eq!(reference.len(), 6);
+    assert_eq!(reference.len(), 7);
     for dir in render::variant_dirs() {
         let chain = istio::chain(&variant(dir), &wasm_dir()).unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert_eq!(summary(chain), reference, "{dir}");

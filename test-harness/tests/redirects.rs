@@ -103,6 +103,48 @@ fn allowed_redirects_pass_and_refused_ones_never_show_their_location() {
     assert_eq!(lab.envoy.stat("wasmcustom.egress_redirects_denied"), Some(12));
 }
 
+/// curl `-L`, Java's `HttpURLConnection` and Node's follow-redirects follow statuses RFC 9110 does not call
+/// redirects (300, 305 "use proxy", …): a `Location` on any 3xx is vetted.
+#[test]
+fn a_location_on_any_3xx_is_vetted() {
+    let lab = vetting_lab();
+    let statuses = [300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 350, 399];
+    for status in statuses {
+        for (location, reason) in [
+            ("http://evil.test/", "host_not_allowed"),
+            ("http://169.254.169.254/latest/meta-data/", "deny_listed"),
+            ("http://[::ffff:169.254.169.254]/", "deny_listed"),
+            ("//evil.test/", "host_not_allowed"),
+            ("javascript:alert(1)", "non_http_scheme"),
+            ("http://evil.test\\@httpbin.org/", "malformed_location"),
+        ] {
+            let refused = redirect_to(&lab, location, status);
+            assert_refused(&refused, 403, reason);
+            assert_eq!(refused.json()["status"], status, "{status} {location}");
+        }
+        let allowed = redirect_to(&lab, "http://eu.httpbin.org/get", status);
+        assert_eq!((allowed.status, allowed.header("location")), (status, Some("http://eu.httpbin.org/get")));
+    }
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_redirects_denied"), Some(6 * statuses.len() as u64));
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_redirects_allowed"), Some(statuses.len() as u64));
+}
+
+#[test]
+fn a_redirect_after_a_post_is_vetted_for_every_method_a_client_may_follow_with() {
+    let lab = lab(
+        r#"{"rules": [{"name": "httpbin", "hosts": ["httpbin.org"]}, {"name": "ro", "hosts": ["ro.example"], "methods": ["GET"]}]}"#,
+    );
+    let post = |status: u16| {
+        let path = format!("/redirect-to?url={}&status_code={status}", url_encode("http://ro.example/"));
+        client::request(lab.http(), "POST", "httpbin.org", &path, &[], b"x").unwrap()
+    };
+    // 303 is always followed with GET; 307/308 keep POST; on the others clients do either, so both must pass.
+    assert_eq!(post(303).status, 303);
+    for status in [300, 301, 302, 305, 307, 308, 399] {
+        assert_refused(&post(status), 403, "method_not_allowed");
+    }
+}
+
 #[test]
 fn relative_and_protocol_relative_locations_resolve_against_the_request() {
     let lab = vetting_lab();
@@ -222,18 +264,42 @@ fn methods_and_bodies_follow_rfc_9110() {
 }
 
 #[test]
-fn credentials_never_follow_a_redirect_to_another_host() {
+fn credentials_never_follow_a_change_of_origin() {
     let lab = following_lab();
     let with_credentials = |location: &str| {
         let path = format!("/redirect-to?url={}", url_encode(location));
-        let headers = [("authorization", "Bearer secret"), ("cookie", "session=secret")];
-        client::request(lab.http(), "GET", "httpbin.org", &path, &headers, b"").unwrap().json()
+        let headers = [
+            ("authorization", "Bearer secret-1"),
+            ("Cookie", "session=secret-2"),
+            ("proxy-authorization", "Basic secret-3"),
+            // The same names to a CGI-style server (HTTP_AUTHORIZATION, HTTP_PROXY_AUTHORIZATION).
+            ("proxy_authorization", "Basic secret-4"),
+            ("Proxy.Authorization", "Basic secret-5"),
+        ];
+        let response = client::request(lab.http(), "GET", "httpbin.org", &path, &headers, b"").unwrap();
+        assert_eq!(response.status, 200, "{location}: {}", response.body_str());
+        response.json()
     };
-    let other_host = with_credentials("http://eu.httpbin.org/headers?token=abc").to_string();
-    assert!(!other_host.contains("secret"), "{other_host}");
-    assert!(!other_host.contains("x-envoy-original-url"), "the previous URL stays at the gateway: {other_host}");
-    let same_host = with_credentials("http://httpbin.org/headers").to_string();
-    assert!(same_host.contains("Bearer secret") && same_host.contains("session=secret"), "{same_host}");
+    // Another host, another port, another scheme: another origin (RFC 6454), as curl (CVE-2022-27776) and the
+    // Fetch standard decide.
+    for location in [
+        "http://eu.httpbin.org/headers?token=abc",
+        "http://httpbin.org:8081/headers",
+        "https://httpbin.org/headers",
+        "http://HTTPBIN.org.:8080/headers",
+    ] {
+        let upstream = with_credentials(location);
+        let text = upstream["headers"].to_string();
+        assert!(!text.contains("secret"), "{location}: {text}");
+        assert!(!text.contains("x-envoy-original-url"), "the previous URL stays at the gateway: {text}");
+        assert_ne!(upstream["path"], "/redirect-to", "{location} was followed");
+    }
+    for location in ["http://httpbin.org/headers", "http://httpbin.org:80/headers", "http://HTTPBIN.ORG./headers"] {
+        let same_origin = with_credentials(location)["headers"].to_string();
+        for secret in 1..=5 {
+            assert!(same_origin.contains(&format!("secret-{secret}")), "{location}: {same_origin}");
+        }
+    }
 }
 
 #[test]
@@ -243,6 +309,21 @@ fn a_rule_that_does_not_follow_hands_the_redirect_back_to_the_client() {
     assert_eq!((response.status, response.header("location")), (302, Some("http://manual.example/download?id=7")));
     assert_eq!(response.header("x-egress-denied-reason"), Some("rule_does_not_follow"));
     assert_eq!(lab.echo.requests().len(), 1, "the gateway did not fetch it");
+}
+
+#[test]
+fn only_what_envoy_follows_is_followed_and_every_other_3xx_is_vetted_for_the_client() {
+    let lab = following_lab();
+    for status in [300, 304, 305, 306, 399] {
+        let allowed = redirect_to(&lab, "http://eu.httpbin.org/headers", status);
+        assert_eq!((allowed.status, allowed.header("location")), (status, Some("http://eu.httpbin.org/headers")));
+        assert_refused(&redirect_to(&lab, "http://evil.test/", status), 403, "host_not_allowed");
+    }
+    let hosts: Vec<String> = lab.echo.requests().iter().map(|r| r["host"].as_str().unwrap().to_string()).collect();
+    assert!(hosts.iter().all(|h| h == "httpbin.org"), "no hop was sent: {hosts:?}");
+    let hops = chain(&logged(&lab, "status_code=399"));
+    assert_eq!(hops.len(), 1, "{hops:?}");
+    assert_eq!((hops[0]["status"].as_u64(), hops[0]["followed"].as_bool()), (Some(399), None));
 }
 
 #[test]

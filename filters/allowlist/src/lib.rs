@@ -165,7 +165,7 @@ impl Context for AllowListTls {}
 
 impl StreamContext for AllowListTls {
     fn on_new_connection(&mut self) -> Next {
-        let Some((policy, metrics)) = &self.filter else { return close_connection("not configured") };
+        let Some((policy, metrics)) = &self.filter else { return proxy::close_connection(FILTER, "not configured") };
         let inputs = (|| -> Result<_, Status> {
             let sni = proxy::property_string(&["connection", "requested_server_name"])?;
             // Unknown is 0, which no rule with `ports` allows.
@@ -174,15 +174,19 @@ impl StreamContext for AllowListTls {
         })();
         let (sni, port) = match inputs {
             Ok(inputs) => inputs,
-            Err(status) => return close_connection(&format!("cannot read connection properties: {status:?}")),
+            Err(status) => {
+                return proxy::close_connection(FILTER, &format!("cannot read connection properties: {status:?}"))
+            }
         };
         let decision = match proxy::with_caller(|caller| policy.evaluate_tls(sni.as_deref(), port, caller)) {
             Ok(decision) => decision,
-            Err(status) => return close_connection(&format!("cannot read the caller's identity: {status:?}")),
+            Err(status) => {
+                return proxy::close_connection(FILTER, &format!("cannot read the caller's identity: {status:?}"))
+            }
         };
         metrics.count(&decision);
         if let Err(status) = publish(&decision, policy) {
-            return close_connection(&format!("cannot publish the decision: {status:?}"));
+            return proxy::close_connection(FILTER, &format!("cannot publish the decision: {status:?}"));
         }
         if decision.action.proceeds() {
             return Next::Continue;
@@ -191,12 +195,6 @@ impl StreamContext for AllowListTls {
         let _ = hostcalls::close_downstream();
         Next::Pause
     }
-}
-
-fn close_connection(why: &str) -> Next {
-    proxy::log(LogLevel::Error, &format!("{FILTER}: {why}"));
-    let _ = hostcalls::close_downstream();
-    Next::Pause
 }
 
 /// Publishes the decision to filter state for the other filters and access logs, as one record

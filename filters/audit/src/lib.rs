@@ -252,6 +252,12 @@ impl StreamContext for AuditTls {
     }
 }
 
+/// The peer certificate's SPIFFE ID, when it names exactly one.
+fn peer_identity() -> Option<String> {
+    let identity = proxy::verified_peer().ok()?.identity().ok()??;
+    Some(identity.to_string())
+}
+
 /// What every event reads: time, gateway, caller, what the other filters published, the upstream. Each value read
 /// costs a VM re-entry, so the other filters publish one record each and values absent on the common path (the
 /// peer certificate on plain connections, redirects) are probed first.
@@ -265,7 +271,7 @@ fn observe_common(sinks: &Sinks, started_ms: u64) -> Observed {
         node: sinks.node.as_deref().map(str::to_string),
         // The certificate only names the caller when the identity filter did not run (it publishes what it
         // verified): two reads saved per request in the full suite.
-        peer_uri_san: if identity.is_none() { proxy::verified_peer_uri_san().ok().flatten() } else { None },
+        peer_uri_san: if identity.is_none() { peer_identity() } else { None },
         source_address: string(&["source", "address"]),
         redirects: string(&[state::REDIRECTS]),
         upstream_cluster: string(&["xds", "cluster_name"]),

@@ -642,6 +642,7 @@ mod tests {
             time: "2026-11-21T11:49:02.007Z".into(),
             id: "req".into(),
             kind: EventKind::Http,
+            tunnel: method == "CONNECT",
             gateway: Gateway::default(),
             source: Source {
                 principal: principal.map(str::to_string),

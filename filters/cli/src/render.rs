@@ -1,7 +1,7 @@
 //! `egressctl render`: the Istio resources that deploy the suite on an egress gateway, rendered from the same
 //! configuration files `make run` and the tests use, so the policy is written once.
 //!
-//! Four variants of the same six plugins, one folder each (apply one of them, never two: each would add its own
+//! Four variants of the same seven plugins, one folder each (apply one of them, never two: each would add its own
 //! copy of every filter):
 //! - `wasmplugins/` — `WasmPlugin`s selecting the gateway pods by label, modules pulled from an OCI registry;
 //! - `gateway-api/` — the same attached to a Gateway API `Gateway` by `targetRefs`;
@@ -14,7 +14,7 @@
 
 use crate::config::{self, Checked, Kind};
 use crate::oci::{sha256_hex, Image};
-use egress_core::Policy;
+use egress_core::{redirect, Policy};
 use serde_yaml_ng::{Mapping, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -91,14 +91,25 @@ struct Plugin {
 }
 
 /// Chain order on requests: identity (AUTHN) → allow-list → redirects (AUTHZ, by priority) → audit (STATS); on
-/// TLS-passthrough connections: audit (AUTHN) → allow-list (AUTHZ).
-const PLUGINS: [Plugin; 6] = [
+/// TLS-passthrough connections: audit (AUTHN, 10) → identity (AUTHN, 5) → allow-list (AUTHZ).
+const PLUGINS: [Plugin; 7] = [
     Plugin {
         name: "egress-identity",
         module: "egress-identity",
         layer: Layer::Http,
         phase: "AUTHN",
         priority: 10,
+        fail_strategy: "FAIL_CLOSE",
+        config: Kind::Identity,
+    },
+    // Refuses TLS-passthrough connections unless the identity configuration allows tunnels: the gateway can tag
+    // nothing inside one. After the audit filter (which must see every connection), before the allow-list.
+    Plugin {
+        name: "egress-identity-tls",
+        module: "egress-identity",
+        layer: Layer::Network,
+        phase: "AUTHN",
+        priority: 5,
         fail_strategy: "FAIL_CLOSE",
         config: Kind::Identity,
     },
@@ -157,8 +168,11 @@ const MODULE_FILES: [(&str, &str, &str); 4] = [
     (
         "egress-identity",
         "identity.yaml",
-        "The workload identity filter. Phase AUTHN puts it before the allow-list, which then judges the caller this
-filter established. FAIL_CLOSE: without it, a client's own x-workload-* headers would reach the upstream.
+        "The workload identity filter: one module, two plugins. HTTP, phase AUTHN: before the allow-list, which then
+judges the caller this filter established; it strips every spelling of the identity headers a client sends and
+refuses CONNECT unless the configuration says `tunnels: allow`. NETWORK (TLS passthrough), phase AUTHN after
+the audit filter: closes every connection unless `tunnels: allow`, since nothing can be tagged inside one.
+FAIL_CLOSE: without it, a client's own x-workload-* headers would reach the upstream.
 The signing key reaches the VM from the gateway pod's environment (vmConfig.env valueFrom: HOST), which
 ../egressgateway-env-patch.yaml feeds from a Secret; there is no default key.",
     ),
@@ -400,7 +414,7 @@ route-level internal_redirect_policy, so this EnvoyFilter merges it into the egr
   does; a target without one is not followed and the vetted 3xx goes back to the client.
 - Envoy 1.36.0-1.36.2 truncate request bodies above the buffer limit when a route has a retry_policy (Istio
   always sets one) and follows a 307/308 (envoyproxy/envoy#44114, fixed in 1.40 and later 1.36 patches).";
-    let codes = Value::Sequence([301, 302, 303, 307, 308].into_iter().map(Value::from).collect());
+    let codes = Value::Sequence(redirect::FOLLOWED_STATUSES.into_iter().map(Value::from).collect());
     let policy = map([
         ("redirect_response_codes", codes),
         ("max_internal_redirects", hops.into()),

@@ -19,6 +19,7 @@ fn event(action: &str, reason: &str, principal: Option<&str>, host: &str, port: 
         time: "2026-11-21T11:49:02.007Z".into(),
         id: format!("{host}-{method}"),
         kind: EventKind::Http,
+        tunnel: method == "CONNECT",
         gateway: Gateway { node: Some("egress-gateway-0".into()) },
         source: Source {
             principal: principal.map(str::to_string),

@@ -20,6 +20,11 @@ pub struct AuditEvent {
     /// The request's `x-request-id` when Envoy has one, else 32 random hex digits.
     pub id: String,
     pub kind: EventKind,
+    /// A tunnel: a CONNECT request, or a TLS-passthrough connection. The gateway saw no HTTP inside it, so it set
+    /// and stripped no identity headers there: what the upstream reads inside is whatever the caller wrote. Only the
+    /// signed assertion, which no caller can forge, proves an identity to such an upstream.
+    #[serde(default)]
+    pub tunnel: bool,
     pub gateway: Gateway,
     pub source: Source,
     pub destination: Destination,
@@ -161,7 +166,8 @@ pub struct Observed {
     /// `egress.identity` (id and source) when the identity filter ran.
     pub identity: Option<String>,
     pub identity_source: Option<String>,
-    /// The verified peer certificate's URI SAN, used when the identity filter did not run.
+    /// The SPIFFE ID of the verified peer certificate (when it names exactly one), used when the identity filter did
+    /// not run.
     pub peer_uri_san: Option<String>,
     pub source_address: Option<String>,
     /// What the allow-list published.
@@ -382,11 +388,14 @@ impl AuditConfig {
             mode,
         });
         let redirects = redirects.as_deref().and_then(|json| crate::json::from_str(json).ok()).unwrap_or_default();
+        let kind = kind.unwrap_or(EventKind::Http);
+        let tunnel = kind == EventKind::Tls || request.as_ref().is_some_and(|r| r.method == "CONNECT");
         AuditEvent {
             schema: SCHEMA.to_string(),
             time: rfc3339_millis(time_unix_ms),
             id: request_id.filter(|id| !id.is_empty()).unwrap_or_else(|| hex(&random_id)),
-            kind: kind.unwrap_or(EventKind::Http),
+            kind,
+            tunnel,
             gateway: Gateway { node },
             source: Source {
                 principal: parsed.as_ref().map(ToString::to_string),
@@ -526,6 +535,16 @@ mod tests {
         assert_eq!((json["response"]["code"].as_u64(), json["response"]["flags"].as_u64()), (Some(403), Some(0)));
         let with_query = config(r#"{"includeQuery": true}"#).event(observed());
         assert_eq!(with_query.request.unwrap().query.as_deref(), Some("token=secret"));
+    }
+
+    #[test]
+    fn tunnels_are_marked() {
+        let audit = config("{}");
+        assert!(!audit.event(observed()).tunnel);
+        let connect = Observed { method: Some("CONNECT".into()), path: None, ..observed() };
+        assert!(audit.event(connect).tunnel, "CONNECT");
+        let passthrough = Observed { kind: Some(EventKind::Tls), method: None, path: None, ..observed() };
+        assert!(audit.event(passthrough).tunnel, "TLS passthrough");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use crate::authority::{Authority, Host, Malformed};
 use crate::identity::SpiffeId;
 use crate::json::Object;
+use crate::path::{self, Ambiguity};
 use crate::policy::{Mode, Policy, Rule};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// What the filter does with the request.
@@ -48,8 +50,8 @@ pub enum Reason {
     PathNotAllowed,
     /// The rule names principals or namespaces and the caller has no verified SPIFFE identity that matches.
     IdentityNotAllowed,
-    /// The path has dot segments or encoded slashes, so a path rule cannot be applied safely.
-    AmbiguousPath,
+    /// A path-scoped rule was tried and servers would read the path differently (see [`crate::path`]).
+    AmbiguousPath(Ambiguity),
     /// The authority could not be parsed unambiguously. Refused in every mode.
     MalformedAuthority(Malformed),
     /// TLS passthrough without SNI. Refused in every mode.
@@ -67,9 +69,18 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::PathNotAllowed => "path_not_allowed",
             Reason::IdentityNotAllowed => "identity_not_allowed",
-            Reason::AmbiguousPath => "ambiguous_path",
+            Reason::AmbiguousPath(_) => "ambiguous_path",
             Reason::MalformedAuthority(_) => "malformed_authority",
             Reason::MissingSni => "missing_sni",
+        }
+    }
+
+    /// The finer reason of a malformed authority or an ambiguous path.
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            Reason::MalformedAuthority(detail) => Some(detail.code()),
+            Reason::AmbiguousPath(detail) => Some(detail.code()),
+            _ => None,
         }
     }
 
@@ -83,6 +94,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::MalformedAuthority(detail) => write!(f, "malformed_authority ({detail})"),
+            Reason::AmbiguousPath(detail) => write!(f, "ambiguous_path ({detail})"),
             other => f.write_str(other.code()),
         }
     }
@@ -133,6 +145,7 @@ impl Decision<'_> {
                 .str("reason", self.reason.code())
                 .finish(),
             _ => Object::new()
+                .str_if_some("detail", self.reason.detail())
                 .str("error", "egress_denied")
                 .opt_str("host", self.destination.as_ref().map(|d| d.host.to_string()).as_deref())
                 .opt_uint("port", self.destination.as_ref().map(|d| u64::from(d.port)))
@@ -184,21 +197,35 @@ impl fmt::Debug for Caller<'_> {
     }
 }
 
-/// The caller's facts rules compare, resolved on first use.
-struct CallerFacts<'a> {
+/// What rules compare that costs something to find out, found on first use and once per evaluation: the caller's
+/// `(principal, namespace)` (a host call), and the path's normal form (see [`crate::path`]).
+struct Facts<'a> {
     caller: Caller<'a>,
     resolved: Option<Option<(String, String)>>,
+    path: Option<&'a str>,
+    normal_path: Option<Result<Cow<'a, str>, Ambiguity>>,
 }
 
-impl CallerFacts<'_> {
+impl<'a> Facts<'a> {
+    fn new(target: &Target<'a>) -> Facts<'a> {
+        Facts { caller: target.caller, resolved: None, path: target.path, normal_path: None }
+    }
+
     /// `(principal, namespace)` of a verified caller.
-    fn get(&mut self) -> Option<&(String, String)> {
+    fn caller(&mut self) -> Option<&(String, String)> {
         let caller = self.caller;
         let resolve = || match caller {
             Caller::Known(identity) => identity.map(|id| (id.principal(), id.namespace.clone())),
             Caller::Lookup(lookup) => lookup().map(|id| (id.principal(), id.namespace)),
         };
         self.resolved.get_or_insert_with(resolve).as_ref()
+    }
+
+    /// The normal form of the request's path, or why it has none; `None` for a request without a path (a tunnel).
+    fn normal_path(&mut self) -> Option<Result<&str, Ambiguity>> {
+        let path = self.path?;
+        let normal = self.normal_path.get_or_insert_with(|| path::normal_form(path::without_query(path)));
+        Some(normal.as_ref().map(|p| p.as_ref()).map_err(|a| *a))
     }
 }
 
@@ -288,11 +315,11 @@ impl Policy {
             let reason = if target.destination.host.is_ip() { Reason::IpNotAllowed } else { Reason::HostNotAllowed };
             return (reason, None);
         };
-        let mut caller = CallerFacts { caller: target.caller, resolved: None };
+        let mut facts = Facts::new(target);
         let mut first_failure = None;
         for &index in &candidates {
             let Some(rule) = self.rules.get(index as usize) else { continue };
-            match rule_failure(rule, target, &mut caller) {
+            match rule_failure(rule, target, &mut facts) {
                 None => return (Reason::Allowed, Some(index)),
                 Some(reason) => {
                     first_failure.get_or_insert(reason);
@@ -303,9 +330,9 @@ impl Policy {
     }
 }
 
-/// The first condition of `rule` that the target fails, or `None` when the rule matches.
-/// `caller` is resolved by the first identity-scoped rule and reused by the next.
-fn rule_failure(rule: &Rule, target: &Target<'_>, caller: &mut CallerFacts<'_>) -> Option<Reason> {
+/// The first condition of `rule` that the target fails, or `None` when the rule matches. `facts` are found by the
+/// first rule that needs them and reused by the next.
+fn rule_failure(rule: &Rule, target: &Target<'_>, facts: &mut Facts<'_>) -> Option<Reason> {
     let rule = rule.conditions.as_deref()?;
     if let Some(ports) = &rule.ports {
         if !ports.contains(&target.destination.port) {
@@ -318,17 +345,15 @@ fn rule_failure(rule: &Rule, target: &Target<'_>, caller: &mut CallerFacts<'_>) 
         }
     }
     if let Some(paths) = &rule.paths {
-        let Some(path) = target.path else { return Some(Reason::PathNotAllowed) };
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        if is_ambiguous_path(path) {
-            return Some(Reason::AmbiguousPath);
-        }
-        if !paths.iter().any(|p| p.matches(path)) {
-            return Some(Reason::PathNotAllowed);
+        match facts.normal_path() {
+            None => return Some(Reason::PathNotAllowed),
+            Some(Err(ambiguity)) => return Some(Reason::AmbiguousPath(ambiguity)),
+            Some(Ok(path)) if !paths.iter().any(|p| p.matches(path)) => return Some(Reason::PathNotAllowed),
+            Some(Ok(_)) => {}
         }
     }
     if rule.principals.is_some() || rule.namespaces.is_some() {
-        let Some((principal, namespace)) = caller.get() else { return Some(Reason::IdentityNotAllowed) };
+        let Some((principal, namespace)) = facts.caller() else { return Some(Reason::IdentityNotAllowed) };
         if let Some(principals) = &rule.principals {
             if !principals.iter().any(|p| p.matches(principal)) {
                 return Some(Reason::IdentityNotAllowed);
@@ -341,18 +366,6 @@ fn rule_failure(rule: &Rule, target: &Target<'_>, caller: &mut CallerFacts<'_>) 
         }
     }
     None
-}
-
-/// Paths an upstream may read differently from a prefix match: dot segments, encoded slashes, backslashes, dots.
-fn is_ambiguous_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return true;
-    }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
-        return true;
-    }
-    // `%2f`, `%5c`, `%2e` in either case, byte by byte: no lowercased copy, and no substring searcher linked.
-    path.as_bytes().windows(3).any(|w| matches!(w, [b'%', b'2', b'f' | b'F' | b'e' | b'E'] | [b'%', b'5', b'c' | b'C']))
 }
 
 #[cfg(test)]
@@ -434,6 +447,56 @@ mod tests {
             caller: Caller::ANONYMOUS,
         });
         assert_eq!(reason(&post), "method_not_allowed");
+    }
+
+    /// A path-scoped rule cannot be walked out of by any spelling a common server reads as another path; see
+    /// `crate::path` for the classes and their own tests.
+    #[test]
+    fn path_scoped_rules_refuse_what_servers_read_differently() {
+        let p = policy(r#"{"rules":[{"name":"public","hosts":["api.example"],"paths":["/public/*","/status"]}]}"#);
+        let bypasses = [
+            "/public/%2e%2e;/private/x",
+            "/public/..;/private/x",
+            "/public/.;/private",
+            "/public/../private",
+            "/public/%2E%2E/private",
+            "/public/.%2e/private",
+            "/public/%252e%252e/private",
+            "/public/%u002e%u002e/private",
+            "/public/%c0%ae%c0%ae/private",
+            "/public/%e0%80%ae%e0%80%ae/private",
+            "/public/%ef%bc%8e%ef%bc%8e/private",
+            "/public/..%5cprivate",
+            "/public/..%2fprivate",
+            "/public%2f..%2fprivate",
+            "/public/..\\private",
+            "/public//../private",
+            "/public/...",
+            "/public/..%20/private",
+            "/public/..%3f/private",
+            "/public/%00/../private",
+            "/public/x#/../../private",
+            "/public/x%3b/../private",
+        ];
+        for path in bypasses {
+            let d = get(&p, "api.example", path);
+            assert_eq!(d.reason.code(), "ambiguous_path", "{path}: {d:?}");
+            assert_eq!(d.action, Action::Deny, "{path}");
+            assert!(d.http_body().contains(r#""detail":"#), "{path}: {}", d.http_body());
+        }
+        for allowed in ["/public/x", "/public/x?next=/../private", "/%70ublic/x", "/public/a;v=1/b", "/st%61tus"] {
+            assert_eq!(get(&p, "api.example", allowed).reason, Reason::Allowed, "{allowed}");
+        }
+        assert_eq!(reason(&get(&p, "api.example", "/private")), "path_not_allowed");
+        assert_eq!(reason(&get(&p, "api.example", "/public")), "path_not_allowed", "the prefix is `/public/`");
+        // A rule without paths does not care how the path is spelt.
+        let any = policy(r#"{"rules":[{"name":"any","hosts":["api.example"]}]}"#);
+        assert_eq!(get(&any, "api.example", "/public/..;/private").reason, Reason::Allowed);
+        // The first rule refuses the path, a later one allows the host without paths: the later one decides.
+        let both = policy(
+            r#"{"rules":[{"name":"p","hosts":["api.example"],"paths":["/public/*"]},{"name":"all","hosts":["*.example"]}]}"#,
+        );
+        assert_eq!(get(&both, "api.example", "/public/..;/x").rule, Some("all"));
     }
 
     #[test]

@@ -1061,6 +1061,14 @@ impl Object {
         }
     }
 
+    /// A string member, or no member at all.
+    pub fn str_if_some(self, key: &str, value: Option<&str>) -> Object {
+        match value {
+            Some(value) => self.str(key, value),
+            None => self,
+        }
+    }
+
     pub fn uint(mut self, key: &str, value: u64) -> Object {
         let _ = write!(self.key(key), "{value}");
         self

@@ -7,12 +7,15 @@
 pub mod assertion;
 pub mod audit;
 pub mod authority;
+pub mod certificate;
 pub mod cidr;
 pub mod decision;
 mod documents;
+pub mod headers;
 pub mod hosts;
 pub mod identity;
 pub mod json;
+pub mod path;
 pub mod policy;
 pub mod redirect;
 pub mod state;

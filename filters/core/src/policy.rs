@@ -150,7 +150,8 @@ pub fn from_json_with_path<T: serde::de::DeserializeOwned>(json: &[u8]) -> Resul
     crate::json::from_slice(json)
 }
 
-/// A path segment matcher: `/headers` exact, `/status/*` any path under `/status/`.
+/// A path pattern: `/headers` exact, `/status/*` any path starting with `/status/`. Patterns are kept in the normal
+/// form requests are matched in (see [`crate::path`]), and a pattern no unambiguous request could match is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PathMatch {
     Exact(String),
@@ -165,22 +166,31 @@ impl PathMatch {
         if raw.bytes().any(|b| b <= b' ' || b >= 0x7f || b"?#\\".contains(&b)) {
             return Err(format!("`{raw}`: no query, fragment, backslash, space or control characters"));
         }
-        let matcher = match raw.strip_suffix('*') {
-            Some(prefix) => PathMatch::Prefix(prefix.to_string()),
-            None => PathMatch::Exact(raw.to_string()),
+        let (text, prefix) = match raw.strip_suffix('*') {
+            Some(text) => (text, true),
+            None => (raw, false),
         };
-        match &matcher {
-            PathMatch::Exact(s) | PathMatch::Prefix(s) if s.contains('*') => {
-                Err(format!("`{raw}`: `*` is only allowed at the end (prefix match)"))
-            }
-            _ => Ok(matcher),
+        if text.contains('*') {
+            return Err(format!("`{raw}`: `*` is only allowed at the end (prefix match)"));
         }
+        let bytes = text.as_bytes();
+        let lone_percent = bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%' && !bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        });
+        if lone_percent {
+            return Err(format!("`{raw}`: `%` only as an escape, `%` and two hex digits"));
+        }
+        let normal = crate::path::normal_form(text).map_err(|ambiguity| {
+            format!("`{raw}`: can never match: requests with this path are refused as ambiguous ({ambiguity})")
+        })?;
+        let normal = normal.into_owned();
+        Ok(if prefix { PathMatch::Prefix(normal) } else { PathMatch::Exact(normal) })
     }
 
-    pub(crate) fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, normal_path: &str) -> bool {
         match self {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => normal_path == p,
+            PathMatch::Prefix(p) => normal_path.starts_with(p.as_str()),
         }
     }
 }
@@ -643,6 +653,29 @@ mod tests {
         }
         assert!(got.iter().any(|g| g.starts_with("deny.cidrs[0]: `300.0.0.0/8` is not an IP address")), "{got:#?}");
         assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+    }
+
+    #[test]
+    fn path_patterns_are_kept_in_normal_form_and_never_unmatchable() {
+        let got = errors(
+            r#"{"rules":[{"name":"p","hosts":["a.com"],"paths":["/a/../b","/a//*","/a/%2e/*","/a;x/..;/b","/a/%zz","/a/%c3%a9","/ok/*"]}]}"#,
+        );
+        let want = [
+            "rules[0].paths[0]: `/a/../b`: can never match: requests with this path are refused as ambiguous (dot_segment)",
+            "rules[0].paths[1]: `/a//*`: can never match: requests with this path are refused as ambiguous (empty_segment)",
+            "rules[0].paths[2]: `/a/%2e/*`: can never match: requests with this path are refused as ambiguous (escaped_separator)",
+            "rules[0].paths[3]: `/a;x/..;/b`: can never match: requests with this path are refused as ambiguous (path_parameter)",
+            "rules[0].paths[4]: `/a/%zz`: `%` only as an escape, `%` and two hex digits",
+            "rules[0].paths[5]: `/a/%c3%a9`: can never match: requests with this path are refused as ambiguous (non_ascii)",
+        ];
+        assert_eq!(got, want);
+        let p = Policy::from_json(br#"{"rules":[{"name":"p","hosts":["a.com"],"paths":["/%7eusers/*","/a%3a"]}]}"#)
+            .unwrap();
+        let rule = p.rules[0].conditions.as_ref().unwrap();
+        assert_eq!(
+            rule.paths.as_deref(),
+            Some(&[PathMatch::Prefix("/~users/".into()), PathMatch::Exact("/a%3A".into())][..])
+        );
     }
 
     /// `from_json` and `from_reader` compile rules while parsing; they must say exactly what parsing the whole

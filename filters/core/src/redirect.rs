@@ -11,25 +11,34 @@ use crate::json::{self, Object};
 use crate::policy::{Mode, Policy};
 use std::fmt::{self, Write as _};
 
-/// The status codes that redirect (RFC 9110 §15.4).
+/// Whether a response with `status` and a `Location` sends clients elsewhere: every 3xx. RFC 9110 §15.4 names five
+/// redirects, but clients follow more: curl `-L` any 3xx with a `Location`, Java's `HttpURLConnection` 300 to 305
+/// (305 as a proxy to use), Node's follow-redirects any 3xx but 304. A `Location` on any 3xx is vetted like a
+/// redirect; a 3xx without one passes.
 pub fn is_redirect(status: u16) -> bool {
-    matches!(status, 301 | 302 | 303 | 307 | 308)
+    (300..=399).contains(&status)
 }
 
-/// The method a client uses to follow `status` after a request with `method`: 303 turns everything but HEAD into
-/// GET (RFC 9110 §15.4.4); 301 and 302 turn POST into GET, as every browser does and RFC 9110 §15.4.2–3 allows;
-/// 307 and 308 keep the method and body.
-pub fn follow_method(status: u16, method: &str) -> &str {
+/// The statuses Envoy's `internal_redirect_policy` can follow (`redirect_response_codes`): following at the gateway
+/// is limited to these; every other 3xx is vetted and handed to the client.
+pub const FOLLOWED_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// The request headers that carry credentials: a followed hop to another origin never gets them (as the Fetch
+/// standard and curl since CVE-2022-27776 do), in any spelling a server reads as the same name.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+/// The methods a client may use to follow `status` after a request with `method`, the second only when clients
+/// disagree. 303 turns everything but HEAD into GET (RFC 9110 §15.4.4); 307 and 308 keep the method; on 301, 302 and
+/// the 3xx that RFC 9110 does not define clients do either (browsers, curl and Java turn POST into GET on 301/302,
+/// Envoy and curl `--post30x` keep it, Java turns every non-307 POST into GET), so a redirect is allowed only when
+/// both are.
+pub fn follow_methods(status: u16, method: &str) -> (&str, Option<&str>) {
     match status {
-        303 if method != "HEAD" => "GET",
-        301 | 302 if method == "POST" => "GET",
-        _ => method,
+        303 if method != "HEAD" => ("GET", None),
+        303 | 307 | 308 => (method, None),
+        _ if method == "GET" || method == "HEAD" => (method, None),
+        _ => (method, Some("GET")),
     }
-}
-
-/// Whether the follow-up request carries the original body (only when the method is kept and may have one).
-pub fn keeps_body(status: u16, method: &str) -> bool {
-    follow_method(status, method) == method && matches!(status, 307 | 308)
 }
 
 /// The request that received the redirect, as the client sent it.
@@ -60,6 +69,13 @@ impl Target {
     pub fn url_without_query(&self) -> String {
         let path = self.path.split('?').next().unwrap_or(&self.path);
         format!("{}://{}{}", self.scheme, self.authority_text(), path)
+    }
+
+    /// `scheme://host:port` with the port always written (80 and 443 by default), so `http://a` and `http://a:80` are
+    /// one origin and `http://a:8080` or `https://a` another (RFC 6454): credentials never cross from one to another.
+    pub fn origin(&self) -> String {
+        let port = self.authority.port.unwrap_or(if self.scheme == "https" { 443 } else { 80 });
+        format!("{}://{}:{port}", self.scheme, self.authority.host)
     }
 
     fn authority_text(&self) -> String {
@@ -231,14 +247,23 @@ impl Vetted<'_> {
 }
 
 impl Policy {
-    /// Vets a redirect (`status`, `location`) received for `base`, for the same caller.
+    /// Vets a redirect (`status`, `location`) received for `base`, for the same caller, for every method a client
+    /// may follow it with ([`follow_methods`]).
     pub fn vet_redirect(&self, base: &BaseRequest<'_>, status: u16, location: &str, caller: Caller<'_>) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
-        match resolve(base, location) {
-            Ok(target) => self.vet_target(base, target, follow_method(status, base.method), caller),
-            Err(LocationError::NonHttpScheme) => refuse(RedirectReason::NonHttpScheme, None, None),
-            Err(LocationError::Malformed) => refuse(RedirectReason::MalformedLocation, None, None),
+        let target = match resolve(base, location) {
+            Ok(target) => target,
+            Err(LocationError::NonHttpScheme) => return refuse(RedirectReason::NonHttpScheme, None, None),
+            Err(LocationError::Malformed) => return refuse(RedirectReason::MalformedLocation, None, None),
+        };
+        let (method, other) = follow_methods(status, base.method);
+        if let Some(other) = other {
+            let vetted = self.vet_target(base, target.clone(), other, caller);
+            if vetted.action != Action::Allow {
+                return vetted;
+            }
         }
+        self.vet_target(base, target, method, caller)
     }
 
     /// Vets a resolved target reached from `base` with `method`: the policy, then the scheme change.
@@ -329,8 +354,8 @@ impl Policy {
 /// that lives as long as the downstream request, so a client cannot set or reset it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HopState {
-    /// Host of the first request: credentials never follow a redirect to another host.
-    pub origin_host: String,
+    /// Origin of the first request, [`Target::origin`]: credentials never follow a redirect to another origin.
+    pub origin: String,
     /// The previous hop's request: scheme, authority, path, method.
     pub last: [String; 4],
     /// Fingerprints of every URL requested so far (not the URLs: queries may hold tokens).
@@ -340,7 +365,7 @@ pub struct HopState {
 impl HopState {
     /// The state after the first request.
     pub fn start(request: &BaseRequest<'_>, target: &Target) -> HopState {
-        let mut state = HopState { origin_host: target.authority.host.to_string(), ..HopState::default() };
+        let mut state = HopState { origin: target.origin(), ..HopState::default() };
         state.record(request, target);
         state
     }
@@ -355,7 +380,7 @@ impl HopState {
     /// a serializer in the Wasm module.
     pub fn to_json(&self) -> String {
         Object::new()
-            .str("origin_host", &self.origin_host)
+            .str("origin", &self.origin)
             .array("last", &self.last, |out, part| crate::json::push_string(out, part))
             .array("visited", &self.visited, |out, fingerprint| {
                 let _ = write!(out, "{fingerprint}");
@@ -367,13 +392,13 @@ impl HopState {
     // `inline`: compiled into the redirects filter crate, which `make build` optimises for size.
     #[inline]
     pub fn from_json(json: &str) -> Option<HopState> {
-        const FIELDS: &[&str] = &["origin_host", "last", "visited"];
+        const FIELDS: &[&str] = &["origin", "last", "visited"];
         let read = |reader: &mut json::Reader<'_>, path: &json::Path<'_>| {
             let mut state = HopState::default();
-            let HopState { origin_host, last, visited } = &mut state;
+            let HopState { origin, last, visited } = &mut state;
             let seen = reader.members(path, "struct HopState", FIELDS, false, &mut |reader, field, at| {
                 match field {
-                    0 => *origin_host = reader.string(at)?,
+                    0 => *origin = reader.string(at)?,
                     1 => {
                         let parts = reader.list(at, json::Reader::string)?;
                         let len = parts.len();
@@ -405,7 +430,7 @@ fn fingerprint(url: &str) -> u64 {
 /// The verdict on a hop Envoy is about to send while following a redirect.
 #[derive(Debug)]
 pub enum FollowedHop<'p> {
-    /// Send it; strip credentials when it leaves the original host.
+    /// Send it; strip credentials when it leaves the original origin (scheme, host, port).
     Proceed { vetted: Vetted<'p>, strip_credentials: bool },
     /// Refuse with `status` (508 for loops and hop limits, `redirects.denyStatus` otherwise).
     Refuse { status: u16, reason: &'static str, vetted: Option<Vetted<'p>> },
@@ -442,7 +467,7 @@ impl Policy {
         if state.visited.contains(&fingerprint(&target.url())) {
             return FollowedHop::Refuse { status: LOOP_STATUS, reason: LOOP_REASON, vetted: None };
         }
-        let strip_credentials = target.authority.host.to_string() != state.origin_host;
+        let strip_credentials = target.origin() != state.origin;
         let url = target.url();
         let vetted = self.vet_target(&state.last_request(), target, current.method, caller);
         if vetted.action == Action::Deny {
@@ -517,15 +542,33 @@ mod tests {
     }
 
     #[test]
-    fn follow_methods_match_browsers_and_rfc_9110() {
-        assert_eq!(follow_method(303, "POST"), "GET");
-        assert_eq!(follow_method(303, "HEAD"), "HEAD");
-        assert_eq!(follow_method(302, "POST"), "GET");
-        assert_eq!(follow_method(301, "PUT"), "PUT");
-        assert_eq!(follow_method(307, "POST"), "POST");
-        assert_eq!(follow_method(308, "PUT"), "PUT");
-        assert!(keeps_body(307, "POST") && keeps_body(308, "PUT"));
-        assert!(!keeps_body(303, "POST") && !keeps_body(302, "POST"));
+    fn every_3xx_redirects_and_envoy_follows_five() {
+        assert!((300..=399).all(is_redirect));
+        assert!(![200, 201, 299, 400, 404, 0, 1000].into_iter().any(is_redirect));
+        assert!(FOLLOWED_STATUSES.into_iter().all(is_redirect));
+    }
+
+    #[test]
+    fn follow_methods_cover_what_clients_do() {
+        assert_eq!(follow_methods(303, "POST"), ("GET", None));
+        assert_eq!(follow_methods(303, "HEAD"), ("HEAD", None));
+        assert_eq!(follow_methods(307, "POST"), ("POST", None));
+        assert_eq!(follow_methods(308, "PUT"), ("PUT", None));
+        for status in [300, 301, 302, 304, 305, 306, 309, 399] {
+            assert_eq!(follow_methods(status, "POST"), ("POST", Some("GET")), "{status}");
+            assert_eq!(follow_methods(status, "GET"), ("GET", None), "{status}");
+            assert_eq!(follow_methods(status, "HEAD"), ("HEAD", None), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_location_on_any_3xx_is_vetted() {
+        let p = policy(POLICY);
+        for status in [300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 350, 399] {
+            assert_eq!(code(&vet(&p, BASE, status, "http://evil.test/")), "host_not_allowed", "{status}");
+            assert_eq!(code(&vet(&p, BASE, status, "http://eu.httpbin.org/get")), "allowed", "{status}");
+            assert_eq!(code(&vet(&p, BASE, status, "http://169.254.169.254/")), "deny_listed", "{status}");
+        }
     }
 
     fn policy(json: &str) -> Policy {
@@ -574,11 +617,47 @@ mod tests {
     }
 
     #[test]
+    fn locations_cannot_walk_out_of_a_path_scoped_rule() {
+        let p = policy(r#"{"rules":[{"name":"public","hosts":["api.example"],"paths":["/public/*"]}]}"#);
+        let base = BaseRequest { scheme: "https", authority: "api.example", path: "/public/a", method: "GET" };
+        for location in [
+            "/public/%2e%2e;/private/x",
+            "/public/..;/private/x",
+            "https://api.example/public/.;/x",
+            "//api.example/public/%252e%252e/private",
+            "/public/%c0%ae%c0%ae/private",
+            "/public//x",
+            "x/..;/..;/private",
+        ] {
+            assert_eq!(code(&vet(&p, base, 302, location)), "ambiguous_path", "{location}");
+        }
+        // Dot segments of a Location are resolved first, as every client does: what they reach is what is vetted.
+        assert_eq!(code(&vet(&p, base, 302, "/public/../private")), "path_not_allowed");
+        assert_eq!(code(&vet(&p, base, 302, "b/../c")), "allowed");
+        let state = HopState::start(&base, &Target::of_request(&base).unwrap());
+        let hop = |path| {
+            let current = BaseRequest { path, ..base };
+            match p.judge_followed_hop(&state, &current, 1, Caller::ANONYMOUS) {
+                FollowedHop::Refuse { reason, .. } => reason,
+                other => panic!("{path}: {other:?}"),
+            }
+        };
+        assert_eq!(hop("/public/..;/private/x"), "ambiguous_path", "a followed hop, as Envoy sends it");
+        assert_eq!(hop("/public/%2e%2e;/private/x"), "ambiguous_path");
+    }
+
+    #[test]
     fn the_follow_method_is_what_gets_vetted() {
         let p = policy(POLICY);
         let post = BaseRequest { method: "POST", authority: "plain.httpbin.example", ..BASE };
         assert_eq!(code(&vet(&p, post, 303, "http://ro.example/")), "allowed", "303 follows with GET");
         assert_eq!(code(&vet(&p, post, 307, "http://ro.example/")), "method_not_allowed", "307 keeps POST");
+        for status in [300, 301, 302, 305, 306, 399] {
+            // Some clients keep POST, others turn it into GET: both must be allowed.
+            assert_eq!(code(&vet(&p, post, status, "http://ro.example/")), "method_not_allowed", "{status}");
+        }
+        let get = BaseRequest { method: "GET", ..post };
+        assert_eq!(code(&vet(&p, get, 302, "http://ro.example/")), "allowed");
     }
 
     #[test]
@@ -666,6 +745,9 @@ mod tests {
             "proceed strip=false",
             "same host keeps credentials"
         );
+        assert_eq!(hop(&p, &state, "https", "a.example:443", "/other", 1), "proceed strip=false", "the default port");
+        assert_eq!(hop(&p, &state, "https", "a.example:8443", "/other", 1), "proceed strip=true", "another port");
+        assert_eq!(hop(&p, &state, "https", "a.example.", "/other", 1), "proceed strip=false", "one name");
         assert_eq!(hop(&p, &state, "https", "A.Example", "/start?token=x", 1), "508 redirect_loop");
         assert_eq!(hop(&p, &state, "ftp", "b.example", "/", 1), "403 non_http_scheme");
         assert_eq!(hop(&p, &state, "http", "b.example", "/", 1), "403 redirect_downgrade");
@@ -683,16 +765,16 @@ mod tests {
         assert_eq!(HopState::default().to_json(), serde_json::to_string(&HopState::default()).unwrap());
         assert_eq!(HopState::from_json("{}"), None);
         for bad in [
-            r#"{"origin_host":"a","last":["a","b","c"],"visited":[]}"#,
-            r#"{"origin_host":"a","last":["a","b","c","d","e"],"visited":[]}"#,
-            r#"{"origin_host":"a","last":["a","b","c","d"],"visited":[-1]}"#,
-            r#"{"origin_host":"a","last":["a","b","c","d"]}"#,
-            r#"{"origin_host":"a","origin_host":"b","last":["a","b","c","d"],"visited":[]}"#,
+            r#"{"origin":"a","last":["a","b","c"],"visited":[]}"#,
+            r#"{"origin":"a","last":["a","b","c","d","e"],"visited":[]}"#,
+            r#"{"origin":"a","last":["a","b","c","d"],"visited":[-1]}"#,
+            r#"{"origin":"a","last":["a","b","c","d"]}"#,
+            r#"{"origin":"a","origin":"b","last":["a","b","c","d"],"visited":[]}"#,
         ] {
             assert_eq!(HopState::from_json(bad), None, "{bad}");
             assert!(serde_json::from_str::<HopState>(bad).is_err(), "{bad}");
         }
-        let extra = r#"{"origin_host":"a","last":["a","b","c","d"],"visited":[1],"new":true}"#;
+        let extra = r#"{"origin":"a","last":["a","b","c","d"],"visited":[1],"new":true}"#;
         assert_eq!(HopState::from_json(extra), serde_json::from_str::<HopState>(extra).ok());
     }
 

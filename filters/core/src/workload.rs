@@ -1,7 +1,9 @@
 //! The workload identity filter's logic: who the caller is (from the mTLS peer certificate Envoy verified, or from
-//! the XFCC of a trusted proxy hop), which headers carry that upstream, and when to refuse.
+//! the XFCC of a trusted proxy hop), which headers carry that upstream, which a client may never send in any
+//! spelling, whether callers may open tunnels the gateway cannot tag, and when to refuse.
 
 use crate::assertion;
+use crate::headers;
 use crate::identity::{SpiffeId, StringMatch};
 use crate::policy::{ConfigError, ConfigErrors};
 use crate::xfcc;
@@ -26,6 +28,24 @@ pub struct IdentityDocument {
     pub trusted_hops: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningDocument>,
+    /// Whether callers may open tunnels (CONNECT, TLS passthrough), inside which the gateway can neither set nor
+    /// strip identity headers.
+    #[serde(default)]
+    pub tunnels: Tunnels,
+}
+
+/// Tunnels (HTTP CONNECT, TLS passthrough) carry bytes the gateway cannot read: a caller can write any identity
+/// header inside one, and the upstream receives it from the gateway's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tunnels {
+    /// Refuse them (403 `tunnel_not_allowed`; a passthrough connection is closed): every request that leaves carries
+    /// the gateway's identity headers and nothing a client wrote in their place.
+    #[default]
+    Deny,
+    /// Let them through, untagged (the audit event says `tunnel: true`). Upstreams reachable through a tunnel must
+    /// then verify the signed assertion, never the bare identity headers.
+    Allow,
 }
 
 /// Names of the headers set toward the upstream (and stripped from every client request).
@@ -97,6 +117,7 @@ pub struct IdentityConfig {
     pub on_missing: OnMissing,
     trusted_hops: Option<Vec<StringMatch>>,
     pub signer: Option<Signer>,
+    pub tunnels: Tunnels,
 }
 
 /// A configured signing key.
@@ -182,7 +203,14 @@ impl IdentityConfig {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(IdentityConfig { headers, xfcc: doc.xfcc, on_missing: doc.on_missing, trusted_hops, signer })
+        Ok(IdentityConfig {
+            headers,
+            xfcc: doc.xfcc,
+            on_missing: doc.on_missing,
+            trusted_hops,
+            signer,
+            tunnels: doc.tunnels,
+        })
     }
 
     /// Every header a client must never be able to set: ours, and XFCC.
@@ -191,17 +219,20 @@ impl IdentityConfig {
         [&h.identity, &h.trust_domain, &h.namespace, &h.service_account, &h.assertion, XFCC_HEADER]
     }
 
+    /// Whether a request header (or trailer) called `name` must be removed: it is one of [`Self::stripped_headers`]
+    /// in any spelling a server reads as the same name ([`headers::is_alias`]).
+    pub fn strips(&self, name: &str) -> bool {
+        self.stripped_headers().iter().any(|ours| headers::is_alias(name, ours))
+    }
+
     /// Who the caller is. `peer` is what Envoy verified of the TLS peer; `xfcc` is the incoming XFCC header (all
     /// values, joined), used only when the peer is a trusted hop.
-    pub fn resolve(&self, peer: Peer<'_>, xfcc: Option<&str>) -> Caller {
-        let peer_id = match (peer.mtls, peer.uri_san) {
-            (true, Some(uri)) => match SpiffeId::parse(uri) {
-                Ok(id) => Some(id),
-                Err(_) => return Caller::Invalid(DenyReason::InvalidPeerIdentity),
-            },
-            _ => None,
+    pub fn resolve(&self, peer: &Peer, xfcc: Option<&str>) -> Caller {
+        let peer_id = match peer.identity() {
+            Ok(Some(id)) => id,
+            Ok(None) => return Caller::Anonymous,
+            Err(reason) => return Caller::Invalid(reason),
         };
-        let Some(peer_id) = peer_id else { return Caller::Anonymous };
         let trusted = self.trusted_hops.as_ref().is_some_and(|hops| {
             let principal = peer_id.principal();
             hops.iter().any(|hop| hop.matches(&principal))
@@ -213,6 +244,11 @@ impl IdentityConfig {
             },
             _ => Caller::Verified { id: peer_id, via: Via::Mtls },
         }
+    }
+
+    /// The refusal of a tunnel (CONNECT, TLS passthrough), if tunnels are not allowed.
+    pub fn tunnel_refusal(&self) -> Option<DenyReason> {
+        (self.tunnels == Tunnels::Deny).then_some(DenyReason::TunnelNotAllowed)
     }
 }
 
@@ -245,13 +281,36 @@ fn check_header_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// What Envoy verified about the downstream TLS peer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Peer<'a> {
-    /// The connection is TLS with a client certificate Envoy verified.
-    pub mtls: bool,
-    /// The certificate's (first) URI SAN.
-    pub uri_san: Option<&'a str>,
+/// What Envoy verified about the downstream TLS peer's certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Peer {
+    /// No client certificate (plain text, or TLS without one).
+    #[default]
+    None,
+    /// A client certificate Envoy verified, with every URI SAN (Envoy 1.38 and later show the whole certificate).
+    Certificate(Vec<String>),
+    /// A verified client certificate of which Envoy shows only the first URI SAN (before 1.38).
+    FirstUriSan(String),
+    /// A verified certificate whose SANs could not be read ([`crate::certificate`]).
+    Unreadable,
+}
+
+impl Peer {
+    /// The peer's workload identity: `None` for no certificate or one without a URI SAN, a refusal when the
+    /// certificate does not name exactly one Istio SPIFFE ID (X.509-SVID §2: one URI SAN per SVID).
+    pub fn identity(&self) -> Result<Option<SpiffeId>, DenyReason> {
+        let uri = match self {
+            Peer::None => return Ok(None),
+            Peer::Unreadable => return Err(DenyReason::UnreadablePeerCertificate),
+            Peer::Certificate(uris) => match uris.as_slice() {
+                [] => return Ok(None),
+                [uri] => uri,
+                _ => return Err(DenyReason::MultipleUriSans),
+            },
+            Peer::FirstUriSan(uri) => uri,
+        };
+        SpiffeId::parse(uri).map(Some).map_err(|_| DenyReason::InvalidPeerIdentity)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,6 +343,12 @@ pub enum DenyReason {
     InvalidPeerIdentity,
     /// A trusted hop sent an XFCC without a valid caller.
     InvalidXfcc,
+    /// The peer certificate has more than one URI SAN (X.509-SVID §2: an SVID has exactly one).
+    MultipleUriSans,
+    /// The peer certificate's SANs could not be read.
+    UnreadablePeerCertificate,
+    /// A CONNECT request, or a TLS-passthrough connection, and `tunnels: deny`.
+    TunnelNotAllowed,
 }
 
 impl DenyReason {
@@ -292,6 +357,9 @@ impl DenyReason {
             DenyReason::IdentityRequired => "identity_required",
             DenyReason::InvalidPeerIdentity => "invalid_peer_identity",
             DenyReason::InvalidXfcc => "invalid_xfcc",
+            DenyReason::MultipleUriSans => "multiple_uri_sans",
+            DenyReason::UnreadablePeerCertificate => "unreadable_peer_certificate",
+            DenyReason::TunnelNotAllowed => "tunnel_not_allowed",
         }
     }
 
@@ -329,8 +397,8 @@ mod tests {
         result.err().map(|e| e.0.iter().map(ToString::to_string).collect()).unwrap_or_default()
     }
 
-    fn mtls(uri: &str) -> Peer<'_> {
-        Peer { mtls: true, uri_san: Some(uri) }
+    fn mtls(uri: &str) -> Peer {
+        Peer::Certificate(vec![uri.to_string()])
     }
 
     const SLEEP: &str = "spiffe://cluster.local/ns/app/sa/sleep";
@@ -347,11 +415,33 @@ mod tests {
     #[test]
     fn resolves_the_mtls_peer() {
         let c = config("{}");
-        let Caller::Verified { id, via } = c.resolve(mtls(SLEEP), None) else { panic!() };
+        let Caller::Verified { id, via } = c.resolve(&mtls(SLEEP), None) else { panic!() };
         assert_eq!((id.to_string().as_str(), via), (SLEEP, Via::Mtls));
-        assert_eq!(c.resolve(Peer { mtls: false, uri_san: Some(SLEEP) }, None), Caller::Anonymous, "unverified");
-        assert_eq!(c.resolve(Peer::default(), None), Caller::Anonymous);
-        assert_eq!(c.resolve(mtls("https://workload"), None), Caller::Invalid(DenyReason::InvalidPeerIdentity));
+        let Caller::Verified { id, .. } = c.resolve(&Peer::FirstUriSan(SLEEP.into()), None) else { panic!() };
+        assert_eq!(id.to_string(), SLEEP, "Envoy before 1.38 shows the first URI SAN only");
+        assert_eq!(c.resolve(&Peer::None, None), Caller::Anonymous);
+        assert_eq!(c.resolve(&Peer::Certificate(vec![]), None), Caller::Anonymous, "a certificate naming no workload");
+        assert_eq!(c.resolve(&mtls("https://workload"), None), Caller::Invalid(DenyReason::InvalidPeerIdentity));
+        assert_eq!(c.resolve(&Peer::Unreadable, None), Caller::Invalid(DenyReason::UnreadablePeerCertificate));
+    }
+
+    #[test]
+    fn one_spiffe_id_per_certificate() {
+        let c = config("{}");
+        let billing = "spiffe://cluster.local/ns/billing/sa/api";
+        for uris in [[billing, SLEEP], [SLEEP, billing], [SLEEP, SLEEP], [SLEEP, "https://other"]] {
+            let peer = Peer::Certificate(uris.map(String::from).to_vec());
+            assert_eq!(c.resolve(&peer, None), Caller::Invalid(DenyReason::MultipleUriSans), "{uris:?}");
+            assert_eq!(peer.identity(), Err(DenyReason::MultipleUriSans));
+        }
+        let trusted = config(r#"{"trustedHops": ["cluster.local/ns/edge/sa/*"]}"#);
+        let edge = Peer::Certificate(vec!["spiffe://cluster.local/ns/edge/sa/proxy".into(), billing.into()]);
+        let xfcc = format!("URI={SLEEP}");
+        assert_eq!(
+            trusted.resolve(&edge, Some(&xfcc)),
+            Caller::Invalid(DenyReason::MultipleUriSans),
+            "a hop is trusted only on an unambiguous certificate"
+        );
     }
 
     #[test]
@@ -359,14 +449,55 @@ mod tests {
         let c = config(r#"{"trustedHops": ["cluster.local/ns/edge/sa/*"]}"#);
         let xfcc = "By=spiffe://cluster.local/ns/edge/sa/proxy;URI=spiffe://cluster.local/ns/app/sa/forged,URI=spiffe://cluster.local/ns/app/sa/real";
         let edge = mtls("spiffe://cluster.local/ns/edge/sa/proxy");
-        let Caller::Verified { id, via } = c.resolve(edge, Some(xfcc)) else { panic!() };
+        let Caller::Verified { id, via } = c.resolve(&edge, Some(xfcc)) else { panic!() };
         assert_eq!((id.service_account.as_str(), via), ("real", Via::TrustedHop), "the last hop's element");
-        let Caller::Verified { id, via } = c.resolve(mtls(SLEEP), Some(xfcc)) else { panic!() };
+        let Caller::Verified { id, via } = c.resolve(&mtls(SLEEP), Some(xfcc)) else { panic!() };
         assert_eq!((id.to_string().as_str(), via), (SLEEP, Via::Mtls), "an untrusted peer's XFCC is ignored");
-        assert_eq!(c.resolve(edge, Some("URI=https://x")), Caller::Invalid(DenyReason::InvalidXfcc));
-        assert_eq!(c.resolve(edge, Some("URI=\"unterminated")), Caller::Invalid(DenyReason::InvalidXfcc));
-        let Caller::Verified { via, .. } = c.resolve(edge, None) else { panic!() };
+        assert_eq!(c.resolve(&edge, Some("URI=https://x")), Caller::Invalid(DenyReason::InvalidXfcc));
+        assert_eq!(c.resolve(&edge, Some("URI=\"unterminated")), Caller::Invalid(DenyReason::InvalidXfcc));
+        assert_eq!(
+            c.resolve(&edge, Some(&format!("URI={SLEEP};URI=spiffe://cluster.local/ns/billing/sa/api"))),
+            Caller::Invalid(DenyReason::InvalidXfcc),
+            "an element naming two callers"
+        );
+        let Caller::Verified { via, .. } = c.resolve(&edge, None) else { panic!() };
         assert_eq!(via, Via::Mtls, "a trusted hop without XFCC is itself the caller");
+    }
+
+    #[test]
+    fn our_headers_are_stripped_in_every_spelling_servers_fold_together() {
+        let c = config(r#"{"headers": {"identity": "x-caller"}}"#);
+        for name in [
+            "x-caller",
+            "X-Caller",
+            "x_caller",
+            "X_CALLER",
+            "x.caller",
+            "x~caller",
+            "x-workload-namespace",
+            "x_workload_namespace",
+            "X-Workload_Trust-Domain",
+            "x-workload-service_account",
+            "x_workload_assertion",
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "X-Forwarded_Client-Cert",
+        ] {
+            assert!(c.strips(name), "{name}");
+        }
+        for name in
+            ["x-workload-identity", "x-callers", "xcaller", "x-calle", "x--caller", "-x-caller", "authorization"]
+        {
+            assert!(!c.strips(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn tunnels_are_refused_unless_allowed() {
+        assert_eq!(config("{}").tunnel_refusal(), Some(DenyReason::TunnelNotAllowed), "the default");
+        assert_eq!(config(r#"{"tunnels": "deny"}"#).tunnel_refusal(), Some(DenyReason::TunnelNotAllowed));
+        assert_eq!(config(r#"{"tunnels": "allow"}"#).tunnel_refusal(), None);
+        assert!(errors(r#"{"tunnels": "sometimes"}"#)[0].starts_with("tunnels: unknown variant `sometimes`"));
     }
 
     #[test]

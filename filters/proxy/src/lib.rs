@@ -9,6 +9,7 @@
 //! first, publish one filter-state record per filter, and read the caller's identity only when a rule needs it.
 
 use egress_core::state::{self, IdentityRecord, ToJson};
+use egress_core::workload::Peer;
 use egress_core::{Caller, SpiffeId};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
@@ -183,8 +184,13 @@ pub struct RequestLine {
 
 impl RequestLine {
     pub fn read() -> Result<RequestLine, Status> {
+        Ok(RequestLine::of(&request_headers()?))
+    }
+
+    /// The request line of a header map already read.
+    pub fn of(headers: &[(String, Vec<u8>)]) -> RequestLine {
         let mut line = RequestLine::default();
-        for (name, value) in hostcalls::get_map_bytes(MapType::HttpRequestHeaders)? {
+        for (name, value) in headers {
             let slot = match name.as_str() {
                 ":authority" => &mut line.authority,
                 ":scheme" => &mut line.scheme,
@@ -192,10 +198,37 @@ impl RequestLine {
                 ":path" => line.path.get_or_insert_with(String::new),
                 _ => continue,
             };
-            *slot = String::from_utf8_lossy(&value).into_owned();
+            *slot = String::from_utf8_lossy(value).into_owned();
         }
-        Ok(line)
+        line
     }
+
+    /// A CONNECT request: a tunnel whose bytes the gateway does not read.
+    pub fn is_tunnel(&self) -> bool {
+        self.method == "CONNECT"
+    }
+}
+
+/// Every request header, pseudo-headers included, names lowercase, values as bytes: one host call.
+pub fn request_headers() -> Result<Vec<(String, Vec<u8>)>, Status> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+}
+
+/// Removes every header of `map` whose name `strip` selects, from the names `headers` (a read of that map) holds,
+/// each name once; returns how many names were removed.
+pub fn remove_headers_where(
+    map: MapType,
+    headers: &[(String, Vec<u8>)],
+    strip: impl Fn(&str) -> bool,
+) -> Result<usize, Status> {
+    let mut removed: Vec<&str> = Vec::new();
+    for (name, _) in headers {
+        if strip(name) && !removed.contains(&name.as_str()) {
+            hostcalls::remove_map_value(map, name)?;
+            removed.push(name);
+        }
+    }
+    Ok(removed.len())
 }
 
 /// A response header (first value), as lossy UTF-8.
@@ -224,11 +257,21 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
 }
 
-/// The first URI SAN of the client certificate Envoy verified (mTLS); `None` without one. The SAN is read first:
-/// on a plain or server-only TLS connection it is absent, which costs no VM re-entry.
-pub fn verified_peer_uri_san() -> Result<Option<String>, Status> {
-    let Some(uri_san) = property_string(&["connection", "uri_san_peer_certificate"])? else { return Ok(None) };
-    Ok(property_bool(&["connection", "mtls"])?.then_some(uri_san).filter(|uri| !uri.is_empty()))
+/// The client certificate Envoy verified, as far as Envoy shows it to Wasm. From Envoy 1.38 on,
+/// `connection.peer_certificate` holds the whole leaf certificate, so every URI SAN is read from it; before, only the
+/// first URI SAN is shown (`connection.uri_san_peer_certificate`, with `connection.mtls`). Each property is absent on
+/// a connection without a client certificate, which costs no VM re-entry.
+pub fn verified_peer() -> Result<Peer, Status> {
+    // Present only when the peer presented a certificate, which is what `connection.mtls` says.
+    if let Some(pem) = property_string(&["connection", "peer_certificate"])? {
+        return Ok(match egress_core::certificate::uri_sans_of_url_encoded_pem(&pem) {
+            Ok(uris) => Peer::Certificate(uris),
+            Err(_) => Peer::Unreadable,
+        });
+    }
+    let Some(uri_san) = property_string(&["connection", "uri_san_peer_certificate"])? else { return Ok(Peer::None) };
+    let verified = property_bool(&["connection", "mtls"])? && !uri_san.is_empty();
+    Ok(if verified { Peer::FirstUriSan(uri_san) } else { Peer::None })
 }
 
 /// Publishes a value to filter state (Envoy stores it under `wasm.<key>`).
@@ -263,6 +306,13 @@ pub fn reply_internal_error(filter: &str, why: &str) -> Action {
     reply(500, "internal_error", r#"{"error":"egress_filter_error","reason":"internal_error"}"#)
 }
 
+/// Closes a network connection the filter cannot judge or has refused, logging why; data stops here.
+pub fn close_connection(filter: &str, why: &str) -> Action {
+    log(LogLevel::Error, &format!("{filter}: {why}"));
+    let _ = hostcalls::close_downstream();
+    Action::Pause
+}
+
 /// A counter metric. Failing to count never changes a decision.
 #[derive(Clone, Copy, Debug)]
 pub struct Counter(u32);
@@ -291,14 +341,14 @@ pub fn unix_now() -> Result<u64, Status> {
 }
 
 /// The caller's SPIFFE identity: as the identity filter established it when that filter runs first (it may have
-/// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A URI SAN that is not a valid
-/// Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
+/// taken it from a trusted hop), else from the TLS peer certificate Envoy verified. A certificate that does not name
+/// exactly one valid Istio SPIFFE ID is no identity, so identity-scoped rules never match it.
 fn caller_identity() -> Result<Option<SpiffeId>, Status> {
     if let Some(published) = property_string(&[state::IDENTITY])? {
         let record: Option<IdentityRecord<String>> = state::parse(Some(&published));
         return Ok(record.and_then(|r| r.id).and_then(|id| SpiffeId::parse(&id).ok()));
     }
-    Ok(verified_peer_uri_san()?.and_then(|uri| SpiffeId::parse(&uri).ok()))
+    Ok(verified_peer()?.identity().ok().flatten())
 }
 
 /// Runs `judge` with the caller as a lookup (`egress_core::Caller::Lookup`): [`caller_identity`] is read only if a

@@ -1,23 +1,25 @@
 //! The redirects filter: glue between Envoy and `egress_core::redirect`. Root id: `egress-redirects`; its plugin
 //! configuration is the allow-list's policy document.
 //!
-//! **Vet** (response side): every 301/302/303/307/308 with a `Location` that reaches the client is vetted against
-//! the same policy and caller as the request; a refused one is replaced by a JSON reply, so its `Location` never
-//! reaches the client.
+//! **Vet** (response side): every 3xx with a `Location` that reaches the client is vetted against the same policy
+//! and caller as the request, for every method a client may follow it with; a refused one is replaced by a JSON
+//! reply, so its `Location` never reaches the client.
 //!
 //! **Follow** (request side): Envoy's route `internal_redirect_policy` follows redirects by sending each next hop
 //! through the filter chain again, where the allow-list vets it before it leaves. This filter keeps the hop state
 //! in a request-long property a client cannot touch (never `x-envoy-original-url`) and, before each hop is sent,
 //! refuses non-http(s) schemes, downgrades, loops (508) and hops over the target rule's limit (508), hands the
-//! redirect back to the client when the target's rule does not follow, and strips credentials when a hop leaves
-//! the original host. A 3xx that Envoy stopped following at the route's limit becomes a 508.
+//! redirect back to the client when the target's rule does not follow, and strips credentials (in any spelling)
+//! when a hop leaves the original origin (scheme, host, port). A 3xx that Envoy stopped following at the route's
+//! limit becomes a 508.
 
+use egress_core::headers::is_alias;
 use egress_core::json::Object;
 use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
 use egress_core::{state, Action, Policy};
 use egress_proxy::{self as proxy, Counter, RequestLine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as Next, ContextType, Status};
+use proxy_wasm::types::{Action as Next, ContextType, MapType, Status};
 use std::rc::Rc;
 
 pub const ROOT_ID: &str = "egress-redirects";
@@ -161,9 +163,9 @@ fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> R
             // Envoy adds the previous hop's URL, query included: it must not reach the next host.
             proxy::remove_request_header("x-envoy-original-url")?;
             if strip_credentials {
-                for header in ["authorization", "proxy-authorization", "cookie"] {
-                    proxy::remove_request_header(header)?;
-                }
+                let headers = proxy::request_headers()?;
+                let credential = |name: &str| redirect::CREDENTIAL_HEADERS.iter().any(|c| is_alias(name, c));
+                proxy::remove_headers_where(MapType::HttpRequestHeaders, &headers, credential)?;
             }
             if let Some(target) = &vetted.target {
                 state.record(&base, target);
@@ -243,8 +245,8 @@ impl RedirectsHttp {
         let (Some((policy, metrics)), Some(request)) = (&self.filter, &self.request) else {
             return Ok(proxy::reply_internal_error(FILTER, "not configured"));
         };
-        // Envoy hands a 3xx to the filters instead of following it once the route's limit is reached.
-        if let Some(route_max) = policy.follow_route_hops() {
+        // Envoy hands a 3xx it follows to the filters instead once the route's limit is reached.
+        if let Some(route_max) = policy.follow_route_hops().filter(|_| redirect::FOLLOWED_STATUSES.contains(&status)) {
             let hops = proxy::property_string(&["filter_state", "num_internal_redirects"])?
                 .and_then(|n| n.parse::<u32>().ok());
             if hops.is_some_and(|hops| hops >= route_max) {
