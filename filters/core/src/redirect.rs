@@ -535,6 +535,15 @@ mod tests {
             "http:///path",
             "",
             "http://a.example/\u{1}",
+            // Browsers drop tabs and newlines inside a URL: `ht\ttp://evil` is `http://evil` to them.
+            "ht\ttp://evil.example/",
+            "http://evil.\texample/",
+            "/\t/evil.example/",
+            " http://evil.example/",
+            "http://evil.example/\u{7f}",
+            "http://\u{ff45}vil.example/",
+            "http:/\\evil.example/",
+            "https:\\\\evil.example/",
         ];
         for location in tricks {
             assert_eq!(url(location), Err(LocationError::Malformed), "{location:?}");
