@@ -1,11 +1,21 @@
-//! `make bench`: what the suite costs in a real Envoy (one worker), measured side by side in one run against no
-//! filter, Envoy's native RBAC and a Lua filter enforcing the same hosts; how that cost grows with the policy; the
-//! modules' sizes and memory. Scenarios alternate round by round (A B C … A B C …), so drift on a shared machine
-//! touches them all alike; each figure is the median of the rounds, with the min–max beside it.
+//! `make bench`: what the suite costs in a real Envoy (one worker, pinned to core 0; every load generator on core 1),
+//! measured side by side in one run against no filter, an empty Wasm filter (the mechanism's floor), Envoy's native
+//! RBAC and a Lua filter enforcing the same hosts; how that cost grows with the policy; the modules' sizes and memory.
+//! Scenarios alternate round by round (A B C … A B C …), so drift on a shared machine touches them all alike; each
+//! figure is the median of the rounds, with the min–max beside it.
 //!
-//! Writes `<out>/results.md` and `<out>/chart.png`.
+//! Per scenario: throughput at saturation (wrk) in front of the echo upstream and of a `direct_response`; Envoy's CPU
+//! time per request (utime + stime over the requests a direct_response run answered); latency p50/p99/p99.9 with
+//! truly paced arrivals (an open-loop generator, `paced`) at one rate below every scenario's knee; host calls and VM
+//! entries per request (counted against the recording host, `calls`).
+//!
+//! Writes `<out>/results.md`, `<out>/chart.png` and, with `--json FILE`, every figure as JSON. `--quick` runs every
+//! scenario briefly (under 3 minutes) for a quick look.
 
+mod calls;
+mod cpu;
 mod load;
+mod paced;
 mod report;
 mod scenarios;
 
@@ -15,37 +25,67 @@ use egress_harness::envoy::{self, Envoy, Launcher};
 use egress_harness::pki::{Error, TestPki};
 use egress_harness::{load_policy, wasm_dir};
 use load::Expect;
-use report::{LatencyRun, Load, Results, Samples, Scaling};
-use scenarios::{Filters, Targets, Upstream};
+use report::{Latency, Results, Row, Scaling};
+use scenarios::{Scenario, Targets, Upstream};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Policy sizes of the scaling runs.
-const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
-/// Host and path of the side-by-side runs: allowed by the example policy's wildcard rule, a cheap echo answer.
+/// Host and path of the side-by-side runs: allowed by the example policy's wildcard rule, a cheap answer.
 const HOST: &str = "eu.httpbin.org";
 const PATH: &str = "/status/200";
-/// The VM memory gauge every filter sets after its configuration (egress-proxy).
-const MEMORY_GAUGE: &str = "wasmcustom.egress_allowlist_vm_memory_bytes";
+/// Envoy runs here; the load generators on the other core.
+const ENVOY_CORE: usize = 0;
+const LOAD_CORE: usize = 1;
 
 struct Args {
     rounds: usize,
     seconds: u32,
+    quick: bool,
     out: PathBuf,
+    json: Option<PathBuf>,
 }
 
+impl Args {
+    /// Policy sizes of the scaling runs.
+    fn sizes(&self) -> &'static [usize] {
+        if self.quick {
+            &[10, 10_000]
+        } else {
+            &[10, 1_000, 10_000, 100_000]
+        }
+    }
+
+    /// How long each paced latency run lasts.
+    fn latency_run(&self) -> Duration {
+        Duration::from_secs(if self.quick { 2 } else { u64::from(self.seconds) + 1 })
+    }
+}
+
+const USAGE: &str = "egress-bench [--quick] [--rounds N] [--seconds S] [--out DIR] [--json FILE]";
+
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { rounds: 3, seconds: 5, out: envoy::workspace_root().join("bench/results") };
+    let mut args =
+        Args { rounds: 3, seconds: 4, quick: false, out: envoy::workspace_root().join("bench/results"), json: None };
     let mut rest = std::env::args().skip(1);
     while let Some(flag) = rest.next() {
-        let value = rest.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--quick" {
+            args.quick = true;
+            args.rounds = 1;
+            args.seconds = 1;
+            continue;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_string());
+        }
+        let value = rest.next().ok_or(format!("{flag} needs a value ({USAGE})"))?;
         match flag.as_str() {
             "--rounds" => args.rounds = value.parse().map_err(|_| format!("--rounds {value}: not a number"))?,
             "--seconds" => args.seconds = value.parse().map_err(|_| format!("--seconds {value}: not a number"))?,
             "--out" => args.out = PathBuf::from(value),
-            _ => return Err(format!("unknown argument {flag} (--rounds N --seconds S --out DIR)")),
+            "--json" => args.json = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown argument {flag} ({USAGE})")),
         }
     }
     if args.rounds == 0 || args.seconds == 0 {
@@ -67,7 +107,7 @@ fn main() -> ExitCode {
 /// Waits until `envoy` answers `host` as expected: a worker configures its Wasm VMs after Envoy reports ready, and a
 /// large policy takes a while to compile; that is start-up, not per-request cost.
 fn warm_up(envoy: &Envoy, host: &str, expect: Expect) -> Result<(), Error> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let response = egress_harness::client::get(envoy.listener("egress_http"), host, PATH);
         let status = response.as_ref().map_or(0, |r| r.status);
@@ -77,8 +117,23 @@ fn warm_up(envoy: &Envoy, host: &str, expect: Expect) -> Result<(), Error> {
         if Instant::now() > deadline {
             return Err(format!("Envoy does not answer Host {host} as expected ({expect:?}): {response:?}").into());
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An Envoy for `bootstrap`, pinned to [`ENVOY_CORE`], answering as expected.
+fn start(launcher: &Launcher, bootstrap: &Value, host: &str, expect: Expect) -> Result<Envoy, Error> {
+    let envoy = Envoy::start(launcher, bootstrap)?;
+    cpu::pin(envoy.pid(), ENVOY_CORE)?;
+    warm_up(&envoy, host, expect)?;
+    Ok(envoy)
+}
+
+/// One scenario's Envoys and what was measured of them.
+struct Measured {
+    echo: Envoy,
+    direct: Envoy,
+    row: Row,
 }
 
 fn run(args: &Args) -> Result<(), Error> {
@@ -90,69 +145,74 @@ fn run(args: &Args) -> Result<(), Error> {
     let launcher = Launcher::find()?;
     let policy_path = envoy::workspace_root().join("examples/policy.yaml");
     let policy: Value = serde_json::from_str(&load_policy(&policy_path)?)?;
+    let saturate = |envoy: &Envoy, host: &str, expect: Expect| {
+        load::saturate(envoy.listener("egress_http"), host, PATH, args.seconds, expect, Some(LOAD_CORE))
+    };
 
     // Side by side: every scenario runs at once, idle but for the one under load.
-    let mut side_by_side = Vec::new();
-    for upstream in [Upstream::Echo, Upstream::DirectResponse] {
-        for filters in Filters::ALL {
-            let bootstrap = scenarios::bootstrap(filters, upstream, &policy, &targets)?;
-            let envoy = Envoy::start(&launcher, &bootstrap)?;
-            warm_up(&envoy, HOST, Expect::Success)?;
-            side_by_side.push((filters, upstream, envoy, Samples::default()));
-        }
+    let mut measured = Vec::new();
+    for scenario in Scenario::ALL {
+        let bootstrap = |upstream| scenarios::bootstrap(scenario, upstream, &policy, &targets);
+        let echo = start(&launcher, &bootstrap(Upstream::Echo)?, HOST, Expect::Success)?;
+        let direct = start(&launcher, &bootstrap(Upstream::DirectResponse)?, HOST, Expect::Success)?;
+        let calls = calls::per_request(scenario, &policy, HOST, PATH)?;
+        measured.push(Measured { echo, direct, row: Row { scenario, calls, ..Row::default() } });
     }
     for round in 1..=args.rounds {
-        eprintln!("throughput round {round}/{}", args.rounds);
-        for (_, _, envoy, samples) in &mut side_by_side {
-            let rate = load::saturate(envoy.listener("egress_http"), HOST, PATH, args.seconds, Expect::Success)?;
-            samples.push(rate);
+        eprintln!("throughput and CPU, round {round}/{}", args.rounds);
+        for m in &mut measured {
+            m.row.echo.push(saturate(&m.echo, HOST, Expect::Success)?.rate);
+            let mut rate = 0.0;
+            let cpu = cpu::per_request(m.direct.pid(), || {
+                let direct = saturate(&m.direct, HOST, Expect::Success)?;
+                rate = direct.rate;
+                Ok(direct.requests)
+            })?;
+            m.row.direct.push(rate);
+            m.row.cpu_us.push(cpu.as_secs_f64() * 1e6);
         }
     }
-    let echo_medians: Vec<(Filters, f64)> =
-        side_by_side.iter().filter(|(_, u, _, _)| *u == Upstream::Echo).map(|(f, _, _, s)| (*f, s.median())).collect();
-    let no_filter_echo =
-        echo_medians.iter().find(|(f, _)| *f == Filters::None).map(|(_, m)| *m).ok_or("no baseline")?;
-    let slowest_echo = echo_medians.iter().map(|(_, m)| *m).fold(f64::INFINITY, f64::min);
-    // The targets measure latency at half the no-filter maximum; a scenario slower than twice that is past its own
-    // knee there and reports queueing, so latency is also measured at half the slowest scenario's maximum.
-    let mut latencies = vec![
-        LatencyRun::new(Load::HalfOfNoFilter, (no_filter_echo / 2.0).round()),
-        LatencyRun::new(Load::BelowEveryKnee, (slowest_echo / 2.0).round()),
-    ];
+    // One rate for every scenario, below the slowest one's knee (a third of its saturation), so each request meets
+    // an idle worker and no scenario reports queueing.
+    let slowest = measured.iter().map(|m| m.row.direct.median()).fold(f64::INFINITY, f64::min);
+    let rate = (slowest / 3.0).clamp(100.0, 2_000.0).round();
     for round in 1..=args.rounds {
-        for run in &mut latencies {
-            eprintln!("latency round {round}/{} at {} req/s", args.rounds, run.rate);
-            for (filters, upstream, envoy, _) in &side_by_side {
-                if *upstream == Upstream::Echo {
-                    let latency = load::at_rate(envoy.listener("egress_http"), HOST, PATH, args.seconds, run.rate)?;
-                    run.push(*filters, latency);
-                }
-            }
+        eprintln!("paced latency at {rate} req/s, round {round}/{}", args.rounds);
+        for m in &mut measured {
+            let plan = paced::Plan {
+                target: m.direct.listener("egress_http"),
+                host: HOST.into(),
+                path: PATH.into(),
+                rate,
+                duration: args.latency_run(),
+                connections: 4,
+                core: Some(LOAD_CORE),
+            };
+            m.row.latency.push(paced::run(&plan)?);
         }
     }
-    let throughput = side_by_side.iter().map(|(f, u, _, s)| (*f, *u, s.clone())).collect();
-    drop(side_by_side);
+    let rows: Vec<Row> = measured.into_iter().map(|m| m.row).collect();
 
-    // Rule scaling: the allow-list and RBAC at each size, hits and misses, in front of a direct response.
+    // Rule scaling: the allow-list and RBAC at each size, hits and misses, in front of a direct response; the VM
+    // memory of the allow-list alone and of the fused suite.
     let mut scaling = Vec::new();
-    for rules in SIZES {
+    for &rules in args.sizes() {
         let policy = scenarios::generated_policy(rules);
-        let allowlist = scenarios::bootstrap(Filters::AllowList, Upstream::DirectResponse, &policy, &targets)?;
-        let allowlist = Envoy::start(&launcher, &allowlist)?;
         let hit = scenarios::generated_hit(rules);
-        warm_up(&allowlist, &hit, Expect::Success)?;
-        let memory = allowlist.stat(MEMORY_GAUGE);
-        let rbac = scenarios::bootstrap(Filters::Rbac, Upstream::DirectResponse, &policy, &targets)?;
+        let bootstrap = |scenario| scenarios::bootstrap(scenario, Upstream::DirectResponse, &policy, &targets);
+        let allowlist = start(&launcher, &bootstrap(Scenario::AllowList)?, &hit, Expect::Success)?;
+        let memory = allowlist.stat("wasmcustom.egress_allowlist_vm_memory_bytes");
+        let suite = start(&launcher, &bootstrap(Scenario::SuiteFused)?, &hit, Expect::Success)?;
+        let suite_memory = suite.stat("wasmcustom.egress_suite_vm_memory_bytes");
+        drop(suite);
         let loading = Instant::now();
-        let rbac = Envoy::start(&launcher, &rbac)
-            .and_then(|envoy| warm_up(&envoy, &hit, Expect::Success).map(|()| envoy))
-            .map_err(|e| e.to_string());
+        let rbac = start(&launcher, &bootstrap(Scenario::Rbac)?, &hit, Expect::Success).map_err(|e| e.to_string());
         eprintln!(
             "{rules} rules: RBAC {} in {:.1?}",
             if rbac.is_ok() { "loaded" } else { "failed" },
             loading.elapsed()
         );
-        scaling.push((rules, allowlist, rbac, Scaling { rules, memory, ..Scaling::default() }));
+        scaling.push((rules, allowlist, rbac, Scaling { rules, memory, suite_memory, ..Scaling::default() }));
     }
     for round in 1..=args.rounds {
         eprintln!("scaling round {round}/{}", args.rounds);
@@ -160,8 +220,7 @@ fn run(args: &Args) -> Result<(), Error> {
             let hit = scenarios::generated_hit(*rules);
             let miss = scenarios::GENERATED_MISS;
             let measure = |envoy: &Envoy, what: &str, host: &str, expect: Expect| {
-                load::saturate(envoy.listener("egress_http"), host, PATH, args.seconds, expect)
-                    .map_err(|e| format!("{what} at {rules} rules: {e}"))
+                saturate(envoy, host, expect).map(|s| s.rate).map_err(|e| format!("{what} at {rules} rules: {e}"))
             };
             result.allow_hit.push(measure(allowlist, "allow-list", &hit, Expect::Success)?);
             result.allow_miss.push(measure(allowlist, "allow-list", miss, Expect::Refusal)?);
@@ -193,8 +252,9 @@ fn run(args: &Args) -> Result<(), Error> {
         envoy_version: envoy::version(),
         rounds: args.rounds,
         seconds: args.seconds,
-        throughput,
-        latencies,
+        quick: args.quick,
+        rows,
+        latency: Latency { rate, seconds: args.latency_run().as_secs() },
         scaling,
         modules,
         elapsed: started.elapsed(),
@@ -203,8 +263,12 @@ fn run(args: &Args) -> Result<(), Error> {
     let markdown = results.markdown();
     std::fs::write(args.out.join("results.md"), &markdown)?;
     report::chart(&results, &args.out.join("chart.png"))?;
+    if let Some(json) = &args.json {
+        std::fs::write(json, serde_json::to_string_pretty(&results.json())?)?;
+    }
     println!("{markdown}");
     eprintln!("written: {} and chart.png", args.out.join("results.md").display());
     collector.shutdown();
+    echo.shutdown();
     Ok(())
 }

@@ -1,9 +1,12 @@
-//! The results as a Markdown table (ratios first, absolute numbers second, machine and versions noted) and a PNG.
+//! The results: Markdown tables (the fused suite first, ratios before absolute numbers, machine and versions noted),
+//! the same figures as JSON, and a PNG.
 
-use crate::load::{self, Latency};
-use crate::scenarios::{Filters, Upstream};
+use crate::calls::Calls;
+use crate::paced::Paced;
+use crate::scenarios::Scenario;
 use egress_harness::pki::Error;
 use plotters::prelude::*;
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -32,14 +35,56 @@ impl Samples {
         }
     }
 
-    /// `median (min–max)` in requests per second.
-    fn show(&self) -> String {
+    /// `median (min–max)`.
+    fn show(&self, decimals: usize) -> String {
         let values = self.sorted();
         match (values.first(), values.last()) {
-            (Some(min), Some(max)) => format!("{:.0} ({min:.0}–{max:.0})", self.median()),
+            (Some(min), Some(max)) => format!("{:.decimals$} ({min:.decimals$}–{max:.decimals$})", self.median()),
             _ => "—".into(),
         }
     }
+
+    fn json(&self) -> Value {
+        let values = self.sorted();
+        json!({"median": finite(self.median()), "min": values.first(), "max": values.last(), "rounds": values})
+    }
+}
+
+fn finite(value: f64) -> Value {
+    if value.is_finite() {
+        json!(value)
+    } else {
+        Value::Null
+    }
+}
+
+/// Everything measured of one scenario.
+#[derive(Debug, Default)]
+pub struct Row {
+    pub scenario: Scenario,
+    /// Requests per second at saturation, per round.
+    pub echo: Samples,
+    pub direct: Samples,
+    /// Envoy's CPU time per request (µs) in the direct_response runs.
+    pub cpu_us: Samples,
+    /// The paced latency runs, one per round.
+    pub latency: Vec<Paced>,
+    pub calls: Option<Calls>,
+}
+
+impl Row {
+    fn latency(&self, pick: fn(&Paced) -> Duration) -> f64 {
+        let mut values: Vec<f64> = self.latency.iter().map(|run| micros(pick(run))).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// The paced runs' settings.
+#[derive(Debug)]
+pub struct Latency {
+    pub rate: f64,
+    pub seconds: u64,
 }
 
 /// The allow-list and RBAC at one policy size (requests per second, per round).
@@ -54,105 +99,20 @@ pub struct Scaling {
     pub rbac_error: Option<String>,
     /// The allow-list VM's linear memory after configuration (bytes).
     pub memory: Option<u64>,
-}
-
-/// Which fixed rate a latency run holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Load {
-    /// Half the no-filter maximum (through the echo upstream): the rate the targets name.
-    HalfOfNoFilter,
-    /// Half the slowest scenario's maximum: below every scenario's knee, so no scenario reports queueing.
-    BelowEveryKnee,
-}
-
-impl Load {
-    fn name(self) -> &'static str {
-        match self {
-            Load::HalfOfNoFilter => "at half load",
-            Load::BelowEveryKnee => "below every knee",
-        }
-    }
-
-    fn rule(self) -> &'static str {
-        match self {
-            Load::HalfOfNoFilter => "half the no-filter maximum",
-            Load::BelowEveryKnee => "half the slowest scenario's maximum",
-        }
-    }
-}
-
-/// Latency of every scenario at one fixed rate, round by round.
-pub struct LatencyRun {
-    pub load: Load,
-    pub rate: f64,
-    samples: Vec<(Filters, Vec<Latency>)>,
-}
-
-impl LatencyRun {
-    pub fn new(load: Load, rate: f64) -> LatencyRun {
-        LatencyRun { load, rate, samples: Vec::new() }
-    }
-
-    pub fn push(&mut self, filters: Filters, latency: Latency) {
-        match self.samples.iter_mut().find(|(f, _)| *f == filters) {
-            Some((_, samples)) => samples.push(latency),
-            None => self.samples.push((filters, vec![latency])),
-        }
-    }
-
-    fn p99(&self, filters: Filters) -> Duration {
-        let samples = self.samples.iter().find(|(f, _)| *f == filters).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
-        median_duration(samples.iter().map(|l| l.p99))
-    }
-
-    /// The full suite's p99 over no filter's.
-    fn suite_added(&self) -> f64 {
-        micros(self.p99(Filters::Suite)) - micros(self.p99(Filters::None))
-    }
-
-    fn markdown(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "\n## Latency {}: {} ({:.0} req/s, h2load, {} connections, echo upstream)\n",
-            self.load.name(),
-            self.load.rule(),
-            self.rate,
-            load::RATE_CONNECTIONS
-        );
-        let _ = writeln!(out, "| scenario | p99 added vs no filter | p50 | p99 | achieved req/s |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-        let base_p99 = self.p99(Filters::None);
-        for (filters, samples) in &self.samples {
-            let p50 = median_duration(samples.iter().map(|l| l.p50));
-            let p99 = self.p99(*filters);
-            let rate = samples.iter().map(|l| l.rate).sum::<f64>() / samples.len().max(1) as f64;
-            let _ = writeln!(
-                out,
-                "| {} | {:+.0} µs | {:.0} µs | {:.0} µs | {rate:.0} |",
-                filters.name(),
-                micros(p99) - micros(base_p99),
-                micros(p50),
-                micros(p99)
-            );
-        }
-    }
+    /// The fused suite VM's, with the same policy.
+    pub suite_memory: Option<u64>,
 }
 
 pub struct Results {
     pub envoy_version: String,
     pub rounds: usize,
     pub seconds: u32,
-    pub throughput: Vec<(Filters, Upstream, Samples)>,
-    pub latencies: Vec<LatencyRun>,
+    pub quick: bool,
+    pub rows: Vec<Row>,
+    pub latency: Latency,
     pub scaling: Vec<Scaling>,
     pub modules: Vec<(String, u64)>,
     pub elapsed: Duration,
-}
-
-fn median_duration(values: impl Iterator<Item = Duration>) -> Duration {
-    let mut values: Vec<Duration> = values.collect();
-    values.sort();
-    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 fn micros(duration: Duration) -> f64 {
@@ -178,32 +138,123 @@ fn version_of(program: &str, flag: &str) -> String {
     text.ok().and_then(|t| t.lines().next().map(first_words)).unwrap_or_else(|| "?".into())
 }
 
-fn mark(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**missed**"
-    }
+/// One target: what it asks, what was measured, whether it holds.
+struct Target {
+    what: String,
+    measured: String,
+    value: f64,
+    met: bool,
 }
 
 impl Results {
-    fn throughput(&self, filters: Filters, upstream: Upstream) -> Option<&Samples> {
-        self.throughput.iter().find(|(f, u, _)| *f == filters && *u == upstream).map(|(_, _, s)| s)
+    fn row(&self, scenario: Scenario) -> Option<&Row> {
+        self.rows.iter().find(|r| r.scenario == scenario)
     }
 
-    fn ratio(&self, filters: Filters, upstream: Upstream) -> f64 {
-        let base = self.throughput(Filters::None, upstream).map_or(f64::NAN, Samples::median);
-        self.throughput(filters, upstream).map_or(f64::NAN, Samples::median) / base
+    fn median(&self, scenario: Scenario, pick: fn(&Row) -> &Samples) -> f64 {
+        self.row(scenario).map_or(f64::NAN, |row| pick(row).median())
+    }
+
+    fn ratio(&self, scenario: Scenario, pick: fn(&Row) -> &Samples) -> f64 {
+        self.median(scenario, pick) / self.median(Scenario::None, pick)
+    }
+
+    /// Envoy CPU per request added over no filter (µs).
+    fn added_cpu(&self, scenario: Scenario) -> f64 {
+        self.median(scenario, |r| &r.cpu_us) - self.median(Scenario::None, |r| &r.cpu_us)
+    }
+
+    fn latency(&self, scenario: Scenario, pick: fn(&Paced) -> Duration) -> f64 {
+        self.row(scenario).map_or(f64::NAN, |row| row.latency(pick))
+    }
+
+    fn added_latency(&self, scenario: Scenario, pick: fn(&Paced) -> Duration) -> f64 {
+        self.latency(scenario, pick) - self.latency(Scenario::None, pick)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let floor = self.added_cpu(Scenario::Empty);
+        let fused = self.added_cpu(Scenario::SuiteFused);
+        let allowlist = self.added_cpu(Scenario::AllowList);
+        let mut targets = vec![
+            Target {
+                what: "fused suite: added CPU per request ≤ 5× the empty filter's".into(),
+                measured: format!("{:.1}× ({fused:.1} µs vs {floor:.1} µs)", fused / floor),
+                value: fused / floor,
+                met: fused <= 5.0 * floor,
+            },
+            Target {
+                what: "allow-list alone: added CPU per request ≤ 2× the empty filter's".into(),
+                measured: format!("{:.1}× ({allowlist:.1} µs)", allowlist / floor),
+                value: allowlist / floor,
+                met: allowlist <= 2.0 * floor,
+            },
+        ];
+        for (what, pick, at_least) in [
+            ("fused suite ≥ 0.70× no-filter throughput, echo", (|r: &Row| &r.echo) as fn(&Row) -> &Samples, 0.70),
+            ("fused suite ≥ 0.45× no-filter throughput, direct_response", |r: &Row| &r.direct, 0.45),
+        ] {
+            let ratio = self.ratio(Scenario::SuiteFused, pick);
+            targets.push(Target {
+                what: what.into(),
+                measured: format!("{ratio:.2}×"),
+                value: ratio,
+                met: ratio >= at_least,
+            });
+        }
+        for (what, pick, at_most) in [
+            ("fused suite: p50 added ≤ 60 µs (paced)", (|p: &Paced| p.p50) as fn(&Paced) -> Duration, 60.0),
+            ("fused suite: p99 added ≤ 150 µs (paced)", |p: &Paced| p.p99, 150.0),
+        ] {
+            let added = self.added_latency(Scenario::SuiteFused, pick);
+            targets.push(Target {
+                what: what.into(),
+                measured: format!("{added:+.0} µs"),
+                value: added,
+                met: added <= at_most,
+            });
+        }
+        let largest = self.modules.iter().map(|(_, b)| *b).max().unwrap_or(0);
+        let name = self.modules.iter().max_by_key(|(_, b)| *b).map_or("", |(n, _)| n.as_str());
+        targets.push(Target {
+            what: "no module over 200 KB".into(),
+            measured: format!("largest {name} {:.0} KB", largest as f64 / 1000.0),
+            value: largest as f64,
+            met: largest <= 200_000,
+        });
+        if let Some(last) = self.scaling.last() {
+            for (what, memory) in [("allow-list", last.memory), ("fused suite", last.suite_memory)] {
+                if let Some(memory) = memory {
+                    targets.push(Target {
+                        what: format!("{what}: VM memory at {} rules ≤ 16 MB", last.rules),
+                        measured: format!("{:.1} MiB", memory as f64 / 1048576.0),
+                        value: memory as f64,
+                        met: memory <= 16_000_000,
+                    });
+                }
+            }
+        }
+        if let Some(s) = self.scaling.iter().find(|s| s.rules == 10_000) {
+            let ratio = s.allow_hit.median() / s.rbac_hit.median();
+            targets.push(Target {
+                what: "10k rules: allow-list beats RBAC (hits)".into(),
+                measured: format!("{ratio:.2}× RBAC"),
+                value: ratio,
+                met: ratio > 1.0 || s.rbac_error.is_some(),
+            });
+        }
+        targets
     }
 
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# Egress filter suite: benchmark\n");
+        let _ = writeln!(out, "# Egress filter suite: benchmark{}\n", if self.quick { " (--quick)" } else { "" });
         let _ = writeln!(
             out,
-            "Machine: {}. Envoy {} (`--concurrency 1`: one worker), load from `{}` and `h2load` on the same machine, \
-             echo upstream in-process. {} rounds of {} s per scenario, scenarios alternating within each round; \
-             medians, with min–max. Run took {:.0?}. Reproduce: `make bench`.\n",
+            "Machine: {}. Envoy {} (`--concurrency 1`, pinned to core 0); load from `{}` and a paced open-loop \
+             generator pinned to core 1; echo upstream in-process. {} rounds of {} s per scenario, scenarios \
+             alternating within each round; medians, with min–max. Run took {:.0?}. Reproduce: `make bench` \
+             (`make bench-quick` for a short run).\n",
             machine(),
             self.envoy_version,
             version_of("wrk", "-v"),
@@ -211,45 +262,104 @@ impl Results {
             self.seconds,
             self.elapsed
         );
+        let _ = writeln!(out, "## Cost per request\n");
+        let _ = writeln!(
+            out,
+            "Envoy CPU per request: utime+stime of the Envoy process over the requests of the direct_response \
+             saturation runs; added = over no filter. Latency: paced arrivals at {:.0} req/s (below every scenario's \
+             knee), {} s per round, direct_response; host calls and VM entries per request counted against the \
+             recording host.\n",
+            self.latency.rate, self.latency.seconds
+        );
+        let _ = writeln!(out, "| scenario | CPU µs/req | added CPU µs | × empty filter | p50 µs | p99 µs | p99.9 µs | p50 added | p99 added | host calls | VM entries |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let floor = self.added_cpu(Scenario::Empty);
+        for row in self.ordered() {
+            let s = row.scenario;
+            let calls = row.calls.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:+.1} | {} | {:.0} | {:.0} | {:.0} | {:+.0} | {:+.0} | {} | {} |",
+                s.name(),
+                row.cpu_us.show(1),
+                self.added_cpu(s),
+                if s.is_wasm() { format!("{:.1}×", self.added_cpu(s) / floor) } else { "—".into() },
+                self.latency(s, |p| p.p50),
+                self.latency(s, |p| p.p99),
+                self.latency(s, |p| p.p999),
+                self.added_latency(s, |p| p.p50),
+                self.added_latency(s, |p| p.p99),
+                calls.map_or("—".into(), |c| c.host_calls.to_string()),
+                calls.map_or("—".into(), |c| c.vm_entries.to_string()),
+            );
+        }
+        let lag: Vec<String> = self
+            .ordered()
+            .filter_map(|r| {
+                let p = r.latency.first()?;
+                Some(format!(
+                    "{} {} requests at {:.0} req/s, send lag p50/p99 {:.0}/{:.0} µs, {:.1} % late",
+                    r.scenario.id(),
+                    p.sent,
+                    p.rate,
+                    micros(p.send_lag_p50),
+                    micros(p.send_lag_p99),
+                    p.late_share * 100.0
+                ))
+            })
+            .collect();
+        let _ = writeln!(out, "\nThe generator's own accuracy (first round): {}.", lag.join("; "));
 
-        let _ = writeln!(out, "## Throughput at saturation (wrk, closed loop, 16 connections)\n");
-        let _ = writeln!(out, "| scenario | vs no filter, echo upstream | vs no filter, direct_response | req/s, echo | req/s, direct_response |");
+        let _ = writeln!(out, "\n## Throughput at saturation (wrk, closed loop, 16 connections)\n");
+        let _ = writeln!(
+            out,
+            "| scenario | vs no filter, echo | vs no filter, direct_response | req/s, echo | req/s, direct_response |"
+        );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-        for filters in Filters::ALL {
-            let show = |u| self.throughput(filters, u).map_or("—".into(), Samples::show);
+        for row in self.ordered() {
+            let s = row.scenario;
             let _ = writeln!(
                 out,
                 "| {} | {:.2}× | {:.2}× | {} | {} |",
-                filters.name(),
-                self.ratio(filters, Upstream::Echo),
-                self.ratio(filters, Upstream::DirectResponse),
-                show(Upstream::Echo),
-                show(Upstream::DirectResponse)
+                s.name(),
+                self.ratio(s, |r| &r.echo),
+                self.ratio(s, |r| &r.direct),
+                row.echo.show(0),
+                row.direct.show(0)
             );
         }
 
-        for run in &self.latencies {
-            run.markdown(&mut out);
+        let _ = writeln!(out, "\n## Host calls per request, by stage\n");
+        let _ = writeln!(out, "| stage | fused suite | separate filters |");
+        let _ = writeln!(out, "|---|---:|---:|");
+        let by_stage = |scenario| self.row(scenario).and_then(|r| r.calls.as_ref()).map(|c| c.by_stage.clone());
+        let (fused, separate) = (by_stage(Scenario::SuiteFused), by_stage(Scenario::SuiteSeparate));
+        for (stage, n) in fused.iter().flatten() {
+            let other =
+                separate.iter().flatten().find(|(s, _)| s == stage).map_or("—".into(), |(_, n)| n.to_string());
+            let _ = writeln!(out, "| {stage} | {n} | {other} |");
         }
 
         let _ = writeln!(out, "\n## Rule scaling (direct_response; hit = a host of the last rule; req/s)\n");
-        let _ = writeln!(out, "| rules | allow-list hit vs 10 rules | allow-list vs RBAC, hit | allow-list hit | allow-list miss | RBAC hit | RBAC miss | allow-list VM memory |");
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "| rules | allow-list hit vs {} rules | allow-list vs RBAC, hit | allow-list hit | allow-list miss | RBAC hit | RBAC miss | VM memory: allow-list | fused suite |", self.scaling.first().map_or(0, |s| s.rules));
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let first_hit = self.scaling.first().map_or(f64::NAN, |s| s.allow_hit.median());
+        let mib = |bytes: Option<u64>| bytes.map_or("—".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
         for s in &self.scaling {
             let (rbac_hit, rbac_miss) = match &s.rbac_error {
                 Some(_) => ("did not load".to_string(), "—".to_string()),
-                None => (s.rbac_hit.show(), s.rbac_miss.show()),
+                None => (s.rbac_hit.show(0), s.rbac_miss.show(0)),
             };
-            let memory = s.memory.map_or("—".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
             let _ = writeln!(
                 out,
-                "| {} | {:.2}× | {:.2}× | {} | {} | {rbac_hit} | {rbac_miss} | {memory} |",
+                "| {} | {:.2}× | {:.2}× | {} | {} | {rbac_hit} | {rbac_miss} | {} | {} |",
                 s.rules,
                 s.allow_hit.median() / first_hit,
                 s.allow_hit.median() / s.rbac_hit.median(),
-                s.allow_hit.show(),
-                s.allow_miss.show()
+                s.allow_hit.show(0),
+                s.allow_miss.show(0),
+                mib(s.memory),
+                mib(s.suite_memory)
             );
         }
 
@@ -261,51 +371,79 @@ impl Results {
         let _ = writeln!(out, "\n## Targets\n");
         let _ = writeln!(out, "| target | measured | |");
         let _ = writeln!(out, "|---|---:|---|");
-        let allow = self.ratio(Filters::AllowList, Upstream::Echo);
-        let suite = self.ratio(Filters::Suite, Upstream::Echo);
-        let _ =
-            writeln!(out, "| allow-list ≥ 0.92× no-filter throughput (echo) | {allow:.2}× | {} |", mark(allow >= 0.92));
-        let _ = writeln!(out, "| full suite ≥ 0.85× (echo) | {suite:.2}× | {} |", mark(suite >= 0.85));
-        if let Some(s) = self.scaling.iter().find(|s| s.rules == 10_000) {
-            let ratio = s.allow_hit.median() / s.rbac_hit.median();
+        for target in self.targets() {
             let _ = writeln!(
                 out,
-                "| 10k rules: allow-list beats RBAC (hit) | {ratio:.2}× RBAC | {} |",
-                mark(ratio > 1.0 || s.rbac_error.is_some())
+                "| {} | {} | {} |",
+                target.what,
+                target.measured,
+                if target.met { "met" } else { "**missed**" }
             );
         }
-        if let (Some(first), Some(last)) = (self.scaling.first(), self.scaling.last()) {
-            let cost = 1.0 - last.allow_hit.median() / first.allow_hit.median();
-            let _ = writeln!(
-                out,
-                "| {} → {} rules costs ≤ 5 % | {:.1} % | {} |",
-                first.rules,
-                last.rules,
-                cost * 100.0,
-                mark(cost <= 0.05)
-            );
-            if let Some(memory) = last.memory {
-                let mib = memory as f64 / 1048576.0;
-                let _ = writeln!(
-                    out,
-                    "| VM memory at {} rules ≤ 16 MB | {mib:.1} MiB | {} |",
-                    last.rules,
-                    mark(memory <= 16_000_000)
-                );
-            }
-        }
-        for run in &self.latencies {
-            let (added, at) = (run.suite_added(), run.load.name());
-            let _ = writeln!(out, "| p99 added ≤ 50 µs {at} (full suite) | {added:+.0} µs | {} |", mark(added <= 50.0));
-        }
-        let largest = self.modules.iter().map(|(_, b)| *b).max().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "| each .wasm ≤ 200 KB | largest {:.0} KB | {} |",
-            largest as f64 / 1000.0,
-            mark(largest <= 200_000)
-        );
         out
+    }
+
+    /// The rows, fused suite first (the recommended deployment), then the rest in their usual order.
+    fn ordered(&self) -> impl Iterator<Item = &Row> {
+        let first = self.rows.iter().filter(|r| r.scenario == Scenario::SuiteFused);
+        first.chain(self.rows.iter().filter(|r| r.scenario != Scenario::SuiteFused))
+    }
+
+    /// Every figure of the tables, by scenario id.
+    pub fn json(&self) -> Value {
+        let scenarios: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let s = row.scenario;
+                let latency = |pick: fn(&Paced) -> Duration| finite(self.latency(s, pick));
+                json!({
+                    "id": s.id(),
+                    "name": s.name(),
+                    "throughput": {"echo": row.echo.json(), "direct_response": row.direct.json()},
+                    "vs_no_filter": {"echo": finite(self.ratio(s, |r| &r.echo)), "direct_response": finite(self.ratio(s, |r| &r.direct))},
+                    "cpu_us_per_request": row.cpu_us.json(),
+                    "added_cpu_us_per_request": finite(self.added_cpu(s)),
+                    "latency_us": {
+                        "p50": latency(|p| p.p50), "p99": latency(|p| p.p99), "p999": latency(|p| p.p999),
+                        "p50_added": finite(self.added_latency(s, |p| p.p50)),
+                        "p99_added": finite(self.added_latency(s, |p| p.p99)),
+                        "p999_added": finite(self.added_latency(s, |p| p.p999)),
+                        "send_lag_p99": row.latency.first().map(|p| micros(p.send_lag_p99)),
+                    },
+                    "host_calls_per_request": row.calls.as_ref().map(|c| c.host_calls),
+                    "vm_entries_per_request": row.calls.as_ref().map(|c| c.vm_entries),
+                    "host_calls_by_stage": row.calls.as_ref().map(|c| c.by_stage.iter().map(|(s, n)| json!({"stage": s, "calls": n})).collect::<Vec<_>>()),
+                })
+            })
+            .collect();
+        let scaling: Vec<Value> = self
+            .scaling
+            .iter()
+            .map(|s| {
+                json!({"rules": s.rules, "allowlist_hit": s.allow_hit.json(), "allowlist_miss": s.allow_miss.json(),
+                       "rbac_hit": s.rbac_hit.json(), "rbac_miss": s.rbac_miss.json(), "rbac_error": s.rbac_error,
+                       "allowlist_vm_memory_bytes": s.memory, "suite_vm_memory_bytes": s.suite_memory})
+            })
+            .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .into_iter()
+            .map(|t| json!({"target": t.what, "measured": t.measured, "value": finite(t.value), "met": t.met}))
+            .collect();
+        json!({
+            "machine": machine(),
+            "envoy": self.envoy_version,
+            "quick": self.quick,
+            "rounds": self.rounds,
+            "seconds": self.seconds,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "latency": {"rate": self.latency.rate, "seconds": self.latency.seconds, "upstream": "direct_response"},
+            "scenarios": scenarios,
+            "scaling": scaling,
+            "modules": self.modules.iter().map(|(n, b)| json!({"file": n, "bytes": b})).collect::<Vec<_>>(),
+            "targets": targets,
+        })
     }
 }
 
@@ -317,26 +455,23 @@ fn font() -> Result<&'static [u8], Error> {
     Ok(Box::leak(bytes.into_boxed_slice()))
 }
 
-/// Two panels: throughput relative to no filter per scenario (echo and direct_response), and requests per second
-/// against the number of rules for the allow-list and RBAC.
-pub fn chart(results: &Results, path: &Path) -> Result<(), Error> {
-    plotters::style::register_font("sans-serif", FontStyle::Normal, font()?).map_err(|_| "cannot load the font")?;
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let (left, right) = root.split_horizontally(760);
-
-    let rows: Vec<(String, f64, f64)> = Filters::ALL
-        .iter()
-        .map(|f| (f.name().to_string(), results.ratio(*f, Upstream::Echo), results.ratio(*f, Upstream::DirectResponse)))
-        .collect();
-    let mut bars = ChartBuilder::on(&left)
-        .caption("Throughput vs no filter (higher is better)", ("sans-serif", 22))
-        .margin(16)
+/// Horizontal bars, one or two per scenario.
+fn bars(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    label: &str,
+    rows: &[(String, f64, Option<f64>)],
+) -> Result<(), Error> {
+    let max = rows.iter().flat_map(|(_, a, b)| [*a, b.unwrap_or(0.0)]).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(14)
         .x_label_area_size(40)
-        .y_label_area_size(170)
-        .build_cartesian_2d(0.0..1.1f64, 0.0..rows.len() as f64)
+        .y_label_area_size(190)
+        .build_cartesian_2d(0.0..(max * 1.1).max(1e-9), 0.0..rows.len() as f64)
         .map_err(|e| e.to_string())?;
-    bars.configure_mesh()
+    chart
+        .configure_mesh()
         .disable_y_mesh()
         .y_labels(rows.len() * 2 + 1)
         .y_label_formatter(&|y| {
@@ -347,52 +482,58 @@ pub fn chart(results: &Results, path: &Path) -> Result<(), Error> {
                 String::new()
             }
         })
-        .x_desc("ratio to no filter (blue: echo upstream, orange: direct_response)")
+        .x_desc(label)
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (_, echo, direct)) in rows.iter().enumerate() {
+    for (i, (_, first, second)) in rows.iter().enumerate() {
         let y = i as f64;
-        bars.draw_series([
-            Rectangle::new([(0.0, y + 0.52), (*echo, y + 0.9)], BLUE.mix(0.7).filled()),
-            Rectangle::new([(0.0, y + 0.1), (*direct, y + 0.48)], RGBColor(230, 126, 34).mix(0.8).filled()),
-        ])
-        .map_err(|e| e.to_string())?;
+        let first = if first.is_finite() { first.max(0.0) } else { 0.0 };
+        match second {
+            Some(second) => {
+                let second = if second.is_finite() { second.max(0.0) } else { 0.0 };
+                chart
+                    .draw_series([
+                        Rectangle::new([(0.0, y + 0.52), (first, y + 0.9)], BLUE.mix(0.7).filled()),
+                        Rectangle::new([(0.0, y + 0.1), (second, y + 0.48)], RGBColor(230, 126, 34).mix(0.8).filled()),
+                    ])
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                chart
+                    .draw_series([Rectangle::new([(0.0, y + 0.2), (first, y + 0.8)], BLUE.mix(0.7).filled())])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
     }
+    Ok(())
+}
 
-    let max_rate = results
-        .scaling
+/// Three panels: throughput relative to no filter (echo and direct_response), Envoy CPU added per request, and
+/// latency added at p50 and p99 (paced).
+pub fn chart(results: &Results, path: &Path) -> Result<(), Error> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font()?).map_err(|_| "cannot load the font")?;
+    let root = BitMapBackend::new(path, (1800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((1, 3));
+    let rows: Vec<&Row> = results.ordered().collect::<Vec<_>>().into_iter().rev().collect();
+    let name = |row: &Row| row.scenario.name().to_string();
+    let throughput: Vec<_> = rows
         .iter()
-        .flat_map(|s| [s.allow_hit.median(), s.rbac_hit.median()])
-        .filter(|v| v.is_finite())
-        .fold(1.0, f64::max);
-    let mut lines = ChartBuilder::on(&right)
-        .caption("Rule scaling, hits (req/s)", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((10f64..100_000f64).log_scale(), 0.0..max_rate * 1.15)
-        .map_err(|e| e.to_string())?;
-    lines.configure_mesh().x_desc("rules").draw().map_err(|e| e.to_string())?;
-    let series = |pick: fn(&Scaling) -> &Samples| -> Vec<(f64, f64)> {
-        results.scaling.iter().map(|s| (s.rules as f64, pick(s).median())).filter(|(_, v)| v.is_finite()).collect()
-    };
-    lines
-        .draw_series(LineSeries::new(series(|s| &s.allow_hit), BLUE.stroke_width(3)))
-        .map_err(|e| e.to_string())?
-        .label("allow-list (Wasm)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(3)));
-    lines
-        .draw_series(LineSeries::new(series(|s| &s.rbac_hit), RED.stroke_width(3)))
-        .map_err(|e| e.to_string())?
-        .label("RBAC (native)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(3)));
-    lines
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .map(|r| (name(r), results.ratio(r.scenario, |x| &x.echo), Some(results.ratio(r.scenario, |x| &x.direct))))
+        .collect();
+    let cpu: Vec<_> = rows.iter().map(|r| (name(r), results.added_cpu(r.scenario), None)).collect();
+    let latency: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let p50 = results.added_latency(r.scenario, |p| p.p50);
+            (name(r), p50, Some(results.added_latency(r.scenario, |p| p.p99)))
+        })
+        .collect();
+    if let [first, second, third] = panels.as_slice() {
+        bars(first, "Throughput vs no filter (higher is better)", "blue: echo, orange: direct_response", &throughput)?;
+        bars(second, "Envoy CPU added per request (µs)", "µs over no filter (direct_response)", &cpu)?;
+        bars(third, "Latency added, paced (µs)", "blue: p50, orange: p99, over no filter", &latency)?;
+    }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -1,33 +1,65 @@
 //! The Envoy configurations compared: the harness's gateway (the chain the manifests deploy), with its HTTP filters
-//! swapped for none, the allow-list alone, the full suite, Envoy's RBAC filter or a Lua filter enforcing the same
-//! host policy, in front of the echo upstream or of a `direct_response` (to isolate the filters' cost).
+//! swapped for none, an empty Wasm filter (the mechanism's floor), the allow-list alone, the whole suite fused into
+//! one filter or as four separate filters, Envoy's RBAC filter or a Lua filter enforcing the same host policy, in
+//! front of the echo upstream or of a `direct_response` (to isolate the filters' cost).
 
 use egress_harness::bootstrap::AUDIT_COLLECTOR_CLUSTER;
 use egress_harness::pki::Error;
-use egress_harness::{gateway_bootstrap_for, LabOptions};
+use egress_harness::{envoy, gateway_bootstrap_for, wasm_dir, LabOptions};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Filters {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scenario {
+    #[default]
     None,
+    Empty,
     AllowList,
-    Suite,
+    SuiteFused,
+    SuiteSeparate,
     Rbac,
     Lua,
 }
 
-impl Filters {
-    pub const ALL: [Filters; 5] = [Filters::None, Filters::AllowList, Filters::Suite, Filters::Rbac, Filters::Lua];
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::None,
+        Scenario::Empty,
+        Scenario::AllowList,
+        Scenario::SuiteFused,
+        Scenario::SuiteSeparate,
+        Scenario::Rbac,
+        Scenario::Lua,
+    ];
+
+    /// The id in `--json` output.
+    pub fn id(self) -> &'static str {
+        match self {
+            Scenario::None => "none",
+            Scenario::Empty => "empty",
+            Scenario::AllowList => "allowlist",
+            Scenario::SuiteFused => "suite-fused",
+            Scenario::SuiteSeparate => "suite-separate",
+            Scenario::Rbac => "rbac",
+            Scenario::Lua => "lua",
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
-            Filters::None => "no filter",
-            Filters::AllowList => "allow-list (Wasm)",
-            Filters::Suite => "full suite (Wasm)",
-            Filters::Rbac => "RBAC (native)",
-            Filters::Lua => "Lua",
+            Scenario::None => "no filter",
+            Scenario::Empty => "empty Wasm filter",
+            Scenario::AllowList => "allow-list alone",
+            Scenario::SuiteFused => "suite, fused (1 filter)",
+            Scenario::SuiteSeparate => "suite, separate (4 filters)",
+            Scenario::Rbac => "RBAC (native)",
+            Scenario::Lua => "Lua",
         }
+    }
+
+    /// Whether it runs Wasm (its cost is compared with the empty filter's).
+    pub fn is_wasm(self) -> bool {
+        matches!(self, Scenario::Empty | Scenario::AllowList | Scenario::SuiteFused | Scenario::SuiteSeparate)
     }
 }
 
@@ -45,35 +77,50 @@ pub struct Targets {
     pub collector: SocketAddr,
 }
 
-/// The audit filter's configuration in the suite: events to the loopback collector only (the log sink would
-/// measure Envoy's logger).
-fn audit_config() -> String {
+/// The audit stage's configuration in the suite: events to the loopback collector only (the log sink would measure
+/// Envoy's logger).
+pub fn audit_config() -> String {
     json!({"headers": ["user-agent"], "log": false,
            "collector": {"cluster": AUDIT_COLLECTOR_CLUSTER, "authority": "collector", "flushIntervalMs": 200}})
     .to_string()
 }
 
-/// Plain-HTTP callers have no certificate: the identity filter strips client identity headers and lets them pass.
-const IDENTITY: &str = r#"{"onMissing": "anonymous"}"#;
+/// Plain-HTTP callers have no certificate: the identity stage strips client identity headers and lets them pass.
+pub const IDENTITY: &str = r#"{"onMissing": "anonymous"}"#;
+
+/// The suite's options: every stage, the audit collector on loopback.
+pub fn suite_options(policy: &Value, collector: SocketAddr) -> LabOptions {
+    LabOptions {
+        identity_json: Some(IDENTITY.into()),
+        redirects: true,
+        audit_json: Some(audit_config()),
+        collector: Some(collector),
+        ..LabOptions::new(policy.to_string())
+    }
+}
 
 /// The bootstrap of one scenario. `policy` is the allow-list policy (JSON); RBAC and Lua get its host rules.
-pub fn bootstrap(filters: Filters, upstream: Upstream, policy: &Value, targets: &Targets) -> Result<Value, Error> {
-    let mut options = LabOptions::new(policy.to_string());
-    if filters == Filters::Suite {
-        options.identity_json = Some(IDENTITY.into());
-        options.redirects = true;
-        options.audit_json = Some(audit_config());
-        options.collector = Some(targets.collector);
-    }
+pub fn bootstrap(scenario: Scenario, upstream: Upstream, policy: &Value, targets: &Targets) -> Result<Value, Error> {
+    let manifests = envoy::workspace_root().join("wasmplugin-manifests");
+    let options = match scenario {
+        Scenario::SuiteFused => {
+            LabOptions { manifests: manifests.join("suite"), ..suite_options(policy, targets.collector) }
+        }
+        Scenario::SuiteSeparate => {
+            LabOptions { manifests: manifests.join("wasmplugins"), ..suite_options(policy, targets.collector) }
+        }
+        _ => LabOptions { manifests: manifests.join("wasmplugins"), ..LabOptions::new(policy.to_string()) },
+    };
     let mut bootstrap = gateway_bootstrap_for(&options, targets.echo_http, targets.echo_https)?;
     let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
     let http_filters = hcm["http_filters"].as_array_mut().ok_or("the gateway has no HTTP filters")?;
     let router = http_filters.pop().ok_or("the gateway has no router")?;
-    match filters {
-        Filters::AllowList | Filters::Suite => {}
-        Filters::None => http_filters.clear(),
-        Filters::Rbac => *http_filters = rbac_filters(policy),
-        Filters::Lua => *http_filters = vec![lua_filter(policy)],
+    match scenario {
+        Scenario::AllowList | Scenario::SuiteFused | Scenario::SuiteSeparate => {}
+        Scenario::None => http_filters.clear(),
+        Scenario::Empty => *http_filters = vec![empty_filter()],
+        Scenario::Rbac => *http_filters = rbac_filters(policy),
+        Scenario::Lua => *http_filters = vec![lua_filter(policy)],
     }
     http_filters.push(router);
     // The benchmark measures the filters, not the access log writer.
@@ -89,6 +136,26 @@ pub fn bootstrap(filters: Filters, upstream: Upstream, policy: &Value, targets: 
         }
     }
     Ok(bootstrap)
+}
+
+/// The empty Wasm filter (`bench/empty`, `egress_empty.wasm`), configured as the suite's filters are.
+fn empty_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "egress-empty",
+                "root_id": "egress-empty",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_dir().join("egress_empty.wasm")}},
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{}"},
+                "failure_policy": "FAIL_CLOSED",
+            },
+        },
+    })
 }
 
 /// One host pattern of the policy as Envoy's string matcher on `:authority` (Envoy's RBAC sees the authority as

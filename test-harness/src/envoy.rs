@@ -206,6 +206,11 @@ impl Envoy {
         Ok(found)
     }
 
+    /// The process id of what was started (Envoy itself, or func-e which runs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The bound address of listener `name`.
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.listeners.get(name).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))

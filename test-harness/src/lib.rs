@@ -34,6 +34,9 @@ pub const AUDIT_TLS_ROOT_ID: &str = "egress-audit-tls";
 /// Root ids of the identity plugins (`filters/identity`).
 pub const IDENTITY_ROOT_ID: &str = "egress-identity";
 pub const IDENTITY_TLS_ROOT_ID: &str = "egress-identity-tls";
+/// Root ids of the fused suite (`filters/suite`): every stage in one filter.
+pub const SUITE_ROOT_ID: &str = "egress-suite";
+pub const SUITE_TLS_ROOT_ID: &str = "egress-suite-tls";
 
 /// Where the built `.wasm` files are: `$EGRESS_WASM_DIR`, else the workspace's release output.
 pub fn wasm_dir() -> PathBuf {
@@ -78,9 +81,9 @@ pub fn manifests_dir() -> PathBuf {
     env::var_os("EGRESS_MANIFESTS").map(PathBuf::from).unwrap_or_else(shipped_manifests_dir)
 }
 
-/// The WasmPlugins the project ships (`wasmplugin-manifests/wasmplugins`).
+/// The plugins of the recommended deployment the project ships: the fused suite (`wasmplugin-manifests/suite`).
 pub fn shipped_manifests_dir() -> PathBuf {
-    envoy::workspace_root().join("wasmplugin-manifests/wasmplugins")
+    envoy::workspace_root().join("wasmplugin-manifests/suite")
 }
 
 /// The gateway of a [`Lab`] without the mTLS listener: the chain the manifests deploy, with the configurations of
@@ -88,9 +91,11 @@ pub fn shipped_manifests_dir() -> PathBuf {
 fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) -> Result<Gateway, Error> {
     let (mut http_plugins, mut tls_plugins) = (Vec::new(), Vec::new());
     let mut configured = Vec::new();
-    for mut plugin in istio::chain(&options.manifests, &wasm_dir())? {
+    let chain = istio::chain(&options.manifests, &wasm_dir())?;
+    let fused = chain.iter().any(|plugin| plugin.root_id == SUITE_ROOT_ID);
+    for mut plugin in chain {
         let Some(config) = options.config_for(&plugin.root_id)? else { continue };
-        plugin.config = config.to_string();
+        plugin.config = config;
         configured.push(plugin.root_id.clone());
         if plugin.network {
             tls_plugins.push(plugin);
@@ -98,7 +103,7 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
             http_plugins.push(plugin);
         }
     }
-    for root_id in options.configured_root_ids() {
+    for root_id in options.configured_root_ids(fused) {
         if !configured.iter().any(|id| id == root_id) {
             let manifests = options.manifests.display();
             return Err(format!("{manifests} deploy no plugin {root_id} for this lab to configure").into());
@@ -119,7 +124,8 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
         tls_plugins,
         mtls: None,
         forward_client_cert: options.identity_json.is_some(),
-        follow_redirects: follow_redirects.filter(|_| options.redirects),
+        // The suite always runs the redirects stage with the policy; separate filters only when deployed.
+        follow_redirects: follow_redirects.filter(|_| options.redirects || fused),
         path_normalization: options.path_normalization,
         echo_http,
         echo_https,
@@ -200,6 +206,18 @@ impl LabOptions {
     pub fn deployed(manifests: &Path, host_env: Vec<(String, String)>) -> Result<LabOptions, Error> {
         let chain = istio::chain(manifests, &wasm_dir())?;
         let config = |root_id: &str| chain.iter().find(|p| p.root_id == root_id).map(|p| p.config.clone());
+        if let Some(suite) = config(SUITE_ROOT_ID) {
+            let sections: serde_json::Value = serde_json::from_str(&suite)?;
+            let section = |name: &str| Some(&sections[name]).filter(|v| !v.is_null()).map(ToString::to_string);
+            return Ok(LabOptions {
+                identity_json: section("identity"),
+                redirects: true,
+                audit_json: section("audit"),
+                host_env,
+                manifests: manifests.to_path_buf(),
+                ..LabOptions::new(section("policy").ok_or("the suite's pluginConfig has no policy")?)
+            });
+        }
         let policy_json = config(ALLOWLIST_ROOT_ID).ok_or("the manifests deploy no allow-list")?;
         Ok(LabOptions {
             identity_json: config(IDENTITY_ROOT_ID),
@@ -212,19 +230,35 @@ impl LabOptions {
     }
 
     /// The configuration this lab gives the plugin with `root_id`; `None` leaves it out of the chain. The allow-list
-    /// and the redirects filter read one policy document.
-    fn config_for(&self, root_id: &str) -> Result<Option<&str>, Error> {
+    /// and the redirects filter read one policy document; the suite gets every configuration as its sections.
+    fn config_for(&self, root_id: &str) -> Result<Option<String>, Error> {
         Ok(match root_id {
-            IDENTITY_ROOT_ID | IDENTITY_TLS_ROOT_ID => self.identity_json.as_deref(),
-            ALLOWLIST_ROOT_ID | ALLOWLIST_TLS_ROOT_ID => Some(&self.policy_json),
-            REDIRECTS_ROOT_ID => self.redirects.then_some(self.policy_json.as_str()),
-            AUDIT_ROOT_ID | AUDIT_TLS_ROOT_ID => self.audit_json.as_deref(),
+            IDENTITY_ROOT_ID | IDENTITY_TLS_ROOT_ID => self.identity_json.clone(),
+            ALLOWLIST_ROOT_ID | ALLOWLIST_TLS_ROOT_ID => Some(self.policy_json.clone()),
+            REDIRECTS_ROOT_ID => self.redirects.then(|| self.policy_json.clone()),
+            AUDIT_ROOT_ID | AUDIT_TLS_ROOT_ID => self.audit_json.clone(),
+            SUITE_ROOT_ID | SUITE_TLS_ROOT_ID => Some(self.suite_json()?),
             other => return Err(format!("the manifests deploy a plugin this lab cannot configure: {other}").into()),
         })
     }
 
+    /// The fused suite's configuration: each configuration as its section (`egress_core::suite`).
+    pub fn suite_json(&self) -> Result<String, Error> {
+        let mut sections = serde_json::Map::new();
+        sections.insert("policy".into(), serde_json::from_str(&self.policy_json)?);
+        for (name, json) in [("identity", &self.identity_json), ("audit", &self.audit_json)] {
+            if let Some(json) = json {
+                sections.insert(name.into(), serde_json::from_str(json)?);
+            }
+        }
+        Ok(serde_json::Value::Object(sections).to_string())
+    }
+
     /// Root ids of the plugins these options configure, which the manifests must deploy.
-    fn configured_root_ids(&self) -> Vec<&'static str> {
+    fn configured_root_ids(&self, fused: bool) -> Vec<&'static str> {
+        if fused {
+            return vec![SUITE_ROOT_ID, SUITE_TLS_ROOT_ID];
+        }
         let mut ids = vec![ALLOWLIST_ROOT_ID, ALLOWLIST_TLS_ROOT_ID];
         if self.identity_json.is_some() {
             ids.extend([IDENTITY_ROOT_ID, IDENTITY_TLS_ROOT_ID]);

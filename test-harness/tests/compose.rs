@@ -10,7 +10,7 @@ use egress_harness::compose::{
     SIGNING_KEY_ENV, UPSTREAM_HOST, UPSTREAM_PORT,
 };
 use egress_harness::envoy::{run_dir, workspace_root, Launcher, PINNED_VERSION};
-use egress_harness::{wasm_dir, IDENTITY_ROOT_ID};
+use egress_harness::{wasm_dir, SUITE_ROOT_ID};
 use serde_json::{Map, Value};
 use std::fs;
 use std::process::{Command, Output};
@@ -90,7 +90,7 @@ fn config_is_the_lab_gateway_adapted_to_containers() {
     }
 
     let modules = module_paths(&bootstrap);
-    assert_eq!(modules.len(), 7, "four HTTP and three network filters: {modules:?}");
+    assert_eq!(modules.len(), 2, "the suite, for HTTP and for TLS passthrough: {modules:?}");
     for module in &modules {
         let file = module.strip_prefix(&format!("{CONTAINER_WASM_DIR}/")).unwrap_or_else(|| panic!("{module}"));
         assert!(wasm_dir().join(file).is_file(), "{module} is no module of the local build (`make build`)");
@@ -106,8 +106,8 @@ fn config_is_the_lab_gateway_adapted_to_containers() {
     // The key comes from the container's environment only; the file holds no key.
     let identity = objects(&bootstrap)
         .into_iter()
-        .find(|object| object.get("root_id").and_then(Value::as_str) == Some(IDENTITY_ROOT_ID))
-        .expect("the identity filter");
+        .find(|object| object.get("root_id").and_then(Value::as_str) == Some(SUITE_ROOT_ID))
+        .expect("the suite, whose identity stage signs");
     let environment = &identity["vm_config"]["environment_variables"];
     assert_eq!(environment["host_env_keys"], serde_json::json!([SIGNING_KEY_ENV]));
     assert_eq!(environment["key_values"], serde_json::json!({}));

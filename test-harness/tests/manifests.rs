@@ -7,7 +7,7 @@
 use egress_core::Policy;
 use egress_harness::envoy::{workspace_root, Launcher};
 use egress_harness::istio::{self, DeployedPlugin};
-use egress_harness::{gateway_bootstrap, manifests_dir, wasm_dir, LabOptions};
+use egress_harness::{gateway_bootstrap, wasm_dir, LabOptions};
 use egressctl::config;
 use egressctl::render::{self, Release, Source, Sources};
 use serde::Deserialize;
@@ -65,8 +65,8 @@ fn the_committed_manifests_are_what_the_examples_and_the_built_modules_render() 
 }
 
 #[test]
-fn the_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as_each_must() {
-    let chain = istio::chain(&manifests_dir(), &wasm_dir()).expect("pins match the built modules");
+fn the_separate_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as_each_must() {
+    let chain = istio::chain(&variant("wasmplugins"), &wasm_dir()).expect("pins match the built modules");
     let layer = |network: bool| -> Vec<(&str, &str)> {
         chain.iter().filter(|p| p.network == network).map(|p| (p.root_id.as_str(), p.failure_policy)).collect()
     };
@@ -127,15 +127,41 @@ fn every_variant_deploys_the_same_chain() {
     };
     let reference = summary(istio::chain(&variant("wasmplugins"), &wasm_dir()).unwrap());
     assert_eq!(reference.len(), 7);
-    for dir in render::variant_dirs() {
+    for dir in render::variant_dirs().filter(|dir| *dir != "suite") {
         let chain = istio::chain(&variant(dir), &wasm_dir()).unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert_eq!(summary(chain), reference, "{dir}");
     }
 }
 
+/// The recommended deployment: the fused module, first in both chains, failing closed, with a section per stage
+/// holding exactly the example configurations, and the signing key from the gateway pod.
+#[test]
+fn the_suite_is_one_filter_per_traffic_type_configured_from_the_same_files() {
+    let chain = istio::chain(&variant("suite"), &wasm_dir()).expect("pins match the built modules");
+    let summary: Vec<(&str, bool, &str)> =
+        chain.iter().map(|p| (p.root_id.as_str(), p.network, p.failure_policy)).collect();
+    assert_eq!(summary, [("egress-suite", false, "FAIL_CLOSED"), ("egress-suite-tls", true, "FAIL_CLOSED")]);
+    let yaml = |path: &str| -> Value {
+        serde_yaml_ng::from_str(&fs::read_to_string(workspace_root().join(path)).unwrap()).unwrap()
+    };
+    for plugin in &chain {
+        let sections: Value = serde_json::from_str(&plugin.config).unwrap();
+        assert_eq!(sections["policy"], yaml("examples/policy.yaml"), "{}", plugin.root_id);
+        assert_eq!(sections["identity"], yaml("examples/istio/identity.yaml"), "{}", plugin.root_id);
+        assert_eq!(sections["audit"], yaml("examples/istio/audit.yaml"), "{}", plugin.root_id);
+        assert_eq!(plugin.host_env_keys, [sections["identity"]["signing"]["keyEnv"].as_str().unwrap()]);
+    }
+    let top = &documents(&workspace_root().join(MANIFESTS).join("kustomization.yaml"))[0];
+    let resources: Vec<&str> = top["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(
+        resources.contains(&"suite") && !resources.contains(&"wasmplugins"),
+        "the recommended deployment: {resources:?}"
+    );
+}
+
 #[test]
 fn redirects_are_followed_as_far_as_the_policy_allows() {
-    let chain = istio::chain(&manifests_dir(), &wasm_dir()).unwrap();
+    let chain = istio::chain(&variant("wasmplugins"), &wasm_dir()).unwrap();
     let allowlist = chain.iter().find(|p| p.root_id == "egress-allowlist").unwrap();
     let policy = Policy::from_json(allowlist.config.as_bytes()).unwrap();
     let envoy_filter = &documents(&workspace_root().join(MANIFESTS).join(render::FOLLOW_REDIRECTS_FILE))[0];
@@ -165,7 +191,7 @@ fn every_kustomization_lists_files_that_exist() {
             }
         }
     }
-    assert!(checked >= 6, "the top-level, routing and four variant kustomizations: {checked}");
+    assert!(checked >= 7, "the top-level, routing and five variant kustomizations: {checked}");
 }
 
 /// Envoy itself loads every variant's chain with the deployed configurations: modules, root ids, and each

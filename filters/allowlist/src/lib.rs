@@ -1,36 +1,22 @@
-//! The egress allow-list as an Envoy proxy-wasm filter: glue between Envoy and `egress-core`.
-//!
-//! One module, two plugins, chosen by root id (Istio's `WasmPlugin.pluginName`):
-//! - `egress-allowlist` — HTTP filter: vets `:authority` of every request, CONNECT included;
-//! - `egress-allowlist-tls` — network filter: vets the SNI of TLS passthrough connections.
-//!
-//! The plugin configuration is the policy (JSON). Invalid policy: `on_configure` fails, so Envoy refuses the
-//! listener. A host call that fails denies the request (fail closed) instead of panicking.
+//! The allow-list stage: egress only to what the policy allows. HTTP (`:authority` of every request, CONNECT
+//! included) and TLS passthrough (the SNI). It publishes its decision to filter state (`egress.decision`) and to the
+//! request's context, counts it, and refuses what the policy denies: 403 (400 for what cannot be parsed), or a
+//! closed connection. Glue over `egress_core::Policy`; the separate module and the suite both run it.
 
 use egress_core::state::{self, DecisionRecord};
 use egress_core::{Action, Decision, HttpRequest, Mode, Policy, Reason};
-use egress_proxy::{self as proxy, Counter, RequestLine};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{Action as Next, ContextType, LogLevel, Status};
+use egress_proxy::{self as proxy, Connection, Counter, Host, HttpStage, Layer, Request, Step, TlsStage};
+use proxy_wasm::types::{LogLevel, Status};
 use std::rc::Rc;
 
-/// Root id of the HTTP filter.
+/// Root id of the separate HTTP filter.
 pub const HTTP_ROOT_ID: &str = "egress-allowlist";
-/// Root id of the TLS-passthrough (SNI) network filter.
+/// Root id of the separate TLS-passthrough (SNI) network filter.
 pub const TLS_ROOT_ID: &str = "egress-allowlist-tls";
+/// The proxy-wasm callbacks this stage needs exported (a module lists the union of its stages').
+pub const CALLBACKS: &[&str] = &["proxy_on_request_headers", "proxy_on_new_connection"];
 
-const FILTER: &str = "egress-allowlist";
-
-#[allow(unsafe_code)] // proxy_wasm::main! exports the module's `_initialize` entry point.
-mod entry {
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| Box::<super::AllowListRoot>::default());
-    }}
-}
-
-/// Counters, one per outcome, defined once per VM.
+/// Counters, one per outcome.
 #[derive(Clone, Copy)]
 struct Metrics {
     allowed: Counter,
@@ -40,8 +26,8 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define(prefix: &str) -> Result<Metrics, String> {
-        let counter = |name: &str| Counter::define(&format!("{prefix}_{name}"));
+    fn define(host: &dyn Host, prefix: &str) -> Result<Metrics, String> {
+        let counter = |name: &str| Counter::define(host, &format!("{prefix}_{name}"));
         Ok(Metrics {
             allowed: counter("allowed")?,
             denied: counter("denied")?,
@@ -50,169 +36,195 @@ impl Metrics {
         })
     }
 
-    fn count(&self, decision: &Decision<'_>) {
+    fn count(&self, host: &dyn Host, decision: &Decision<'_>) {
         let counter = match (decision.action, decision.reason) {
             (_, Reason::MalformedAuthority(_) | Reason::MissingSni) => self.malformed,
             (Action::Allow, _) => self.allowed,
             (Action::Deny, _) => self.denied,
             (Action::ReportDeny, _) => self.would_deny,
         };
-        counter.increment();
+        counter.increment(host);
     }
 }
 
-/// The compiled policy and the counters, shared by every request context.
-type Filter = (Rc<Policy>, Metrics);
-
-#[derive(Default)]
-struct AllowListRoot {
-    /// Set by a successful `on_configure`; contexts are only created after that.
-    filter: Option<Filter>,
-    kind: Option<ContextType>,
+/// The allow-list stage over one compiled policy.
+pub struct AllowList {
+    policy: Rc<Policy>,
+    metrics: Metrics,
 }
 
-impl Context for AllowListRoot {}
-
-impl RootContext for AllowListRoot {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let root_id = proxy::root_id().unwrap_or_default();
-        let (kind, metric_prefix) = match root_id.as_str() {
-            HTTP_ROOT_ID => (ContextType::HttpContext, "egress_allowlist"),
-            TLS_ROOT_ID => (ContextType::StreamContext, "egress_allowlist_tls"),
-            other => {
-                let why = format!("root id {other:?}: use `{HTTP_ROOT_ID}` (HTTP) or `{TLS_ROOT_ID}` (network, SNI)");
-                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {why}"));
-                return false;
-            }
+impl AllowList {
+    /// The stage for `layer`, its counters defined: `egress_allowlist_*` for HTTP, `egress_allowlist_tls_*` for TLS.
+    pub fn new(host: &dyn Host, policy: Rc<Policy>, layer: Layer) -> Result<AllowList, String> {
+        let prefix = match layer {
+            Layer::Http => "egress_allowlist",
+            Layer::Tls => "egress_allowlist_tls",
         };
-        self.kind = Some(kind);
-        // The policy is parsed as it is read from the host, and the HTTP and TLS plugins of one VM share it when
-        // their configurations are the same: a large policy costs each worker's VM its compiled form once.
-        let build = || {
-            proxy::shared_config(plugin_configuration_size, |config| {
-                Policy::from_buf_reader(config).map_err(|errors| errors.to_string())
-            })
-        };
-        proxy::configure_with(
-            FILTER,
-            &mut self.filter,
-            build,
-            || Metrics::define(metric_prefix),
-            |policy| format!("{root_id}: {} rules, mode {:?}", policy.rule_count(), policy.mode()),
-        )
+        Ok(AllowList { policy, metrics: Metrics::define(host, prefix)? })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        self.kind
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AllowListHttp { filter: self.filter.clone() }))
-    }
-
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(AllowListTls { filter: self.filter.clone() }))
-    }
-}
-
-struct AllowListHttp {
-    filter: Option<Filter>,
-}
-
-impl Context for AllowListHttp {}
-
-impl HttpContext for AllowListHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        let Some((policy, metrics)) = &self.filter else {
-            return proxy::reply_internal_error(FILTER, "not configured");
+    /// Counts and publishes a decision: to filter state (for separate filters and access logs) and to the context.
+    fn record(&self, host: &dyn Host, decision: &Decision<'_>) -> Result<DecisionRecord<String>, Status> {
+        self.metrics.count(host, decision);
+        let destination = decision.destination.as_ref().map(ToString::to_string);
+        let mode = match self.policy.mode() {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
         };
-        let request = match RequestLine::read() {
-            Ok(request) => request,
-            Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
-        };
-        let judged = proxy::with_caller(|caller| {
-            policy.evaluate_http(&HttpRequest {
-                authority: &request.authority,
-                scheme: if request.scheme.is_empty() { "http" } else { &request.scheme },
-                method: &request.method,
-                path: request.path.as_deref(),
-                caller,
-            })
-        });
-        let decision = match judged {
-            Ok(decision) => decision,
-            Err(status) => {
-                return proxy::reply_internal_error(FILTER, &format!("cannot read the caller's identity: {status:?}"))
-            }
-        };
-        metrics.count(&decision);
-        if let Err(status) = publish(&decision, policy) {
-            return proxy::reply_internal_error(FILTER, &format!("cannot publish the decision: {status:?}"));
-        }
-        if decision.action.proceeds() {
-            Next::Continue
-        } else {
-            proxy::reply(decision.http_status(), decision.reason.code(), &decision.http_body())
-        }
-    }
-}
-
-struct AllowListTls {
-    filter: Option<Filter>,
-}
-
-impl Context for AllowListTls {}
-
-impl StreamContext for AllowListTls {
-    fn on_new_connection(&mut self) -> Next {
-        let Some((policy, metrics)) = &self.filter else { return proxy::close_connection(FILTER, "not configured") };
-        let inputs = (|| -> Result<_, Status> {
-            let sni = proxy::property_string(&["connection", "requested_server_name"])?;
-            // Unknown is 0, which no rule with `ports` allows.
-            let port = proxy::property_u64(&["destination", "port"])?.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-            Ok((sni, port))
-        })();
-        let (sni, port) = match inputs {
-            Ok(inputs) => inputs,
-            Err(status) => {
-                return proxy::close_connection(FILTER, &format!("cannot read connection properties: {status:?}"))
-            }
-        };
-        let decision = match proxy::with_caller(|caller| policy.evaluate_tls(sni.as_deref(), port, caller)) {
-            Ok(decision) => decision,
-            Err(status) => {
-                return proxy::close_connection(FILTER, &format!("cannot read the caller's identity: {status:?}"))
-            }
-        };
-        metrics.count(&decision);
-        if let Err(status) = publish(&decision, policy) {
-            return proxy::close_connection(FILTER, &format!("cannot publish the decision: {status:?}"));
-        }
-        if decision.action.proceeds() {
-            return Next::Continue;
-        }
-        proxy::log(LogLevel::Info, &format!("{FILTER}: closing TLS connection to {sni:?}: {}", decision.reason));
-        let _ = hostcalls::close_downstream();
-        Next::Pause
-    }
-}
-
-/// Publishes the decision to filter state for the other filters and access logs, as one record
-/// (`egress_core::state::DECISION`).
-fn publish(decision: &Decision<'_>, policy: &Policy) -> Result<(), Status> {
-    let destination = decision.destination.as_ref().map(ToString::to_string);
-    let mode = match policy.mode() {
-        Mode::Enforce => "enforce",
-        Mode::Report => "report",
-    };
-    proxy::publish_record(
-        state::DECISION,
-        &DecisionRecord {
+        let record = DecisionRecord {
             action: decision.action.as_str(),
             reason: decision.reason.code(),
             rule: decision.rule,
             destination: destination.as_deref(),
             mode,
-        },
-    )
+        };
+        proxy::publish_record(host, state::DECISION, &record)?;
+        Ok(DecisionRecord {
+            action: record.action.to_string(),
+            reason: record.reason.to_string(),
+            rule: record.rule.map(str::to_string),
+            destination,
+            mode: mode.to_string(),
+        })
+    }
+}
+
+impl HttpStage for AllowList {
+    fn name(&self) -> &'static str {
+        "allowlist"
+    }
+
+    fn on_request_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
+        let line = request.facts.line(host)?;
+        let decision = Request::with_caller(&request.caller, host, |caller| {
+            self.policy.evaluate_http(&HttpRequest {
+                authority: &line.authority,
+                scheme: if line.scheme.is_empty() { "http" } else { &line.scheme },
+                method: &line.method,
+                path: line.path.as_deref(),
+                caller,
+            })
+        })?;
+        request.decision = Some(self.record(host, &decision)?);
+        if decision.action.proceeds() {
+            return Ok(Step::Continue);
+        }
+        Ok(proxy::reply(host, decision.http_status(), decision.reason.code(), &decision.http_body(), &[]))
+    }
+}
+
+impl TlsStage for AllowList {
+    fn name(&self) -> &'static str {
+        "allowlist"
+    }
+
+    fn on_new_connection(&self, host: &dyn Host, connection: &mut Connection) -> Result<Step, Status> {
+        let sni = proxy::property_string(host, &["connection", "requested_server_name"])?;
+        // Unknown is 0, which no rule with `ports` allows.
+        let port =
+            proxy::property_u64(host, &["destination", "port"])?.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        let decision = proxy::with_caller(host, |caller| self.policy.evaluate_tls(sni.as_deref(), port, caller))?;
+        connection.decision = Some(self.record(host, &decision)?);
+        if decision.action.proceeds() {
+            return Ok(Step::Continue);
+        }
+        host.log(LogLevel::Info, &format!("egress-allowlist: closing TLS connection to {sni:?}: {}", decision.reason));
+        let _ = host.close_downstream();
+        Ok(Step::Stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress_proxy::fake::FakeHost;
+
+    fn stage(host: &FakeHost, policy: &str, layer: Layer) -> AllowList {
+        AllowList::new(host, Rc::new(Policy::from_json(policy.as_bytes()).unwrap()), layer).unwrap()
+    }
+
+    const POLICY: &str = r#"{"rules":[{"name":"httpbin","hosts":["httpbin.org"]},
+        {"name":"sleep","hosts":["internal.example"],"principals":["cluster.local/ns/app/sa/sleep"]}]}"#;
+
+    fn get(authority: &str) -> FakeHost {
+        FakeHost::new().with_request(&[
+            (":authority", authority),
+            (":method", "GET"),
+            (":path", "/"),
+            (":scheme", "http"),
+        ])
+    }
+
+    #[test]
+    fn an_allowed_request_costs_one_map_read_one_count_and_one_record() {
+        let host = get("httpbin.org");
+        let allowlist = stage(&host, POLICY, Layer::Http);
+        host.clear_calls();
+        let mut request = Request::default();
+        assert_eq!(allowlist.on_request_headers(&host, &mut request), Ok(Step::Continue));
+        assert_eq!(
+            host.calls(),
+            ["map(request_headers)", "increment_metric(egress_allowlist_allowed)", "set_property(egress.decision)"]
+        );
+        assert_eq!(request.decision.unwrap().rule.as_deref(), Some("httpbin"));
+        assert_eq!(
+            host.published(state::DECISION).unwrap(),
+            r#"{"action":"allow","reason":"allowed","rule":"httpbin","destination":"httpbin.org:80","mode":"enforce"}"#
+        );
+    }
+
+    #[test]
+    fn a_denied_request_is_answered_here() {
+        let host = get("evil.example");
+        let allowlist = stage(&host, POLICY, Layer::Http);
+        assert_eq!(allowlist.on_request_headers(&host, &mut Request::default()), Ok(Step::Stop));
+        let (status, reason, body) = host.reply().unwrap();
+        assert_eq!((status, reason.as_deref()), (403, Some("host_not_allowed")));
+        assert!(body.contains(r#""host":"evil.example""#), "{body}");
+        assert_eq!(host.metric("egress_allowlist_denied"), Some(1));
+    }
+
+    #[test]
+    fn the_caller_is_read_only_for_identity_scoped_rules_and_not_at_all_when_the_suite_knows_it() {
+        let host = get("internal.example");
+        let allowlist = stage(&host, POLICY, Layer::Http);
+        host.clear_calls();
+        // A separate filter: the identity filter's record, read because the rule names principals.
+        host.set(&[state::IDENTITY], br#"{"source":"mtls","id":"spiffe://cluster.local/ns/app/sa/sleep"}"#);
+        assert_eq!(allowlist.on_request_headers(&host, &mut Request::default()), Ok(Step::Continue));
+        assert!(host.calls().contains(&"property(egress.identity)".to_string()), "{:?}", host.calls());
+        // The suite: the identity stage ran in this pass, nothing is read.
+        host.clear_calls();
+        let sleep = egress_core::SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
+        let mut request = Request { caller: Some(Some(sleep)), ..Request::default() };
+        assert_eq!(allowlist.on_request_headers(&host, &mut request), Ok(Step::Continue));
+        assert!(!host.calls().iter().any(|c| c.starts_with("property(")), "{:?}", host.calls());
+        // No identity rule tried: nothing read either.
+        let plain = get("httpbin.org");
+        let allowlist = stage(&plain, POLICY, Layer::Http);
+        plain.clear_calls();
+        allowlist.on_request_headers(&plain, &mut Request::default()).unwrap();
+        assert!(!plain.calls().iter().any(|c| c.starts_with("property(")), "{:?}", plain.calls());
+    }
+
+    #[test]
+    fn tls_passthrough_is_judged_by_sni_and_closed_when_denied() {
+        let host = FakeHost::new()
+            .with_property(&["connection", "requested_server_name"], b"evil.example")
+            .with_property(&["destination", "port"], &443u64.to_le_bytes());
+        let allowlist = stage(&host, POLICY, Layer::Tls);
+        let mut connection = Connection::default();
+        assert_eq!(allowlist.on_new_connection(&host, &mut connection), Ok(Step::Stop));
+        assert!(host.state().closed);
+        assert_eq!(host.metric("egress_allowlist_tls_denied"), Some(1));
+        assert_eq!(connection.decision.unwrap().reason, "host_not_allowed");
+    }
+
+    #[test]
+    fn a_failing_host_call_is_an_error_for_the_runner_to_fail_closed() {
+        let host = get("httpbin.org").failing("map(");
+        let allowlist = stage(&host, POLICY, Layer::Http);
+        assert_eq!(allowlist.on_request_headers(&host, &mut Request::default()), Err(Status::InternalFailure));
+        assert!(host.reply().is_none(), "the runner answers 500 (pipeline tests), not the stage");
+    }
 }

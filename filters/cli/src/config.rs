@@ -3,6 +3,7 @@
 
 use egress_core::audit::AuditConfig;
 use egress_core::redirect::{self, BaseRequest};
+use egress_core::suite::SuiteConfig;
 use egress_core::workload::IdentityConfig;
 use egress_core::{Action, Decision, HttpRequest, Policy, PolicyDocument, SpiffeId};
 use std::path::Path;
@@ -13,6 +14,8 @@ pub enum Kind {
     Policy,
     Identity,
     Audit,
+    /// The fused suite's configuration: a section per stage (`policy`, `identity`, `audit`).
+    Suite,
 }
 
 impl Kind {
@@ -21,6 +24,7 @@ impl Kind {
             "policy" => Some(Kind::Policy),
             "identity" => Some(Kind::Identity),
             "audit" => Some(Kind::Audit),
+            "suite" => Some(Kind::Suite),
             _ => None,
         }
     }
@@ -48,6 +52,7 @@ pub enum Checked {
     Policy(Box<Policy>),
     Identity(IdentityConfig),
     Audit(AuditConfig),
+    Suite(Box<SuiteConfig>),
 }
 
 /// Checks `json` as the filter of `kind` does in `on_configure`; every problem comes back with its field path.
@@ -64,6 +69,9 @@ pub fn check(kind: Kind, json: &str) -> Result<Checked, Vec<String>> {
             .map(Checked::Identity)
             .map_err(messages),
         Kind::Audit => AuditConfig::from_json(json.as_bytes()).map(Checked::Audit).map_err(messages),
+        Kind::Suite => SuiteConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64)))
+            .map(|c| Checked::Suite(Box::new(c)))
+            .map_err(messages),
     }
 }
 
@@ -86,6 +94,7 @@ pub fn validate(path: &Path, kind: Kind) -> Result<String, Vec<String>> {
         Checked::Identity(config) => {
             format!("{shown}: valid identity configuration (onMissing {:?})", config.on_missing)
         }
+        Checked::Suite(config) => format!("{shown}: valid suite configuration: {}", config.describe()),
         Checked::Audit(config) => {
             format!("{shown}: valid audit configuration (collector: {})", config.collector.is_some())
         }

@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
 
   egressctl oci --wasm FILE --out DIR --tag TAG
 
-  egressctl validate (policy|identity|audit) FILE
+  egressctl validate (policy|identity|audit|suite) FILE
   egressctl explain URL --policy FILE [--method METHOD] [--as SPIFFE_ID]
   egressctl render --policy FILE --identity FILE --audit FILE --wasm-dir DIR --out DIR [--registry PREFIX] [--tag TAG]
 
@@ -151,7 +151,8 @@ fn oci_image(args: &[String]) -> Result<Verdict, Usage> {
 
 fn validate(args: &[String]) -> Result<Verdict, Usage> {
     let [kind, file] = args else { return Err(Usage(format!("validate needs a kind and a file\n\n{USAGE}"))) };
-    let kind = Kind::parse(kind).ok_or_else(|| Usage(format!("`{kind}`: the kind is policy, identity or audit")))?;
+    let kind =
+        Kind::parse(kind).ok_or_else(|| Usage(format!("`{kind}`: the kind is policy, identity, audit or suite")))?;
     Ok(match config::validate(Path::new(file), kind) {
         Ok(summary) => Verdict::Valid(summary),
         Err(problems) => Verdict::Invalid(problems.join("\n")),

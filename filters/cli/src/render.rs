@@ -1,8 +1,10 @@
 //! `egressctl render`: the Istio resources that deploy the suite on an egress gateway, rendered from the same
 //! configuration files `make run` and the tests use, so the policy is written once.
 //!
-//! Four variants of the same seven plugins, one folder each (apply one of them, never two: each would add its own
-//! copy of every filter):
+//! The recommended deployment is `suite/`: the fused module, every stage in one filter, one `WasmPlugin` per traffic
+//! type (HTTP, TLS passthrough) whose `pluginConfig` has a section per stage. Four variants of the separate filters
+//! (seven plugins), one folder each, remain for those who run only some stages (apply one folder only, never two: each
+//! would add its own copy of every filter):
 //! - `wasmplugins/` — `WasmPlugin`s selecting the gateway pods by label, modules pulled from an OCI registry;
 //! - `gateway-api/` — the same attached to a Gateway API `Gateway` by `targetRefs`;
 //! - `trafficextensions/` — `TrafficExtension`s, the successor API of Istio 1.30;
@@ -163,6 +165,41 @@ const PLUGINS: [Plugin; 7] = [
     },
 ];
 
+/// The fused module's plugins: first in both chains (phase AUTHN, as the identity stage must be), failing closed
+/// because it enforces; its audit stage still never blocks traffic (a failure there is only logged).
+const SUITE_PLUGINS: [Plugin; 2] = [
+    Plugin {
+        name: "egress-suite",
+        module: "egress-suite",
+        layer: Layer::Http,
+        phase: "AUTHN",
+        priority: 10,
+        fail_strategy: "FAIL_CLOSE",
+        config: Kind::Suite,
+    },
+    Plugin {
+        name: "egress-suite-tls",
+        module: "egress-suite",
+        layer: Layer::Network,
+        phase: "AUTHN",
+        priority: 10,
+        fail_strategy: "FAIL_CLOSE",
+        config: Kind::Suite,
+    },
+];
+
+const SUITE_FILES: [(&str, &str, &str); 1] = [(
+    "egress-suite",
+    "suite.yaml",
+    "The suite module runs every configured stage in one filter and one context per request: one VM crossing per
+callback for all of them, and what one stage read or decided (request line, caller, decision, response status) is
+handed to the next in memory. pluginConfig has a section per stage (policy: the allow-list and redirects; identity;
+audit); an absent section turns its stage off. It publishes the same filter-state records and metrics as the
+separate filters. FAIL_CLOSE: it enforces. The audit stage inside it never blocks traffic, but if the whole VM
+fails, nothing passes (the separate audit plugin, FAIL_OPEN, is the choice where audit must not take egress down
+with it).",
+)];
+
 /// The file each module's plugins go to, and why they sit where they do and fail as they do.
 const MODULE_FILES: [(&str, &str, &str); 4] = [
     (
@@ -205,6 +242,8 @@ Choose FAIL_CLOSE where no egress may happen without an audit event.",
 
 struct Variant {
     dir: &'static str,
+    /// The module files it renders: the separate filters or the suite.
+    modules: &'static [(&'static str, &'static str, &'static str)],
     kind: &'static str,
     attach: Attach,
     location: Location,
@@ -221,9 +260,20 @@ enum Location {
     File,
 }
 
-const VARIANT_SPECS: [Variant; 4] = [
+const VARIANT_SPECS: [Variant; 5] = [
+    Variant {
+        dir: "suite",
+        modules: &SUITE_FILES,
+        kind: "WasmPlugin",
+        attach: Attach::Selector,
+        location: Location::Oci,
+        about: "The recommended deployment: the whole suite as one filter (identity, allow-list, redirects, audit in one pass
+per request), one WasmPlugin for HTTP and one for TLS passthrough, for Istio's egress gateway (pods labelled istio:
+egressgateway); the module from an OCI image pinned by manifest digest. Push the image with `make oci`.",
+    },
     Variant {
         dir: "wasmplugins",
+        modules: &MODULE_FILES,
         kind: "WasmPlugin",
         attach: Attach::Selector,
         location: Location::Oci,
@@ -232,6 +282,7 @@ pinned by manifest digest (sha256). Push the images with `make oci` and the comm
     },
     Variant {
         dir: "gateway-api",
+        modules: &MODULE_FILES,
         kind: "WasmPlugin",
         attach: Attach::TargetRefs,
         location: Location::Oci,
@@ -241,6 +292,7 @@ gatewayClassName istio); a WasmPlugin must live in its Gateway's namespace. Modu
     },
     Variant {
         dir: "trafficextensions",
+        modules: &MODULE_FILES,
         kind: "TrafficExtension",
         attach: Attach::Selector,
         location: Location::Oci,
@@ -249,6 +301,7 @@ order, failure strategies and pinned images as ../wasmplugins.",
     },
     Variant {
         dir: "file",
+        modules: &MODULE_FILES,
         kind: "WasmPlugin",
         attach: Attach::Selector,
         location: Location::File,
@@ -278,13 +331,22 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
                 return Err(errors.iter().map(|e| format!("{}: {e}", source.path)).collect::<Vec<_>>().join("\n"))
             }
         }
-        configs.push((kind, source));
+        configs.push((kind, source.value.clone()));
     }
-    let config_of = |kind: Kind| configs.iter().find(|(k, _)| *k == kind).map(|(_, source)| *source);
+    // The suite's configuration: the three files as its sections, checked as the suite module checks it.
+    let suite = map([
+        ("policy", sources.policy.value.clone()),
+        ("identity", sources.identity.value.clone()),
+        ("audit", sources.audit.value.clone()),
+    ]);
+    let json = config::to_json(&suite)?;
+    config::check(Kind::Suite, &json).map_err(|errors| errors.join("\n"))?;
+    configs.push((Kind::Suite, suite));
+    let config_of = |kind: Kind| configs.iter().find(|(k, _)| *k == kind).map(|(_, value)| value);
     let key_env = sources.identity.value.get("signing").and_then(|s| s.get("keyEnv")).and_then(Value::as_str);
 
     let mut modules = Vec::new();
-    for (module, _, _) in MODULE_FILES {
+    for (module, _, _) in MODULE_FILES.iter().chain(&SUITE_FILES) {
         let path = release.wasm_dir.join(module_file(module));
         let bytes =
             std::fs::read(&path).map_err(|e| format!("{}: {e} (build the filters: make build)", path.display()))?;
@@ -300,18 +362,18 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
     let mut files = Vec::new();
     for variant in &VARIANT_SPECS {
         let mut names = Vec::new();
-        for (module, file_name, why) in MODULE_FILES {
+        for &(module, file_name, why) in variant.modules {
             let mut text = format!("{generated}#\n{}\n#\n{}\n", comment(variant.about), comment(why));
-            for plugin in PLUGINS.iter().filter(|p| p.module == module) {
+            for plugin in PLUGINS.iter().chain(&SUITE_PLUGINS).filter(|p| p.module == module) {
                 let source = config_of(plugin.config).ok_or("internal: a plugin without configuration")?;
                 let (_, image_digest, module_digest) =
-                    modules.iter().find(|(m, _, _)| *m == module).ok_or("internal: a plugin without module")?;
+                    modules.iter().find(|(m, _, _)| **m == module).ok_or("internal: a plugin without module")?;
                 let (url, sha256) = match variant.location {
                     Location::Oci => (format!("oci://{}/{module}:{}", release.registry, release.tag), image_digest),
                     Location::File => (format!("file://{MODULE_DIR}/{}", module_file(module)), module_digest),
                 };
-                let key_env = key_env.filter(|_| plugin.config == Kind::Identity);
-                let document = resource(variant, plugin, &url, sha256, key_env, &source.value);
+                let key_env = key_env.filter(|_| matches!(plugin.config, Kind::Identity | Kind::Suite));
+                let document = resource(variant, plugin, &url, sha256, key_env, source);
                 let yaml = serde_yaml_ng::to_string(&document).map_err(|e| format!("{}: {e}", plugin.name))?;
                 text.push_str("---\n");
                 text.push_str(&yaml);
@@ -326,13 +388,14 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
     }
     let policy = policy.ok_or("internal: no policy")?;
     files.extend(follow_redirects(&generated, &policy)?);
-    let mut top = vec!["egress-routing", "wasmplugins"];
+    let mut top = vec!["egress-routing", "suite"];
     if policy.follow_route_hops().is_some() {
         top.push(FOLLOW_REDIRECTS_FILE);
     }
     let about = "# Everything the suite needs on an Istio egress gateway: the egress routing set of Istio's egress walkthrough\n\
-                 # (egress-routing/), the plugins (wasmplugins/; swap in gateway-api/, trafficextensions/ or file/ to use\n\
-                 # another variant), and redirect following when the policy asks for it. `kubectl apply -k wasmplugin-manifests`.\n";
+                 # (egress-routing/), the fused suite (suite/; or, for separate filters, swap in one of wasmplugins/,\n\
+                 # gateway-api/, trafficextensions/ or file/), and redirect following when the policy asks for it.\n\
+                 # `kubectl apply -k wasmplugin-manifests`.\n";
     files.push(File {
         path: PathBuf::from("kustomization.yaml"),
         text: kustomization(&format!("{generated}#\n{about}"), &top)?,

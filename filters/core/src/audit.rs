@@ -276,7 +276,12 @@ impl AuditConfig {
     // optimises for size (this crate's hot path stays at opt-level "s"); parsing a configuration is cold.
     #[inline]
     pub fn from_json(json: &[u8]) -> Result<AuditConfig, ConfigErrors> {
-        let doc: AuditDocument = from_json_with_path(json)?;
+        AuditConfig::compile(from_json_with_path(json)?)
+    }
+
+    /// Validates a document, collecting every problem with its path.
+    #[inline]
+    pub fn compile(doc: AuditDocument) -> Result<AuditConfig, ConfigErrors> {
         let mut errors = Vec::new();
         let mut error = |path: String, message: String| errors.push(ConfigError { path, message });
         let mut headers = Vec::with_capacity(doc.headers.len());

@@ -33,7 +33,7 @@ pub(crate) fn stream(
 
 const POLICY: &[&str] = &["mode", "rules", "deny", "redirects"];
 
-fn policy(
+pub(crate) fn policy(
     reader: &mut Reader<'_>,
     path: &Path<'_>,
     each: &mut dyn FnMut(RuleDocument),

@@ -30,6 +30,11 @@ pub fn from_str<T: DeserializeOwned>(json: &str) -> Result<T, ConfigErrors> {
     from_slice(json.as_bytes())
 }
 
+/// Deserializes a value already read into a tree, its errors at `path` (a section of a larger document).
+pub(crate) fn deserialize_at<T: DeserializeOwned>(value: &Value, path: &Path<'_>) -> Result<T, Error> {
+    T::deserialize(De { value, path: *path })
+}
+
 const ROOT: &str = "(document)";
 
 fn config_errors(error: Error) -> ConfigErrors {

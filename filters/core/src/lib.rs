@@ -19,6 +19,7 @@ pub mod path;
 pub mod policy;
 pub mod redirect;
 pub mod state;
+pub mod suite;
 mod table;
 pub mod workload;
 pub mod xfcc;

@@ -343,6 +343,20 @@ impl Policy {
     }
 }
 
+/// Reads the policy document at `path` of a larger one, compiling each rule as soon as it is read (so a large policy
+/// is never whole in memory); compile errors are under `prefix`. The outer error is the reading's (syntax, type),
+/// which ends the reading; the inner one lists every compile problem.
+#[inline]
+pub(crate) fn read_and_compile(
+    reader: &mut crate::json::Reader<'_>,
+    path: &crate::json::Path<'_>,
+    prefix: &str,
+) -> Result<Result<Policy, ConfigErrors>, crate::json::Error> {
+    let mut compiler = Compiler::new(prefix);
+    let doc = crate::documents::policy(reader, path, &mut |rule| compiler.rule(&rule))?;
+    Ok(compiler.finish(doc.mode, doc.deny.as_ref(), doc.redirects.as_ref()))
+}
+
 /// Rule names appear in reply headers, metrics and audit events, so they are kept to a safe, readable alphabet.
 fn check_rule_name(name: &str) -> Result<(), String> {
     let valid =

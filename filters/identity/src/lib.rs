@@ -1,14 +1,13 @@
-//! The workload identity filter: glue between Envoy and `egress_core::workload`.
+//! The workload identity stage: glue between the host and `egress_core::workload`. First in the chain.
 //!
-//! One module, two plugins, chosen by root id (Istio's `WasmPlugin.pluginName`):
-//! - `egress-identity` — HTTP filter, first in the chain. For every request: remove every client-supplied copy of
-//!   the identity headers and of XFCC, in any spelling a server reads as the same name (`x_workload_identity` is
-//!   `HTTP_X_WORKLOAD_IDENTITY` to CGI), from the headers and from the trailers; refuse tunnels (CONNECT) unless
-//!   `tunnels: allow`; establish the caller from what Envoy verified (the mTLS peer certificate, which must name
-//!   exactly one SPIFFE ID, or a trusted hop's XFCC); then either refuse (403) or set the identity headers toward the
-//!   upstream, optionally with XFCC and a signed assertion. The allow-list then judges the caller published here.
-//! - `egress-identity-tls` — network filter of TLS-passthrough listeners: closes every connection unless
-//!   `tunnels: allow`, since the gateway can tag nothing inside one.
+//! HTTP, for every request: remove every client-supplied copy of the identity headers and of XFCC, in any spelling a
+//! server reads as the same name (`x_workload_identity` is `HTTP_X_WORKLOAD_IDENTITY` to CGI), from the headers and
+//! from the trailers; refuse tunnels (CONNECT) unless `tunnels: allow`; establish the caller from what Envoy verified
+//! (the mTLS peer certificate, which must name exactly one SPIFFE ID, or a trusted hop's XFCC); then either refuse
+//! (403) or set the identity headers toward the upstream, optionally with XFCC and a signed assertion. The caller is
+//! handed to the later stages (the allow-list judges it) and published as `egress.identity`.
+//!
+//! TLS passthrough: every connection is closed unless `tunnels: allow`, since nothing can be tagged inside one.
 //!
 //! A refusal is published as the request's `egress.decision` (action `deny`, the refusal's reason), so access logs
 //! and the audit event show why.
@@ -17,25 +16,16 @@ use egress_core::assertion::Claims;
 use egress_core::state::{self, DecisionRecord, IdentityRecord};
 use egress_core::workload::{Caller, DenyReason, IdentityConfig, Via, XFCC_HEADER};
 use egress_core::xfcc;
-use egress_proxy::{self as proxy, Counter, RequestLine};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
-use proxy_wasm::types::{Action as Next, ContextType, LogLevel, MapType, Status};
+use egress_proxy::{self as proxy, Connection, Counter, Host, HttpStage, Request, Step, TlsStage};
+use proxy_wasm::types::{LogLevel, MapType, Status};
 use std::rc::Rc;
 
-/// Root id of the HTTP filter.
+/// Root id of the separate HTTP filter.
 pub const ROOT_ID: &str = "egress-identity";
-/// Root id of the TLS-passthrough network filter.
+/// Root id of the separate TLS-passthrough network filter.
 pub const TLS_ROOT_ID: &str = "egress-identity-tls";
-const FILTER: &str = "egress-identity";
-
-#[allow(unsafe_code)] // proxy_wasm::main! exports the module's `_initialize` entry point.
-mod entry {
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| Box::<super::IdentityRoot>::default());
-    }}
-}
+/// The proxy-wasm callbacks this stage needs exported.
+pub const CALLBACKS: &[&str] = &["proxy_on_request_headers", "proxy_on_request_trailers", "proxy_on_new_connection"];
 
 #[derive(Clone, Copy)]
 struct Metrics {
@@ -49,8 +39,8 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Result<Metrics, String> {
-        let counter = |name: &str| Counter::define(&format!("egress_identity_{name}"));
+    fn define(host: &dyn Host) -> Result<Metrics, String> {
+        let counter = |name: &str| Counter::define(host, &format!("egress_identity_{name}"));
         Ok(Metrics {
             verified: counter("verified")?,
             via_trusted_hop: counter("via_trusted_hop")?,
@@ -63,109 +53,53 @@ impl Metrics {
     }
 }
 
-type Filter = (Rc<IdentityConfig>, Metrics);
-
-#[derive(Default)]
-struct IdentityRoot {
-    filter: Option<Filter>,
-    kind: Option<ContextType>,
+/// The identity stage over one configuration.
+pub struct Identity {
+    config: Rc<IdentityConfig>,
+    metrics: Metrics,
 }
 
-impl Context for IdentityRoot {}
-
-impl RootContext for IdentityRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let root_id = proxy::root_id().unwrap_or_default();
-        self.kind = match root_id.as_str() {
-            ROOT_ID => Some(ContextType::HttpContext),
-            TLS_ROOT_ID => Some(ContextType::StreamContext),
-            other => {
-                let why =
-                    format!("root id {other:?}: use `{ROOT_ID}` (HTTP) or `{TLS_ROOT_ID}` (network, TLS passthrough)");
-                proxy::log(LogLevel::Error, &format!("{FILTER}: refusing configuration: {why}"));
-                return false;
-            }
-        };
-        proxy::configure(
-            FILTER,
-            &mut self.filter,
-            |json| IdentityConfig::from_json(json, |var| std::env::var(var).ok()).map_err(|errors| errors.to_string()),
-            Metrics::define,
-            |config| {
-                let signing = config.signer.as_ref().map_or("off".to_string(), |s| format!("key id {}", s.key_id));
-                format!("{root_id}: onMissing {:?}, tunnels {:?}, signing {signing}", config.on_missing, config.tunnels)
-            },
-        )
+impl Identity {
+    pub fn new(host: &dyn Host, config: Rc<IdentityConfig>) -> Result<Identity, String> {
+        Ok(Identity { config, metrics: Metrics::define(host)? })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        self.kind
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(IdentityHttp { filter: self.filter.clone() }))
-    }
-
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(IdentityTls { filter: self.filter.clone() }))
-    }
-}
-
-struct IdentityHttp {
-    filter: Option<Filter>,
-}
-
-impl Context for IdentityHttp {}
-
-impl HttpContext for IdentityHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        let Some((config, metrics)) = &self.filter else {
-            return proxy::reply_internal_error(FILTER, "not configured");
-        };
-        match handle(config, metrics) {
-            Ok(next) => next,
-            Err(status) => proxy::reply_internal_error(FILTER, &format!("host call failed: {status:?}")),
+    /// A refusal, counted and published as the request's (or connection's) decision.
+    fn refuse(&self, host: &dyn Host, refusal: DenyReason) -> Result<DecisionRecord<String>, Status> {
+        self.metrics.denied.increment(host);
+        if refusal == DenyReason::TunnelNotAllowed {
+            self.metrics.tunnels_denied.increment(host);
         }
-    }
-
-    /// Trailers reach the upstream too (HTTP/2, chunked HTTP/1.1), and some servers merge them into the headers.
-    /// Envoy calls this only for requests that have trailers.
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Next {
-        let Some((config, metrics)) = &self.filter else {
-            return proxy::reply_internal_error(FILTER, "not configured");
-        };
-        let stripped = hostcalls::get_map_bytes(MapType::HttpRequestTrailers).and_then(|trailers| {
-            proxy::remove_headers_where(MapType::HttpRequestTrailers, &trailers, |name| config.strips(name))
-        });
-        match stripped {
-            Ok(0) => Next::Continue,
-            Ok(_) => {
-                metrics.spoofed.increment();
-                Next::Continue
-            }
-            // The headers have gone upstream already: a trailer we cannot vet must not follow them.
-            Err(status) => {
-                proxy::log(LogLevel::Error, &format!("{FILTER}: cannot strip request trailers: {status:?}"));
-                let _ = hostcalls::reset_http_request();
-                Next::Pause
-            }
-        }
+        let record =
+            DecisionRecord { action: "deny", reason: refusal.code(), rule: None, destination: None, mode: "enforce" };
+        proxy::publish_record(host, state::DECISION, &record)?;
+        Ok(DecisionRecord {
+            action: record.action.to_string(),
+            reason: record.reason.to_string(),
+            rule: None,
+            destination: None,
+            mode: record.mode.to_string(),
+        })
     }
 }
 
-fn handle(config: &IdentityConfig, metrics: &Metrics) -> Result<Next, Status> {
-    // One read of the whole map: the request line, the incoming XFCC and every spelling of our headers. Removing
-    // them comes first, whatever happens next.
-    let headers = proxy::request_headers()?;
-    let request = RequestLine::of(&headers);
-    let mut spoofed = false;
-    let mut incoming_xfcc: Option<String> = None;
-    for (name, value) in &headers {
-        if !config.strips(name) {
-            continue;
-        }
-        if name == XFCC_HEADER {
-            // Every copy, in order: a trusted hop's XFCC is judged as a whole (`IdentityConfig::resolve`).
+impl HttpStage for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn on_request_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
+        let config = &*self.config;
+        // What the client sent of ours goes first, whatever happens next. The XFCC copies are kept, in order: a
+        // trusted hop's XFCC is judged as a whole (`IdentityConfig::resolve`).
+        let headers = request.facts.headers(host)?;
+        let mut spoofed = false;
+        let mut incoming_xfcc: Option<String> = None;
+        for (name, value) in headers.iter().filter(|(name, _)| config.strips(name)) {
+            if name != XFCC_HEADER {
+                spoofed = true;
+                continue;
+            }
             let value = String::from_utf8_lossy(value);
             match &mut incoming_xfcc {
                 Some(joined) => {
@@ -174,98 +108,223 @@ fn handle(config: &IdentityConfig, metrics: &Metrics) -> Result<Next, Status> {
                 }
                 None => incoming_xfcc = Some(value.into_owned()),
             }
-        } else {
-            spoofed = true;
         }
-    }
-    proxy::remove_headers_where(MapType::HttpRequestHeaders, &headers, |name| config.strips(name))?;
-    if spoofed {
-        metrics.spoofed.increment();
-    }
+        if spoofed || incoming_xfcc.is_some() {
+            request.facts.remove_headers_where(host, |name| config.strips(name))?;
+        }
+        if spoofed {
+            self.metrics.spoofed.increment(host);
+        }
 
-    let peer = proxy::verified_peer()?;
-    let caller = config.resolve(&peer, incoming_xfcc.as_deref());
-    let (id, source) = match &caller {
-        Caller::Verified { id, via } => (Some(id.to_string()), via.as_str()),
-        _ => (None, "none"),
-    };
-    proxy::publish_record(state::IDENTITY, &IdentityRecord { source, id: id.as_deref() })?;
-
-    let refusal = caller.refusal(config.on_missing).or_else(|| {
-        let tunnel = request.is_tunnel().then(|| config.tunnel_refusal()).flatten();
-        tunnel.inspect(|_| metrics.tunnels_denied.increment())
-    });
-    if let Some(refusal) = refusal {
-        metrics.denied.increment();
-        publish_refusal(refusal)?;
-        return Ok(proxy::reply(403, refusal.code(), &refusal.http_body()));
-    }
-    let (Caller::Verified { id: spiffe, via }, Some(id)) = (caller, id) else {
-        metrics.anonymous.increment();
-        return Ok(Next::Continue);
-    };
-    metrics.verified.increment();
-    if via == Via::TrustedHop {
-        metrics.via_trusted_hop.increment();
-    }
-    let names = &config.headers;
-    proxy::set_request_header(&names.identity, &id)?;
-    proxy::set_request_header(&names.trust_domain, &spiffe.trust_domain)?;
-    proxy::set_request_header(&names.namespace, &spiffe.namespace)?;
-    proxy::set_request_header(&names.service_account, &spiffe.service_account)?;
-    if config.xfcc {
-        let by = proxy::property_string(&["connection", "uri_san_local_certificate"])?;
-        // The certificate hash describes the direct peer, so it is only true of a caller that is that peer.
-        let hash = match via {
-            Via::Mtls => proxy::property_string(&["connection", "sha256_peer_certificate_digest"])?,
-            Via::TrustedHop => None,
+        let peer = proxy::verified_peer(host)?;
+        let caller = config.resolve(&peer, incoming_xfcc.as_deref());
+        let (id, source) = match &caller {
+            Caller::Verified { id, via } => (Some(id.to_string()), via.as_str()),
+            _ => (None, "none"),
         };
-        proxy::set_request_header(XFCC_HEADER, &xfcc::format_element(by.as_deref(), hash.as_deref(), &id))?;
-    }
-    if let Some(signer) = &config.signer {
-        let path = request.path.as_deref().unwrap_or_default();
-        let claims = Claims { identity: &id, method: &request.method, authority: &request.authority, path };
-        let issued_at = proxy::unix_now()?;
-        let mut nonce = [0u8; 16];
-        let signed = getrandom::fill(&mut nonce)
-            .map_err(|e| format!("no randomness for the nonce: {e}"))
-            .and_then(|()| signer.sign(&claims, issued_at, &nonce));
-        match signed {
-            Ok(assertion) => {
-                proxy::set_request_header(&names.assertion, &assertion)?;
-                metrics.signed.increment();
+        proxy::publish_record(host, state::IDENTITY, &IdentityRecord { source, id: id.as_deref() })?;
+        request.identity = Some(IdentityRecord { source: source.to_string(), id: id.clone() });
+
+        let tunnel = request.facts.line(host)?.is_tunnel();
+        let refusal = caller.refusal(config.on_missing).or_else(|| tunnel.then(|| config.tunnel_refusal()).flatten());
+        if let Some(refusal) = refusal {
+            request.decision = Some(self.refuse(host, refusal)?);
+            return Ok(proxy::reply(host, 403, refusal.code(), &refusal.http_body(), &[]));
+        }
+        let (Caller::Verified { id: spiffe, via }, Some(id)) = (caller, id) else {
+            request.caller = Some(None);
+            self.metrics.anonymous.increment(host);
+            return Ok(Step::Continue);
+        };
+        self.metrics.verified.increment(host);
+        if via == Via::TrustedHop {
+            self.metrics.via_trusted_hop.increment(host);
+        }
+        let names = &config.headers;
+        request.facts.set_header(host, &names.identity, &id)?;
+        request.facts.set_header(host, &names.trust_domain, &spiffe.trust_domain)?;
+        request.facts.set_header(host, &names.namespace, &spiffe.namespace)?;
+        request.facts.set_header(host, &names.service_account, &spiffe.service_account)?;
+        if config.xfcc {
+            let by = proxy::property_string(host, &["connection", "uri_san_local_certificate"])?;
+            // The certificate hash describes the direct peer, so it is only true of a caller that is that peer.
+            let hash = match via {
+                Via::Mtls => proxy::property_string(host, &["connection", "sha256_peer_certificate_digest"])?,
+                Via::TrustedHop => None,
+            };
+            request.facts.set_header(host, XFCC_HEADER, &xfcc::format_element(by.as_deref(), hash.as_deref(), &id))?;
+        }
+        if let Some(signer) = &config.signer {
+            let line = request.facts.line(host)?;
+            let path = line.path.as_deref().unwrap_or_default();
+            let claims = Claims { identity: &id, method: &line.method, authority: &line.authority, path };
+            let issued_at = proxy::unix_ms(host)? / 1000;
+            let mut nonce = [0u8; 16];
+            let signed = host
+                .random(&mut nonce)
+                .map_err(|e| format!("no randomness for the nonce: {e}"))
+                .and_then(|()| signer.sign(&claims, issued_at, &nonce));
+            match signed {
+                Ok(assertion) => {
+                    request.facts.set_header(host, &names.assertion, &assertion)?;
+                    self.metrics.signed.increment(host);
+                }
+                // An upstream that expects a signature must not get an unsigned request that looks vouched for.
+                Err(why) => {
+                    egress_proxy::pipeline::reply_internal_error(host, &format!("egress-identity: {why}"));
+                    return Ok(Step::Stop);
+                }
             }
-            // An upstream that expects a signature must not get an unsigned request that looks vouched for.
-            Err(why) => return Ok(proxy::reply_internal_error(FILTER, &why)),
         }
+        request.caller = Some(Some(spiffe));
+        Ok(Step::Continue)
     }
-    Ok(Next::Continue)
-}
 
-/// A refusal as the request's decision, for access logs and the audit event.
-fn publish_refusal(refusal: DenyReason) -> Result<(), Status> {
-    let record =
-        DecisionRecord { action: "deny", reason: refusal.code(), rule: None, destination: None, mode: "enforce" };
-    proxy::publish_record(state::DECISION, &record)
-}
-
-struct IdentityTls {
-    filter: Option<Filter>,
-}
-
-impl Context for IdentityTls {}
-
-impl StreamContext for IdentityTls {
-    fn on_new_connection(&mut self) -> Next {
-        let Some((config, metrics)) = &self.filter else { return proxy::close_connection(FILTER, "not configured") };
-        let Some(refusal) = config.tunnel_refusal() else { return Next::Continue };
-        metrics.tunnels_denied.increment();
-        metrics.denied.increment();
-        if let Err(status) = publish_refusal(refusal) {
-            return proxy::close_connection(FILTER, &format!("cannot publish the refusal: {status:?}"));
+    /// Trailers reach the upstream too (HTTP/2, chunked HTTP/1.1), and some servers merge them into the headers.
+    /// Envoy calls this only for requests that have trailers.
+    fn on_request_trailers(&self, host: &dyn Host, _request: &mut Request) -> Result<Step, Status> {
+        let trailers = host.map(MapType::HttpRequestTrailers)?;
+        let mut names: Vec<&str> =
+            trailers.iter().map(|(name, _)| name.as_str()).filter(|name| self.config.strips(name)).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in &names {
+            host.remove_map_value(MapType::HttpRequestTrailers, name)?;
         }
-        proxy::log(LogLevel::Info, &format!("{FILTER}: closing TLS-passthrough connection: {}", refusal.code()));
-        let _ = hostcalls::close_downstream();
-        Next::Pause
+        if !names.is_empty() {
+            self.metrics.spoofed.increment(host);
+        }
+        Ok(Step::Continue)
+    }
+}
+
+impl TlsStage for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn on_new_connection(&self, host: &dyn Host, connection: &mut Connection) -> Result<Step, Status> {
+        let Some(refusal) = self.config.tunnel_refusal() else { return Ok(Step::Continue) };
+        connection.decision = Some(self.refuse(host, refusal)?);
+        host.log(LogLevel::Info, &format!("egress-identity: closing TLS-passthrough connection: {}", refusal.code()));
+        let _ = host.close_downstream();
+        Ok(Step::Stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress_proxy::fake::FakeHost;
+
+    const SLEEP: &str = "spiffe://cluster.local/ns/app/sa/sleep";
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn stage(host: &FakeHost, json: &str) -> Identity {
+        let config = IdentityConfig::from_json(json.as_bytes(), |_| Some(KEY.to_string())).unwrap();
+        Identity::new(host, Rc::new(config)).unwrap()
+    }
+
+    fn request(extra: &[(&str, &str)]) -> FakeHost {
+        let mut headers =
+            vec![(":authority", "httpbin.org"), (":method", "GET"), (":path", "/headers"), (":scheme", "http")];
+        headers.extend_from_slice(extra);
+        FakeHost::new().with_request(&headers)
+    }
+
+    fn mtls(host: FakeHost, uri: &str) -> FakeHost {
+        host.with_property(&["connection", "uri_san_peer_certificate"], uri.as_bytes())
+            .with_property(&["connection", "mtls"], &[1])
+    }
+
+    #[test]
+    fn an_honest_anonymous_request_costs_one_map_read_and_two_absent_probes() {
+        let host = request(&[("user-agent", "curl")]);
+        let identity = stage(&host, r#"{"onMissing": "anonymous"}"#);
+        host.clear_calls();
+        let mut req = Request::default();
+        assert_eq!(identity.on_request_headers(&host, &mut req), Ok(Step::Continue));
+        assert_eq!(
+            host.calls(),
+            [
+                "map(request_headers)",
+                "property(connection.peer_certificate)",
+                "property(connection.uri_san_peer_certificate)",
+                "set_property(egress.identity)",
+                "increment_metric(egress_identity_anonymous)"
+            ]
+        );
+        assert_eq!(req.caller, Some(None), "the later stages know: no caller, nothing to read");
+    }
+
+    #[test]
+    fn every_spelling_of_our_headers_is_removed_and_the_callers_set() {
+        let host = mtls(
+            request(&[
+                ("x_workload_identity", "forged"),
+                ("X-Workload_Namespace", "forged"),
+                ("x.forwarded.client.cert", "forged"),
+                ("x-workload-assertion", "forged"),
+            ]),
+            SLEEP,
+        );
+        let identity = stage(&host, r#"{"signing": {"keyId": "k1", "key": "0123456789abcdef0123456789abcdef"}}"#);
+        let mut req = Request::default();
+        assert_eq!(identity.on_request_headers(&host, &mut req), Ok(Step::Continue));
+        for forged in ["x_workload_identity", "x-workload_namespace", "x.forwarded.client.cert"] {
+            assert!(host.request_header(forged).is_empty(), "{forged}");
+        }
+        assert_eq!(host.request_header("x-workload-identity"), [SLEEP]);
+        assert_eq!(host.request_header("x-workload-namespace"), ["app"]);
+        assert_eq!(host.request_header("x-workload-assertion").len(), 1);
+        assert_ne!(host.request_header("x-workload-assertion"), ["forged"]);
+        assert_eq!(host.metric("egress_identity_spoofed_headers_removed"), Some(1));
+        assert_eq!(req.caller.unwrap().unwrap().to_string(), SLEEP);
+        // The context's header map follows the changes (the audit stage reads it).
+        assert_eq!(req.facts.header(&host, "x-workload-identity").unwrap().as_deref(), Some(SLEEP));
+    }
+
+    #[test]
+    fn tunnels_are_refused_unless_allowed_and_the_refusal_is_the_decision() {
+        let connect = || FakeHost::new().with_request(&[(":authority", "httpbin.org:443"), (":method", "CONNECT")]);
+        let host = connect();
+        let identity = stage(&host, r#"{"onMissing": "anonymous"}"#);
+        let mut req = Request::default();
+        assert_eq!(identity.on_request_headers(&host, &mut req), Ok(Step::Stop));
+        assert_eq!(host.reply().unwrap().1.as_deref(), Some("tunnel_not_allowed"));
+        assert_eq!(req.decision.unwrap().reason, "tunnel_not_allowed");
+        assert!(host.published(state::DECISION).unwrap().contains("tunnel_not_allowed"));
+        assert_eq!(host.metric("egress_identity_tunnels_denied"), Some(1));
+
+        let host = connect();
+        let allowing = stage(&host, r#"{"onMissing": "anonymous", "tunnels": "allow"}"#);
+        assert_eq!(allowing.on_request_headers(&host, &mut Request::default()), Ok(Step::Continue));
+
+        let tls = FakeHost::new();
+        assert_eq!(stage(&tls, "{}").on_new_connection(&tls, &mut Connection::default()), Ok(Step::Stop));
+        assert!(tls.state().closed);
+        let tls = FakeHost::new();
+        let allowing = stage(&tls, r#"{"tunnels": "allow"}"#);
+        tls.clear_calls();
+        assert_eq!(allowing.on_new_connection(&tls, &mut Connection::default()), Ok(Step::Continue));
+        assert!(tls.calls().is_empty(), "a passthrough connection costs nothing when tunnels are allowed");
+    }
+
+    #[test]
+    fn trailers_lose_every_spelling_of_our_headers() {
+        let host = request(&[]).with_request_trailers(&[("x_workload_identity", "forged"), ("x-trace", "kept")]);
+        let identity = stage(&host, "{}");
+        assert_eq!(identity.on_request_trailers(&host, &mut Request::default()), Ok(Step::Continue));
+        assert_eq!(host.request_trailer_names(), ["x-trace"]);
+    }
+
+    #[test]
+    fn an_unreadable_peer_certificate_fails_closed() {
+        let host = request(&[]);
+        let identity = stage(&host, r#"{"onMissing": "anonymous"}"#);
+        let pem = "-----BEGIN CERTIFICATE-----\nnot read here\n-----END CERTIFICATE-----\n";
+        host.set(&["connection", "peer_certificate"], pem.as_bytes());
+        assert_eq!(identity.on_request_headers(&host, &mut Request::default()), Ok(Step::Stop));
+        assert_eq!(host.reply().unwrap().1.as_deref(), Some("unreadable_peer_certificate"), "fails closed");
     }
 }

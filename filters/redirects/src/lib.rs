@@ -1,37 +1,28 @@
-//! The redirects filter: glue between Envoy and `egress_core::redirect`. Root id: `egress-redirects`; its plugin
-//! configuration is the allow-list's policy document.
+//! The redirects stage: glue between the host and `egress_core::redirect`, reading the allow-list's policy.
 //!
 //! **Vet** (response side): every 3xx with a `Location` that reaches the client is vetted against the same policy
 //! and caller as the request, for every method a client may follow it with; a refused one is replaced by a JSON
-//! reply, so its `Location` never reaches the client.
+//! reply, so its `Location` never reaches the client. A response that is not a 3xx costs one header read.
 //!
 //! **Follow** (request side): Envoy's route `internal_redirect_policy` follows redirects by sending each next hop
-//! through the filter chain again, where the allow-list vets it before it leaves. This filter keeps the hop state
-//! in a request-long property a client cannot touch (never `x-envoy-original-url`) and, before each hop is sent,
-//! refuses non-http(s) schemes, downgrades, loops (508) and hops over the target rule's limit (508), hands the
-//! redirect back to the client when the target's rule does not follow, and strips credentials (in any spelling)
-//! when a hop leaves the original origin (scheme, host, port). A 3xx that Envoy stopped following at the route's
-//! limit becomes a 508.
+//! through the filter chain again, where the allow-list vets it before it leaves. This stage keeps the hop state in a
+//! request-long property a client cannot touch (never `x-envoy-original-url`) and, before each hop is sent, refuses
+//! non-http(s) schemes, downgrades, loops (508) and hops over the target rule's limit (508), hands the redirect back
+//! to the client when the target's rule does not follow, and strips credentials (in any spelling) when a hop leaves
+//! the original origin (scheme, host, port). A 3xx that Envoy stopped following at the route's limit becomes a 508.
 
 use egress_core::headers::is_alias;
 use egress_core::json::Object;
-use egress_core::redirect::{self, BaseRequest, FollowedHop, HopState, Target, Vetted};
+use egress_core::redirect::{self, FollowedHop, HopState, Target, Vetted};
 use egress_core::{state, Action, Policy};
-use egress_proxy::{self as proxy, Counter, RequestLine};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as Next, ContextType, MapType, Status};
+use egress_proxy::{self as proxy, Counter, Host, HttpStage, Request, Step};
+use proxy_wasm::types::{MapType, Status};
 use std::rc::Rc;
 
+/// Root id of the separate filter.
 pub const ROOT_ID: &str = "egress-redirects";
-const FILTER: &str = "egress-redirects";
-
-#[allow(unsafe_code)] // proxy_wasm::main! exports the module's `_initialize` entry point.
-mod entry {
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-        proxy_wasm::set_root_context(|_| Box::<super::RedirectsRoot>::default());
-    }}
-}
+/// The proxy-wasm callbacks this stage needs exported.
+pub const CALLBACKS: &[&str] = &["proxy_on_request_headers", "proxy_on_response_headers"];
 
 #[derive(Clone, Copy)]
 struct Metrics {
@@ -46,8 +37,8 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Result<Metrics, String> {
-        let counter = |name: &str| Counter::define(&format!("egress_redirects_{name}"));
+    fn define(host: &dyn Host) -> Result<Metrics, String> {
+        let counter = |name: &str| Counter::define(host, &format!("egress_redirects_{name}"));
         Ok(Metrics {
             allowed: counter("allowed")?,
             denied: counter("denied")?,
@@ -61,159 +52,168 @@ impl Metrics {
     }
 }
 
-#[derive(Default)]
-struct RedirectsRoot {
-    filter: Option<(Rc<Policy>, Metrics)>,
+/// The redirects stage over the policy.
+pub struct Redirects {
+    policy: Rc<Policy>,
+    metrics: Metrics,
 }
 
-impl Context for RedirectsRoot {}
-
-impl RootContext for RedirectsRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        proxy::configure(
-            FILTER,
-            &mut self.filter,
-            |json| {
-                let policy = Policy::from_json(json).map_err(|errors| errors.to_string())?;
-                // Both must outlive one filter-chain pass to span the hops of a followed redirect.
-                proxy::declare_request_property(state::REDIRECTS)?;
-                proxy::declare_request_property(state::REDIRECT_HOPS)?;
-                Ok(policy)
-            },
-            Metrics::define,
-            |policy| match policy.follow_route_hops() {
-                Some(hops) => format!("following redirects up to {hops} hops"),
-                None => "following redirects off".to_string(),
-            },
-        )
+impl Redirects {
+    /// The stage, its counters defined. Its two request-long properties must be declared from the root context
+    /// ([`declare_properties`]).
+    pub fn new(host: &dyn Host, policy: Rc<Policy>) -> Result<Redirects, String> {
+        Ok(Redirects { policy, metrics: Metrics::define(host)? })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RedirectsHttp { filter: self.filter.clone(), request: None }))
-    }
-}
-
-fn base(request: &RequestLine) -> BaseRequest<'_> {
-    BaseRequest {
-        scheme: &request.scheme,
-        authority: &request.authority,
-        path: request.path.as_deref().unwrap_or_default(),
-        method: &request.method,
-    }
-}
-
-struct RedirectsHttp {
-    filter: Option<(Rc<Policy>, Metrics)>,
-    /// What the response side needs of the request, read on the request side even when not following: by the
-    /// response, Envoy's router has rewritten the request headers for the upstream (host rewrite), so a relative
-    /// Location would resolve against the wrong host.
-    request: Option<RequestLine>,
-}
-
-impl Context for RedirectsHttp {}
-
-impl HttpContext for RedirectsHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        let request = match RequestLine::read() {
-            Ok(request) => self.request.insert(request),
-            Err(status) => return proxy::reply_internal_error(FILTER, &format!("cannot read the request: {status:?}")),
-        };
-        let Some((policy, metrics)) = &self.filter else {
-            return proxy::reply_internal_error(FILTER, "not configured");
-        };
-        match judge_request(policy, metrics, request) {
-            Ok(next) => next,
-            Err(status) => proxy::reply_internal_error(FILTER, &format!("cannot judge the hop: {status:?}")),
-        }
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Next {
-        match self.vet_response() {
-            Ok(next) => next,
-            Err(status) => proxy::reply_internal_error(FILTER, &format!("cannot vet the response: {status:?}")),
-        }
-    }
-}
-
-/// The request side: the first request starts the hop state; a later one is a hop Envoy is following.
-fn judge_request(policy: &Policy, metrics: &Metrics, request: &RequestLine) -> Result<Next, Status> {
-    if policy.follow_route_hops().is_none() {
-        return Ok(Next::Continue);
-    }
-    let base = base(request);
-    let Some(state) = proxy::property_string(&[state::REDIRECT_HOPS])? else {
-        // The first request. One whose authority does not parse is the allow-list's to refuse.
-        if let Ok(target) = Target::of_request(&base) {
-            save_hop_state(&HopState::start(&base, &target))?;
-        }
-        return Ok(Next::Continue);
-    };
-    // Unreadable state is our own bug; refusing is the safe answer.
-    let Some(mut state) = HopState::from_json(&state) else {
-        return Ok(proxy::reply_internal_error(FILTER, "unreadable hop state"));
-    };
-    let counted = proxy::property_string(&["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
-    let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
-    match proxy::with_caller(|caller| policy.judge_followed_hop(&state, &base, hops, caller))? {
-        FollowedHop::Proceed { vetted, strip_credentials } => {
-            // Envoy adds the previous hop's URL, query included: it must not reach the next host.
-            proxy::remove_request_header("x-envoy-original-url")?;
-            if strip_credentials {
-                let headers = proxy::request_headers()?;
-                let credential = |name: &str| redirect::CREDENTIAL_HEADERS.iter().any(|c| is_alias(name, c));
-                proxy::remove_headers_where(MapType::HttpRequestHeaders, &headers, credential)?;
+    /// The request side when following: the first request starts the hop state; a later one is a hop Envoy is
+    /// following.
+    fn judge_hop(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
+        let (policy, metrics) = (&*self.policy, &self.metrics);
+        let Some(state) = proxy::property_string(host, &[state::REDIRECT_HOPS])? else {
+            // The first request. One whose authority does not parse is the allow-list's to refuse.
+            let line = request.facts.line(host)?;
+            if let Ok(target) = Target::of_request(&line.base()) {
+                proxy::publish_record(host, state::REDIRECT_HOPS, &HopState::start(&line.base(), &target))?;
             }
-            if let Some(target) = &vetted.target {
-                state.record(&base, target);
+            return Ok(Step::Continue);
+        };
+        // Unreadable state is our own bug; refusing is the safe answer.
+        let Some(mut state) = HopState::from_json(&state) else {
+            egress_proxy::pipeline::reply_internal_error(host, "egress-redirects: unreadable hop state");
+            return Ok(Step::Stop);
+        };
+        let counted =
+            proxy::property_string(host, &["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
+        let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
+        let line = request.facts.line(host)?;
+        let judged = Request::with_caller(&request.caller, host, |caller| {
+            policy.judge_followed_hop(&state, &line.base(), hops, caller)
+        })?;
+        match judged {
+            FollowedHop::Proceed { vetted, strip_credentials } => {
+                if let Some(target) = &vetted.target {
+                    state.record(&line.base(), target);
+                }
+                // Envoy adds the previous hop's URL, query included: it must not reach the next host.
+                host.remove_map_value(MapType::HttpRequestHeaders, "x-envoy-original-url")?;
+                if strip_credentials {
+                    let credential = |name: &str| redirect::CREDENTIAL_HEADERS.iter().any(|c| is_alias(name, c));
+                    request.facts.remove_headers_where(host, credential)?;
+                }
+                proxy::publish_record(host, state::REDIRECT_HOPS, &state)?;
+                append_hop(host, &followed_record(&vetted, vetted.action.as_str()))?;
+                metrics.followed.increment(host);
+                Ok(Step::Continue)
             }
-            save_hop_state(&state)?;
-            append_hop(&followed_record(&vetted, vetted.action.as_str()))?;
-            metrics.followed.increment();
-            Ok(Next::Continue)
-        }
-        FollowedHop::Bounce { location, vetted } => {
-            append_hop(&followed_record(&vetted, "bounce"))?;
-            metrics.bounced.increment();
-            let body = Object::new().str("reason", "rule_does_not_follow").str("redirect", "not_followed").finish();
-            Ok(proxy::reply_with(302, "rule_does_not_follow", &body, &[("location", &location)]))
-        }
-        FollowedHop::Refuse { status, reason, vetted } => {
-            let counter = match reason {
-                redirect::LOOP_REASON => metrics.loops,
-                redirect::HOP_LIMIT_REASON => metrics.hop_limit,
-                _ => metrics.denied,
-            };
-            counter.increment();
-            let record = match &vetted {
-                Some(vetted) => followed_record(vetted, "deny"),
-                None => record("deny", true, None, reason, None),
-            };
-            append_hop(&record)?;
-            Ok(proxy::reply(status, reason, &refusal_body(reason, u64::from(hops))))
+            FollowedHop::Bounce { location, vetted } => {
+                append_hop(host, &followed_record(&vetted, "bounce"))?;
+                metrics.bounced.increment(host);
+                let body = Object::new().str("reason", "rule_does_not_follow").str("redirect", "not_followed").finish();
+                Ok(proxy::reply(host, 302, "rule_does_not_follow", &body, &[("location", &location)]))
+            }
+            FollowedHop::Refuse { status, reason, vetted } => {
+                let counter = match reason {
+                    redirect::LOOP_REASON => metrics.loops,
+                    redirect::HOP_LIMIT_REASON => metrics.hop_limit,
+                    _ => metrics.denied,
+                };
+                counter.increment(host);
+                let record = match &vetted {
+                    Some(vetted) => followed_record(vetted, "deny"),
+                    None => record("deny", true, None, reason, None),
+                };
+                append_hop(host, &record)?;
+                Ok(proxy::reply(host, status, reason, &refusal_body(reason, u64::from(hops)), &[]))
+            }
         }
     }
 }
 
-fn save_hop_state(state: &HopState) -> Result<(), Status> {
-    proxy::publish_record(state::REDIRECT_HOPS, state)
+/// Declares the stage's request-long properties (they must outlive one filter-chain pass to span the hops of a
+/// followed redirect). From a root context's configuration only.
+pub fn declare_properties() -> Result<(), String> {
+    egress_proxy::config::declare_request_property(state::REDIRECTS)?;
+    egress_proxy::config::declare_request_property(state::REDIRECT_HOPS)
 }
 
-/// Appends one hop record (a JSON object) to the request-long chain in filter state, a JSON array only this filter
+impl HttpStage for Redirects {
+    fn name(&self) -> &'static str {
+        "redirects"
+    }
+
+    fn on_request_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
+        if self.policy.follow_route_hops().is_none() {
+            // Read now even when not following: by the response, Envoy's router has rewritten the request headers
+            // for the upstream (host rewrite), and a relative Location resolves against the request as sent. In the
+            // suite the earlier stages have read it already.
+            request.facts.line(host)?;
+            return Ok(Step::Continue);
+        }
+        self.judge_hop(host, request)
+    }
+
+    fn on_response_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
+        let status = host.map_value(MapType::HttpResponseHeaders, ":status")?;
+        let status = status.and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok()).unwrap_or(0);
+        request.response_status = Some(status);
+        if !redirect::is_redirect(status) {
+            return Ok(Step::Continue);
+        }
+        let (policy, metrics) = (&*self.policy, &self.metrics);
+        // Envoy hands a 3xx it follows to the filters instead once the route's limit is reached.
+        if let Some(route_max) = policy.follow_route_hops().filter(|_| redirect::FOLLOWED_STATUSES.contains(&status)) {
+            let hops = proxy::property_string(host, &["filter_state", "num_internal_redirects"])?
+                .and_then(|n| n.parse::<u32>().ok());
+            if hops.is_some_and(|hops| hops >= route_max) {
+                metrics.hop_limit.increment(host);
+                let reason = redirect::HOP_LIMIT_REASON;
+                append_hop(host, &record("deny", false, None, reason, Some(status)))?;
+                let body = refusal_body(reason, hops.map_or(0, u64::from));
+                return Ok(proxy::reply(host, redirect::LOOP_STATUS, reason, &body, &[]));
+            }
+        }
+        let headers = host.map(MapType::HttpResponseHeaders)?;
+        let mut locations = headers.iter().filter(|(name, _)| name == "location");
+        let location = match (locations.next(), locations.next()) {
+            (None, _) => return Ok(Step::Continue), // a 3xx without Location redirects nowhere: pass it unchanged
+            (Some((_, one)), None) => String::from_utf8_lossy(one).into_owned(),
+            // Two Locations: clients disagree on which wins, so neither is followed.
+            (Some(_), Some(_)) => String::new(),
+        };
+        let line = request.facts.line(host)?;
+        let vetted = Request::with_caller(&request.caller, host, |caller| {
+            policy.vet_redirect(&line.base(), status, &location, caller)
+        })?;
+        append_hop(host, &hop_record(status, &vetted))?;
+        match vetted.action {
+            Action::Allow => metrics.allowed.increment(host),
+            Action::ReportDeny => metrics.would_deny.increment(host),
+            Action::Deny => {
+                metrics.denied.increment(host);
+                let reason = vetted.reason.map_or("redirect_denied", |r| r.code());
+                return Ok(proxy::reply(host, policy.redirects().deny_status, reason, &vetted.http_body(status), &[]));
+            }
+        }
+        if let Some(rewritten) = policy.rewrite_for_tls_origination(&vetted) {
+            host.set_map_value(MapType::HttpResponseHeaders, "location", &rewritten)?;
+            metrics.rewritten.increment(host);
+        }
+        Ok(Step::Continue)
+    }
+}
+
+/// Appends one hop record (a JSON object) to the request-long chain in filter state, a JSON array only this stage
 /// writes; anything else there is replaced.
-fn append_hop(record: &str) -> Result<(), Status> {
-    let chain = proxy::property_string(&[state::REDIRECTS])?;
+fn append_hop(host: &dyn Host, record: &str) -> Result<(), Status> {
+    let chain = proxy::property_string(host, &[state::REDIRECTS])?;
     let chain = match chain.as_deref().and_then(|c| c.strip_suffix(']')) {
         Some(head) if head.starts_with("[{") => format!("{head},{record}]"),
         _ => format!("[{record}]"),
     };
-    proxy::publish(state::REDIRECTS, &chain)
+    host.set_property(state::REDIRECTS, chain.as_bytes())
 }
 
-/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`, read back by the audit filter
+/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`, read back by the audit stage
 /// as `egress_core::audit::RedirectHop`). Members in sorted order, as `serde_json::json!` wrote them.
 fn record(action: &str, followed: bool, location: Option<&str>, reason: &str, status: Option<u16>) -> String {
     let object = Object::new().str("action", action);
@@ -236,55 +236,91 @@ fn followed_record(vetted: &Vetted<'_>, action: &str) -> String {
     record(action, true, location.as_deref(), vetted_reason(vetted), None)
 }
 
-impl RedirectsHttp {
-    fn vet_response(&mut self) -> Result<Next, Status> {
-        let status = proxy::response_header(":status")?.and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        if !redirect::is_redirect(status) {
-            return Ok(Next::Continue);
-        }
-        let (Some((policy, metrics)), Some(request)) = (&self.filter, &self.request) else {
-            return Ok(proxy::reply_internal_error(FILTER, "not configured"));
-        };
-        // Envoy hands a 3xx it follows to the filters instead once the route's limit is reached.
-        if let Some(route_max) = policy.follow_route_hops().filter(|_| redirect::FOLLOWED_STATUSES.contains(&status)) {
-            let hops = proxy::property_string(&["filter_state", "num_internal_redirects"])?
-                .and_then(|n| n.parse::<u32>().ok());
-            if hops.is_some_and(|hops| hops >= route_max) {
-                metrics.hop_limit.increment();
-                let reason = redirect::HOP_LIMIT_REASON;
-                append_hop(&record("deny", false, None, reason, Some(status)))?;
-                let body = refusal_body(reason, hops.map_or(0, u64::from));
-                return Ok(proxy::reply(redirect::LOOP_STATUS, reason, &body));
-            }
-        }
-        let locations = proxy::response_header_values("location")?;
-        let location = match locations.as_slice() {
-            [] => return Ok(Next::Continue), // a 3xx without Location redirects nowhere: pass it unchanged
-            [one] => one.as_str(),
-            // Two Locations: clients disagree on which wins, so neither is followed.
-            _ => "",
-        };
-        let vetted = proxy::with_caller(|caller| policy.vet_redirect(&base(request), status, location, caller))?;
-        append_hop(&hop_record(status, &vetted))?;
-        match vetted.action {
-            Action::Allow => metrics.allowed.increment(),
-            Action::ReportDeny => metrics.would_deny.increment(),
-            Action::Deny => {
-                metrics.denied.increment();
-                let reason = vetted.reason.map_or("redirect_denied", |r| r.code());
-                return Ok(proxy::reply(policy.redirects().deny_status, reason, &vetted.http_body(status)));
-            }
-        }
-        if let Some(rewritten) = policy.rewrite_for_tls_origination(&vetted) {
-            proxy::set_response_header("location", &rewritten)?;
-            metrics.rewritten.increment();
-        }
-        Ok(Next::Continue)
-    }
-}
-
-/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`).
+/// One vetted 3xx of the chain.
 fn hop_record(status: u16, vetted: &Vetted<'_>) -> String {
     let location = vetted.target.as_ref().map(|t| t.url_without_query());
     record(vetted.action.as_str(), false, location.as_deref(), vetted_reason(vetted), Some(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress_proxy::fake::FakeHost;
+
+    const POLICY: &str = r#"{"rules":[{"name":"httpbin","hosts":["httpbin.org","*.httpbin.org"]}]}"#;
+
+    fn stage(host: &FakeHost, policy: &str) -> Redirects {
+        Redirects::new(host, Rc::new(Policy::from_json(policy.as_bytes()).unwrap())).unwrap()
+    }
+
+    fn exchange(status: &str, location: Option<&str>) -> FakeHost {
+        let mut response = vec![(":status", status)];
+        response.extend(location.map(|l| ("location", l)));
+        FakeHost::new()
+            .with_request(&[(":authority", "httpbin.org"), (":method", "GET"), (":path", "/a"), (":scheme", "http")])
+            .with_response(&response)
+    }
+
+    #[test]
+    fn a_response_that_is_no_3xx_costs_one_header_read() {
+        let host = exchange("200", None);
+        let redirects = stage(&host, POLICY);
+        let mut request = Request::default();
+        redirects.on_request_headers(&host, &mut request).unwrap();
+        host.clear_calls();
+        assert_eq!(redirects.on_response_headers(&host, &mut request), Ok(Step::Continue));
+        assert_eq!(host.calls(), ["map_value(response_headers::status)"]);
+        assert_eq!(request.response_status, Some(200));
+    }
+
+    #[test]
+    fn any_3xx_location_is_vetted_and_a_refused_one_never_reaches_the_client() {
+        for status in ["300", "302", "305", "399"] {
+            let host = exchange(status, Some("http://evil.example/steal"));
+            let redirects = stage(&host, POLICY);
+            let mut request = Request::default();
+            assert_eq!(redirects.on_response_headers(&host, &mut request), Ok(Step::Stop), "{status}");
+            let (code, reason, body) = host.reply().unwrap();
+            assert_eq!((code, reason.as_deref()), (403, Some("host_not_allowed")));
+            assert!(!body.contains("steal"), "{body}");
+            assert!(host.published(state::REDIRECTS).unwrap().contains("host_not_allowed"));
+        }
+        let host = exchange("302", Some("http://eu.httpbin.org/"));
+        let redirects = stage(&host, POLICY);
+        assert_eq!(redirects.on_response_headers(&host, &mut Request::default()), Ok(Step::Continue));
+        assert_eq!(host.metric("egress_redirects_allowed"), Some(1));
+    }
+
+    #[test]
+    fn a_followed_hop_to_another_origin_loses_every_spelling_of_its_credentials() {
+        let policy =
+            r#"{"rules":[{"name":"httpbin","hosts":["httpbin.org","*.httpbin.org"]}],"redirects":{"follow":true}}"#;
+        let first = FakeHost::new().with_request(&[
+            (":authority", "httpbin.org"),
+            (":method", "GET"),
+            (":path", "/"),
+            (":scheme", "http"),
+        ]);
+        let redirects = stage(&first, policy);
+        redirects.on_request_headers(&first, &mut Request::default()).unwrap();
+        let state = first.published(state::REDIRECT_HOPS).unwrap();
+        let hop = FakeHost::new()
+            .with_request(&[
+                (":authority", "eu.httpbin.org"),
+                (":method", "GET"),
+                (":path", "/next"),
+                (":scheme", "http"),
+                ("authorization", "secret"),
+                ("proxy_authorization", "secret"),
+                ("cookie", "secret"),
+                ("x-envoy-original-url", "http://httpbin.org/"),
+            ])
+            .with_property(&[state::REDIRECT_HOPS], state.as_bytes());
+        let redirects = stage(&hop, policy);
+        assert_eq!(redirects.on_request_headers(&hop, &mut Request::default()), Ok(Step::Continue));
+        for gone in ["authorization", "proxy_authorization", "cookie", "x-envoy-original-url"] {
+            assert!(hop.request_header(gone).is_empty(), "{gone}");
+        }
+        assert_eq!(hop.metric("egress_redirects_followed"), Some(1));
+    }
 }
