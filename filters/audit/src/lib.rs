@@ -10,8 +10,10 @@
 pub mod shipper;
 
 use egress_core::audit::{AuditConfig, EventKind, Observed};
-use egress_core::state::{self, DecisionRecord, IdentityRecord};
-use egress_proxy::{self as proxy, Connection, Counter, Gauge, Host, HttpStage, Request, RootStage, TlsStage};
+use egress_core::state::{self, DecisionRecord, IdentityRecord, ToJson};
+use egress_proxy::{
+    self as proxy, Attributes, Connection, Counter, Gauge, Host, HttpStage, Request, RootStage, TlsStage,
+};
 use proxy_wasm::types::{LogLevel, MapType, Status};
 use shipper::{Limits, Shipper};
 use std::cell::RefCell;
@@ -49,6 +51,27 @@ impl Metrics {
     }
 }
 
+/// What an HTTP event reads of Envoy at the end of the stream, in one batch (the order of the values).
+const HTTP_FACTS: &[&[&str]] = &[
+    &["source", "address"],
+    &["request", "protocol"],
+    &["response", "code_details"],
+    &["response", "code"],
+    &["response", "flags"],
+    &["request", "total_size"],
+    &["response", "total_size"],
+    &["upstream", "address"],
+    &["xds", "cluster_name"],
+];
+
+/// What a TLS-passthrough event reads, in one batch.
+const TLS_FACTS: &[&[&str]] = &[
+    &["source", "address"],
+    &["connection", "requested_server_name"],
+    &["upstream", "address"],
+    &["xds", "cluster_name"],
+];
+
 /// The audit stage of one plugin's root context: its configuration, its worker's queue, Envoy's node id.
 pub struct Audit {
     config: AuditConfig,
@@ -56,6 +79,10 @@ pub struct Audit {
     shipper: Option<RefCell<Shipper>>,
     /// Envoy's node id: the same for every event, read once.
     node: Option<String>,
+    /// The facts of an event as prepared batches; `None` where the host cannot batch them (each is then read as
+    /// a property).
+    http_facts: Option<Attributes>,
+    tls_facts: Option<Attributes>,
 }
 
 impl Audit {
@@ -71,7 +98,22 @@ impl Audit {
             };
             RefCell::new(Shipper::new(limits, now_ms(host)))
         });
-        Ok(Audit { config, metrics, shipper, node })
+        let http_facts = host.prepare_attributes(HTTP_FACTS).ok();
+        let tls_facts = host.prepare_attributes(TLS_FACTS).ok();
+        Ok(Audit { config, metrics, shipper, node, http_facts, tls_facts })
+    }
+
+    /// The values of `facts` (a batch when it was prepared, else one property read each), in order.
+    fn facts(&self, host: &dyn Host, batch: Option<&Attributes>, facts: &[&[&str]]) -> Vec<Option<String>> {
+        if let Some(values) = batch.and_then(|batch| host.read_attributes(batch).ok()) {
+            return values;
+        }
+        let text = |bytes: Vec<u8>| match <[u8; 8]>::try_from(bytes.as_slice()) {
+            // Envoy hands integer attributes over as 8 little-endian bytes.
+            Ok(number) if !bytes.iter().all(u8::is_ascii_graphic) => u64::from_le_bytes(number).to_string(),
+            _ => String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        facts.iter().map(|path| host.property(path).ok().flatten().map(text).filter(|v| !v.is_empty())).collect()
     }
 
     /// What the log line says was configured.
@@ -81,8 +123,7 @@ impl Audit {
     }
 
     fn emit(&self, host: &dyn Host, observed: Observed) {
-        let event = self.config.event(observed);
-        let Ok(line) = serde_json::to_string(&event) else { return };
+        let line = self.config.event(observed).to_json();
         self.metrics.events.increment(host);
         if self.config.log {
             host.log(LogLevel::Info, &format!("{LOG_PREFIX}{line}"));
@@ -94,7 +135,7 @@ impl Audit {
         }
     }
 
-    /// What every event reads: time, gateway, caller, what was decided, the upstream. What this stream's context
+    /// What every event reads: time, gateway, caller, what was decided, the redirects. What this stream's context
     /// holds costs nothing; the rest costs a VM re-entry each, so values absent on the common path (the peer
     /// certificate on plain connections, redirects) are probed first.
     fn observe_common(
@@ -103,6 +144,7 @@ impl Audit {
         started_ms: Option<u64>,
         identity: Option<IdentityRecord<String>>,
         decision: Option<DecisionRecord<String>>,
+        redirected: Option<bool>,
     ) -> Observed {
         let now = now_ms(host);
         let identity = identity.or_else(|| state::parse(string(host, &[state::IDENTITY]).as_deref()));
@@ -114,10 +156,7 @@ impl Audit {
             // The certificate only names the caller when the identity stage did not run (it publishes what it
             // verified).
             peer_uri_san: if identity.is_none() { peer_identity(host) } else { None },
-            source_address: string(host, &["source", "address"]),
-            redirects: string(host, &[state::REDIRECTS]),
-            upstream_cluster: string(host, &["xds", "cluster_name"]),
-            upstream_address: string(host, &["upstream", "address"]),
+            redirects: if redirected == Some(false) { None } else { string(host, &[state::REDIRECTS]) },
             ..Observed::default()
         };
         if let Some(identity) = identity {
@@ -174,14 +213,19 @@ impl HttpStage for Audit {
     }
 
     fn on_log(&self, host: &dyn Host, request: &mut Request) -> Result<(), Status> {
+        let mut facts = self.facts(host, self.http_facts.as_ref(), HTTP_FACTS).into_iter();
+        let [source, protocol, details, code, flags, received, sent, upstream, cluster] =
+            std::array::from_fn(|_| facts.next().flatten());
         // Envoy logs every hop of a followed redirect; the request's event is the final hop's, which carries the
         // whole chain.
-        let details = string(host, &["response", "code_details"]);
         if details.as_deref() == Some("internal_redirect") {
             return Ok(());
         }
-        let mut observed =
-            self.observe_common(host, request.started_ms, request.identity.take(), request.decision.take());
+        let (identity, decision) = (request.identity.take(), request.decision.take());
+        let mut observed = self.observe_common(host, request.started_ms, identity, decision, request.redirected);
+        observed.source_address = source;
+        observed.upstream_address = upstream;
+        observed.upstream_cluster = cluster;
         let headers = request.facts.headers(host)?;
         let header = |name: &str| {
             headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
@@ -200,16 +244,13 @@ impl HttpStage for Audit {
         if observed.request_id.is_none() {
             observed.random_id = random_id(host);
         }
-        observed.protocol = string(host, &["request", "protocol"]);
-        observed.sni = string(host, &["connection", "requested_server_name"]);
-        observed.response_code = match request.response_status {
-            Some(status) => Some(status),
-            None => number(host, &["response", "code"]).and_then(|c| u16::try_from(c).ok()),
-        };
-        observed.response_flags = number(host, &["response", "flags"]).unwrap_or(0);
+        let number = |value: Option<String>| value.and_then(|v| v.parse::<u64>().ok());
+        observed.protocol = protocol;
+        observed.response_code = number(code).and_then(|c| u16::try_from(c).ok());
+        observed.response_flags = number(flags).unwrap_or(0);
         observed.response_details = details;
-        observed.bytes_received = number(host, &["request", "total_size"]).unwrap_or(0);
-        observed.bytes_sent = number(host, &["response", "total_size"]).unwrap_or(0);
+        observed.bytes_received = number(received).unwrap_or(0);
+        observed.bytes_sent = number(sent).unwrap_or(0);
         self.emit(host, observed);
         Ok(())
     }
@@ -225,10 +266,16 @@ impl TlsStage for Audit {
     }
 
     fn on_log(&self, host: &dyn Host, connection: &mut Connection) -> Result<(), Status> {
-        let mut observed = self.observe_common(host, connection.started_ms, None, connection.decision.take());
+        let mut facts = self.facts(host, self.tls_facts.as_ref(), TLS_FACTS).into_iter();
+        let [source, sni, upstream, cluster] = std::array::from_fn(|_| facts.next().flatten());
+        let decision = connection.decision.take();
+        let mut observed = self.observe_common(host, connection.started_ms, None, decision, None);
         observed.kind = Some(EventKind::Tls);
         observed.random_id = random_id(host);
-        observed.sni = string(host, &["connection", "requested_server_name"]);
+        observed.source_address = source;
+        observed.sni = sni;
+        observed.upstream_address = upstream;
+        observed.upstream_cluster = cluster;
         self.emit(host, observed);
         Ok(())
     }
@@ -237,7 +284,8 @@ impl TlsStage for Audit {
 impl RootStage for Audit {
     fn tick_period(&self) -> Option<Duration> {
         let collector = self.config.collector.as_ref()?;
-        Some(Duration::from_millis(u64::from(collector.flush_interval_ms).clamp(10, 200)))
+        // Often enough that a batch leaves as soon as it is full, so each stays small.
+        Some(Duration::from_millis(u64::from(collector.flush_interval_ms).clamp(10, 50)))
     }
 
     fn on_tick(&self, host: &dyn Host) {
@@ -278,10 +326,6 @@ fn random_id(host: &dyn Host) -> [u8; 16] {
 /// A property that is absent, or unreadable at this point of the stream, is simply not in the event.
 fn string(host: &dyn Host, path: &[&str]) -> Option<String> {
     proxy::property_string(host, path).ok().flatten().filter(|s| !s.is_empty())
-}
-
-fn number(host: &dyn Host, path: &[&str]) -> Option<u64> {
-    proxy::property_u64(host, path).ok().flatten()
 }
 
 fn now_ms(host: &dyn Host) -> u64 {

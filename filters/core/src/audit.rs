@@ -3,6 +3,7 @@
 //! Versioned (`schema: "egress-audit/v1"`); `schemas/egress-audit-v1.schema.json` is generated from these types
 //! (`egressctl audit schema`) and a test fails when they drift apart.
 
+use crate::json::Object;
 use crate::policy::{from_json_with_path, ConfigError, ConfigErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -228,6 +229,8 @@ pub struct CollectorDocument {
     pub authority: String,
     #[serde(default = "CollectorDocument::default_path")]
     pub path: String,
+    /// A batch is written and handed to Envoy on the worker, between requests: its size bounds how long a request
+    /// can wait behind it, so batches are kept small (at most 1 MiB) and leave often.
     #[serde(default = "CollectorDocument::default_batch_events")]
     pub batch_max_events: u32,
     #[serde(default = "CollectorDocument::default_batch_bytes")]
@@ -246,10 +249,10 @@ impl CollectorDocument {
         "/v1/events".into()
     }
     fn default_batch_events() -> u32 {
-        500
+        100
     }
     fn default_batch_bytes() -> u32 {
-        512 * 1024
+        64 * 1024
     }
     fn default_flush_ms() -> u32 {
         1000
@@ -303,8 +306,8 @@ impl AuditConfig {
                 error("collector.path".into(), format!("`{}`: paths start with `/`", c.path));
             }
             let ranges = [
-                ("batchMaxEvents", c.batch_max_events, 1, 100_000),
-                ("batchMaxBytes", c.batch_max_bytes, 1024, 16 * 1024 * 1024),
+                ("batchMaxEvents", c.batch_max_events, 1, 10_000),
+                ("batchMaxBytes", c.batch_max_bytes, 1024, 1024 * 1024),
                 ("flushIntervalMs", c.flush_interval_ms, 10, 60_000),
                 ("queueMaxEvents", c.queue_max_events, 1, 1_000_000),
                 ("timeoutMs", c.timeout_ms, 10, 60_000),
@@ -392,7 +395,7 @@ impl AuditConfig {
             rule: rule.filter(|r| !r.is_empty()),
             mode,
         });
-        let redirects = redirects.as_deref().and_then(|json| crate::json::from_str(json).ok()).unwrap_or_default();
+        let redirects = redirects.as_deref().and_then(RedirectHop::list_from_json).unwrap_or_default();
         let kind = kind.unwrap_or(EventKind::Http);
         let tunnel = kind == EventKind::Tls || request.as_ref().is_some_and(|r| r.method == "CONNECT");
         AuditEvent {
@@ -444,6 +447,139 @@ fn destination(observed: &Observed) -> (Option<String>, Option<u16>) {
         Some(Ok(authority)) => (Some(authority.host.to_string()), authority.port),
         Some(Err(_)) => (raw.map(str::to_string), None),
         None => (None, None),
+    }
+}
+
+impl crate::state::ToJson for AuditEvent {
+    /// The event as `serde_json` writes its `Serialize` (a test holds them together), without linking a serializer
+    /// into the modules: one pass into one string.
+    fn to_json(&self) -> String {
+        let AuditEvent {
+            schema,
+            time,
+            id,
+            kind,
+            tunnel,
+            gateway,
+            source,
+            destination,
+            request,
+            decision,
+            redirects,
+            response,
+            duration_ms,
+            upstream,
+        } = self;
+        let kind = match kind {
+            EventKind::Http => "http",
+            EventKind::Tls => "tls",
+        };
+        let mut event = Object::with_capacity(1024)
+            .str("schema", schema)
+            .str("time", time)
+            .str("id", id)
+            .str("kind", kind)
+            .bool("tunnel", *tunnel)
+            .object("gateway", |o| o.opt_str("node", gateway.node.as_deref()))
+            .object("source", |o| {
+                o.opt_str("principal", source.principal.as_deref())
+                    .opt_str("namespace", source.namespace.as_deref())
+                    .opt_str("serviceAccount", source.service_account.as_deref())
+                    .bool("verified", source.verified)
+                    .opt_str("identitySource", source.identity_source.as_deref())
+                    .opt_str("address", source.address.as_deref())
+            })
+            .object("destination", |o| {
+                o.opt_str("host", destination.host.as_deref())
+                    .opt_uint("port", destination.port.map(u64::from))
+                    .opt_str("scheme", destination.scheme.as_deref())
+                    .opt_str("sni", destination.sni.as_deref())
+            });
+        if let Some(request) = request {
+            event = event.object("request", |o| {
+                let o = o.str("method", &request.method).str("path", &request.path);
+                let o = o.str_if_some("query", request.query.as_deref());
+                let o = o.opt_str("protocol", request.protocol.as_deref());
+                if request.headers.is_empty() {
+                    return o;
+                }
+                o.object("headers", |headers| request.headers.iter().fold(headers, |h, (k, v)| h.str(k, v)))
+            });
+        }
+        if let Some(decision) = decision {
+            event = event.object("decision", |o| {
+                o.str("action", &decision.action)
+                    .str("reason", &decision.reason)
+                    .opt_str("rule", decision.rule.as_deref())
+                    .opt_str("mode", decision.mode.as_deref())
+            });
+        }
+        event
+            .array("redirects", redirects, |out, hop| hop.write(out))
+            .object("response", |o| {
+                o.opt_uint("code", response.code.map(u64::from))
+                    .uint("flags", response.flags)
+                    .opt_str("details", response.details.as_deref())
+                    .uint("bytesSent", response.bytes_sent)
+                    .uint("bytesReceived", response.bytes_received)
+            })
+            .opt_uint("durationMs", *duration_ms)
+            .object("upstream", |o| {
+                o.opt_str("cluster", upstream.cluster.as_deref()).opt_str("address", upstream.address.as_deref())
+            })
+            .finish()
+    }
+}
+
+impl RedirectHop {
+    /// Appends the hop as `serde_json` writes it.
+    fn write(&self, out: &mut String) {
+        let hop = Object::with_capacity(0)
+            .opt_uint("status", self.status.map(u64::from))
+            .opt_str("location", self.location.as_deref())
+            .str("action", &self.action)
+            .str("reason", &self.reason)
+            .bool("followed", self.followed);
+        out.push_str(&hop.finish());
+    }
+
+    /// The chain the redirects stage publishes (`egress.redirects`), read as its `Deserialize` reads it (a test holds
+    /// them together): `None` when it is not such a chain.
+    // `inline`: compiled into the calling module, optimised for size; read once per redirected request.
+    #[inline]
+    pub fn list_from_json(json: &str) -> Option<Vec<RedirectHop>> {
+        const FIELDS: &[&str] = &["status", "location", "action", "reason", "followed"];
+        let hop = |reader: &mut crate::json::Reader<'_>, path: &crate::json::Path<'_>| {
+            let mut hop = RedirectHop::default();
+            let RedirectHop { status, location, action, reason, followed } = &mut hop;
+            let seen = reader.members(path, "struct RedirectHop", FIELDS, false, &mut |reader, field, at| {
+                match field {
+                    0 => {
+                        *status = reader
+                            .optional(|reader| reader.uint(at))?
+                            .map(|n| {
+                                u16::try_from(n).map_err(|_| {
+                                    <crate::json::Error as serde::de::Error>::invalid_value(
+                                        serde::de::Unexpected::Unsigned(n),
+                                        &"u16",
+                                    )
+                                })
+                            })
+                            .transpose()?
+                    }
+                    1 => *location = reader.optional(|reader| reader.string(at))?,
+                    2 => *action = reader.string(at)?,
+                    3 => *reason = reader.string(at)?,
+                    _ => *followed = reader.boolean(at)?,
+                }
+                Ok(())
+            })?;
+            for field in [2, 3] {
+                crate::json::require(seen, field, FIELDS, path)?;
+            }
+            Ok(hop)
+        };
+        crate::json::read(&mut json.as_bytes(), |reader, path| reader.list(path, hop)).ok()
     }
 }
 
@@ -540,6 +676,45 @@ mod tests {
         assert_eq!((json["response"]["code"].as_u64(), json["response"]["flags"].as_u64()), (Some(403), Some(0)));
         let with_query = config(r#"{"includeQuery": true}"#).event(observed());
         assert_eq!(with_query.request.unwrap().query.as_deref(), Some("token=secret"));
+    }
+
+    /// The hand-written writer and chain reader say exactly what serde's derives say, for every shape of event.
+    #[test]
+    fn the_event_is_written_and_the_chain_read_as_serde_does() {
+        use crate::state::ToJson;
+        let full = config(r#"{"headers": ["user-agent", "authorization"], "includeQuery": true}"#).event(observed());
+        let bare = config("{}").event(Observed { random_id: [7; 16], ..Observed::default() });
+        let tls = config("{}").event(Observed {
+            kind: Some(EventKind::Tls),
+            sni: Some("a.example".into()),
+            source_address: Some("10.0.0.1:4000".into()),
+            ..Observed::default()
+        });
+        let mut quoted = full.clone();
+        quoted.request.as_mut().unwrap().path = "/a\"b\\c\u{1}é".into();
+        quoted.redirects.push(RedirectHop {
+            status: None,
+            location: None,
+            action: "deny".into(),
+            reason: "x".into(),
+            followed: true,
+        });
+        for event in [full, bare, tls, quoted] {
+            assert_eq!(event.to_json(), serde_json::to_string(&event).unwrap());
+        }
+        for chain in [
+            "[]",
+            r#"[{"status":302,"location":"http://b.example/","action":"deny","reason":"host_not_allowed"}]"#,
+            r#"[{"status":null,"location":null,"action":"allow","reason":"allowed","followed":true},{"action":"bounce","reason":"r","extra":1}]"#,
+            r#"[{"status":70000,"action":"a","reason":"r"}]"#,
+            r#"[{"action":"a"}]"#,
+            r#"{"action":"a","reason":"r"}"#,
+            "[1]",
+            "",
+        ] {
+            let serde = serde_json::from_str::<Vec<RedirectHop>>(chain).ok();
+            assert_eq!(RedirectHop::list_from_json(chain), serde, "{chain}");
+        }
     }
 
     #[test]

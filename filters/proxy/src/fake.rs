@@ -2,7 +2,7 @@
 //! keeps what the stages write (headers, filter state, replies, metrics, logs), and records every call in order, so a
 //! test can say exactly which host calls a request costs. Native only in practice: nothing in a module uses it.
 
-use crate::host::{HeaderMap, Host};
+use crate::host::{Attributes, HeaderMap, Host};
 use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
@@ -291,6 +291,22 @@ impl Host for FakeHost {
         self.call("random", "").map_err(|s| format!("{s:?}"))?;
         into.fill(0x5a);
         Ok(())
+    }
+
+    /// The fake needs no expression: a batch reads the fake's properties, as text.
+    fn prepare_attributes(&self, paths: &[&[&str]]) -> Result<Attributes, Status> {
+        self.call("prepare_attributes", &paths.len().to_string())?;
+        Ok(Attributes { token: 0, paths: paths.iter().map(|p| p.iter().map(|s| s.to_string()).collect()).collect() })
+    }
+
+    fn read_attributes(&self, batch: &Attributes) -> Result<Vec<Option<String>>, Status> {
+        self.call("read_attributes", &batch.paths.len().to_string())?;
+        let state = self.state.borrow();
+        let values = batch.paths.iter().map(|path| {
+            let found = state.properties.iter().find(|(p, _)| p == path);
+            found.map(|(_, v)| String::from_utf8_lossy(v).into_owned()).filter(|v| !v.is_empty())
+        });
+        Ok(values.collect())
     }
 
     fn dispatch_http_call(

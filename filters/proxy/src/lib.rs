@@ -13,7 +13,7 @@ pub mod host;
 pub mod pipeline;
 pub mod request;
 
-pub use host::{HeaderMap, Host, WasmHost};
+pub use host::{Attributes, HeaderMap, Host, WasmHost};
 pub use pipeline::{HttpStage, Layer, Module, Pipeline, RootStage, Setup, Step, TlsStage};
 pub use request::{verified_peer, with_caller, Connection, Request, RequestFacts, RequestLine};
 

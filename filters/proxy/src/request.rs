@@ -63,8 +63,9 @@ pub struct Request {
     pub identity: Option<IdentityRecord<String>>,
     /// The request's decision, once a stage here made one.
     pub decision: Option<DecisionRecord<String>>,
-    /// The response status, once a stage here read it.
-    pub response_status: Option<u16>,
+    /// Whether this request has a redirect chain in filter state, once the redirects stage knows (`Some(false)`:
+    /// none, so nobody need read it).
+    pub redirected: Option<bool>,
     /// When the stream began (Unix ms), when a stage needs durations.
     pub started_ms: Option<u64>,
 }

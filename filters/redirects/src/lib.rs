@@ -71,12 +71,14 @@ impl Redirects {
         let (policy, metrics) = (&*self.policy, &self.metrics);
         let Some(state) = proxy::property_string(host, &[state::REDIRECT_HOPS])? else {
             // The first request. One whose authority does not parse is the allow-list's to refuse.
+            request.redirected = Some(false);
             let line = request.facts.line(host)?;
             if let Ok(target) = Target::of_request(&line.base()) {
                 proxy::publish_record(host, state::REDIRECT_HOPS, &HopState::start(&line.base(), &target))?;
             }
             return Ok(Step::Continue);
         };
+        request.redirected = Some(true);
         // Unreadable state is our own bug; refusing is the safe answer.
         let Some(mut state) = HopState::from_json(&state) else {
             egress_proxy::pipeline::reply_internal_error(host, "egress-redirects: unreadable hop state");
@@ -101,12 +103,12 @@ impl Redirects {
                     request.facts.remove_headers_where(host, credential)?;
                 }
                 proxy::publish_record(host, state::REDIRECT_HOPS, &state)?;
-                append_hop(host, &followed_record(&vetted, vetted.action.as_str()))?;
+                append_hop(host, request, &followed_record(&vetted, vetted.action.as_str()))?;
                 metrics.followed.increment(host);
                 Ok(Step::Continue)
             }
             FollowedHop::Bounce { location, vetted } => {
-                append_hop(host, &followed_record(&vetted, "bounce"))?;
+                append_hop(host, request, &followed_record(&vetted, "bounce"))?;
                 metrics.bounced.increment(host);
                 let body = Object::new().str("reason", "rule_does_not_follow").str("redirect", "not_followed").finish();
                 Ok(proxy::reply(host, 302, "rule_does_not_follow", &body, &[("location", &location)]))
@@ -122,7 +124,7 @@ impl Redirects {
                     Some(vetted) => followed_record(vetted, "deny"),
                     None => record("deny", true, None, reason, None),
                 };
-                append_hop(host, &record)?;
+                append_hop(host, request, &record)?;
                 Ok(proxy::reply(host, status, reason, &refusal_body(reason, u64::from(hops)), &[]))
             }
         }
@@ -147,6 +149,7 @@ impl HttpStage for Redirects {
             // for the upstream (host rewrite), and a relative Location resolves against the request as sent. In the
             // suite the earlier stages have read it already.
             request.facts.line(host)?;
+            request.redirected = Some(false);
             return Ok(Step::Continue);
         }
         self.judge_hop(host, request)
@@ -155,7 +158,6 @@ impl HttpStage for Redirects {
     fn on_response_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
         let status = host.map_value(MapType::HttpResponseHeaders, ":status")?;
         let status = status.and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok()).unwrap_or(0);
-        request.response_status = Some(status);
         if !redirect::is_redirect(status) {
             return Ok(Step::Continue);
         }
@@ -167,7 +169,7 @@ impl HttpStage for Redirects {
             if hops.is_some_and(|hops| hops >= route_max) {
                 metrics.hop_limit.increment(host);
                 let reason = redirect::HOP_LIMIT_REASON;
-                append_hop(host, &record("deny", false, None, reason, Some(status)))?;
+                append_hop(host, request, &record("deny", false, None, reason, Some(status)))?;
                 let body = refusal_body(reason, hops.map_or(0, u64::from));
                 return Ok(proxy::reply(host, redirect::LOOP_STATUS, reason, &body, &[]));
             }
@@ -184,7 +186,7 @@ impl HttpStage for Redirects {
         let vetted = Request::with_caller(&request.caller, host, |caller| {
             policy.vet_redirect(&line.base(), status, &location, caller)
         })?;
-        append_hop(host, &hop_record(status, &vetted))?;
+        append_hop(host, request, &hop_record(status, &vetted))?;
         match vetted.action {
             Action::Allow => metrics.allowed.increment(host),
             Action::ReportDeny => metrics.would_deny.increment(host),
@@ -204,7 +206,8 @@ impl HttpStage for Redirects {
 
 /// Appends one hop record (a JSON object) to the request-long chain in filter state, a JSON array only this stage
 /// writes; anything else there is replaced.
-fn append_hop(host: &dyn Host, record: &str) -> Result<(), Status> {
+fn append_hop(host: &dyn Host, request: &mut Request, record: &str) -> Result<(), Status> {
+    request.redirected = Some(true);
     let chain = proxy::property_string(host, &[state::REDIRECTS])?;
     let chain = match chain.as_deref().and_then(|c| c.strip_suffix(']')) {
         Some(head) if head.starts_with("[{") => format!("{head},{record}]"),
@@ -270,7 +273,7 @@ mod tests {
         host.clear_calls();
         assert_eq!(redirects.on_response_headers(&host, &mut request), Ok(Step::Continue));
         assert_eq!(host.calls(), ["map_value(response_headers::status)"]);
-        assert_eq!(request.response_status, Some(200));
+        assert_eq!(request.redirected, Some(false), "the audit need not read a chain");
     }
 
     #[test]
