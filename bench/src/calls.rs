@@ -39,14 +39,17 @@ pub fn per_request(scenario: Scenario, policy: &Value, host: &str, path: &str) -
     let stages: Vec<(Vec<Rc<dyn HttpStage>>, usize)> = match scenario {
         Scenario::Empty => return Ok(Some(Calls { vm_entries: 1, ..Calls::default() })),
         Scenario::AllowList => vec![(vec![Rc::new(AllowList::new(&fake, policy, Layer::Http)?)], 1)],
-        Scenario::SuiteFused => {
+        Scenario::SuiteFused | Scenario::SuiteAccessLog => {
             let mut sections = serde_json::Map::new();
             sections.insert("policy".into(), document.clone());
             sections.insert("identity".into(), serde_json::from_str(IDENTITY)?);
-            sections.insert("audit".into(), serde_json::from_str(&audit_config())?);
+            if scenario == Scenario::SuiteFused {
+                sections.insert("audit".into(), serde_json::from_str(&audit_config())?);
+            }
             let config = SuiteConfig::from_json(Value::Object(sections).to_string().as_bytes(), |_| None)
                 .map_err(|e| e.to_string())?;
-            // One filter: request headers, response headers, log.
+            // One filter: request headers, response headers, log (the module exports `on_log` with or without
+            // the audit stage, so Envoy enters it either way).
             vec![(egress_suite::pipeline(&fake, &config, Layer::Http)?.http, 3)]
         }
         Scenario::SuiteSeparate => {

@@ -19,7 +19,7 @@ mod paced;
 mod report;
 mod scenarios;
 
-use egress_harness::collector::Collector;
+use egress_harness::collector::{Collector, Mode};
 use egress_harness::echo::Echo;
 use egress_harness::envoy::{self, Envoy, Launcher};
 use egress_harness::pki::{Error, TestPki};
@@ -143,8 +143,18 @@ fn run(args: &Args) -> Result<(), Error> {
     cpu::pin_current_thread(LOAD_CORE)?;
     let pki = TestPki::new()?;
     let echo = Echo::start(&pki)?;
+    // The audit stage's batches are answered and counted, never decoded: the collector shares the load core with
+    // the paced generator, whose send times must not wait behind a batch being parsed.
     let collector = Collector::start()?;
-    let targets = Targets { echo_http: echo.http_addr(), echo_https: echo.https_addr(), collector: collector.addr() };
+    collector.set_mode(Mode::Discard);
+    // The run directory: the native access log's files (`suite-accesslog`), removed at the end.
+    let run_dir = envoy::run_dir()?;
+    let targets = Targets {
+        echo_http: echo.http_addr(),
+        echo_https: echo.https_addr(),
+        collector: collector.addr(),
+        run_dir: run_dir.clone(),
+    };
     let launcher = Launcher::find()?;
     let policy_path = envoy::workspace_root().join("examples/policy.yaml");
     let policy: Value = serde_json::from_str(&load_policy(&policy_path)?)?;
@@ -194,7 +204,11 @@ fn run(args: &Args) -> Result<(), Error> {
             m.row.latency.push(paced::run(&plan)?);
         }
     }
-    let rows: Vec<Row> = measured.into_iter().map(|m| m.row).collect();
+    // Stopping an Envoy flushes its access log: the native path logged every request it answered.
+    let mut rows: Vec<Row> = measured.into_iter().map(|m| m.row).collect();
+    for row in rows.iter_mut().filter(|r| r.scenario == Scenario::SuiteAccessLog) {
+        row.access_log_lines = Some(access_log_lines(&targets)?);
+    }
 
     // Rule scaling: the allow-list and RBAC at each size, hits and misses, in front of a direct response; the VM
     // memory of the allow-list alone and of the fused suite.
@@ -271,5 +285,30 @@ fn run(args: &Args) -> Result<(), Error> {
     eprintln!("written: {} and chart.png", args.out.join("results.md").display());
     collector.shutdown();
     echo.shutdown();
+    let _ = std::fs::remove_dir_all(&run_dir);
     Ok(())
+}
+
+/// The lines `suite-accesslog`'s Envoys wrote, checked to carry the suite's decision for the benchmark's request
+/// (the filter-state record, as the Istio provider would print it).
+fn access_log_lines(targets: &Targets) -> Result<usize, Error> {
+    let mut lines = 0;
+    for upstream in [Upstream::Echo, Upstream::DirectResponse] {
+        let path = scenarios::access_log_file(targets, upstream);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines() {
+            let line: Value = serde_json::from_str(line).map_err(|e| format!("{}: {e}: {line}", path.display()))?;
+            let decision: Value = serde_json::from_str(line["decision"].as_str().unwrap_or("null"))?;
+            if (line["authority"].as_str(), decision["action"].as_str()) != (Some(HOST), Some("allow")) {
+                return Err(
+                    format!("{}: a line without the suite's decision for {HOST}: {line}", path.display()).into()
+                );
+            }
+            lines += 1;
+        }
+    }
+    if lines == 0 {
+        return Err("suite-accesslog: the access log is empty".into());
+    }
+    Ok(lines)
 }

@@ -1,13 +1,15 @@
 //! The Envoy configurations compared: the harness's gateway (the chain the manifests deploy), with its HTTP filters
 //! swapped for none, an empty Wasm filter (the mechanism's floor), the allow-list alone, the whole suite fused into
-//! one filter or as four separate filters, Envoy's RBAC filter or a Lua filter enforcing the same host policy, in
-//! front of the echo upstream or of a `direct_response` (to isolate the filters' cost).
+//! one filter or as four separate filters, the fused suite without its audit stage but with Envoy's native access
+//! log carrying the suite's records (the other audit path), Envoy's RBAC filter or a Lua filter enforcing the same
+//! host policy, in front of the echo upstream or of a `direct_response` (to isolate the filters' cost).
 
 use egress_harness::bootstrap::AUDIT_COLLECTOR_CLUSTER;
 use egress_harness::pki::Error;
 use egress_harness::{envoy, gateway_bootstrap_for, wasm_dir, LabOptions};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scenario {
@@ -17,17 +19,20 @@ pub enum Scenario {
     AllowList,
     SuiteFused,
     SuiteSeparate,
+    /// The fused suite without the audit section, and Envoy's JSON file access log from filter state.
+    SuiteAccessLog,
     Rbac,
     Lua,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::None,
         Scenario::Empty,
         Scenario::AllowList,
         Scenario::SuiteFused,
         Scenario::SuiteSeparate,
+        Scenario::SuiteAccessLog,
         Scenario::Rbac,
         Scenario::Lua,
     ];
@@ -40,6 +45,7 @@ impl Scenario {
             Scenario::AllowList => "allowlist",
             Scenario::SuiteFused => "suite-fused",
             Scenario::SuiteSeparate => "suite-separate",
+            Scenario::SuiteAccessLog => "suite-accesslog",
             Scenario::Rbac => "rbac",
             Scenario::Lua => "lua",
         }
@@ -52,6 +58,7 @@ impl Scenario {
             Scenario::AllowList => "allow-list alone",
             Scenario::SuiteFused => "suite, fused (1 filter)",
             Scenario::SuiteSeparate => "suite, separate (4 filters)",
+            Scenario::SuiteAccessLog => "suite + native access log",
             Scenario::Rbac => "RBAC (native)",
             Scenario::Lua => "Lua",
         }
@@ -59,7 +66,14 @@ impl Scenario {
 
     /// Whether it runs Wasm (its cost is compared with the empty filter's).
     pub fn is_wasm(self) -> bool {
-        matches!(self, Scenario::Empty | Scenario::AllowList | Scenario::SuiteFused | Scenario::SuiteSeparate)
+        matches!(
+            self,
+            Scenario::Empty
+                | Scenario::AllowList
+                | Scenario::SuiteFused
+                | Scenario::SuiteSeparate
+                | Scenario::SuiteAccessLog
+        )
     }
 }
 
@@ -70,11 +84,13 @@ pub enum Upstream {
     DirectResponse,
 }
 
-/// The upstreams and the collector a configuration points at.
+/// The upstreams and the collector a configuration points at, and where access logs go.
 pub struct Targets {
     pub echo_http: SocketAddr,
     pub echo_https: SocketAddr,
     pub collector: SocketAddr,
+    /// The benchmark's run directory: the access-log files of [`Scenario::SuiteAccessLog`].
+    pub run_dir: PathBuf,
 }
 
 /// The audit stage's configuration in the suite: events to the loopback collector only (the log sink would measure
@@ -90,13 +106,22 @@ pub const IDENTITY: &str = r#"{"onMissing": "anonymous"}"#;
 
 /// The suite's options: every stage, the audit collector on loopback.
 pub fn suite_options(policy: &Value, collector: SocketAddr) -> LabOptions {
-    LabOptions {
-        identity_json: Some(IDENTITY.into()),
-        redirects: true,
-        audit_json: Some(audit_config()),
-        collector: Some(collector),
-        ..LabOptions::new(policy.to_string())
-    }
+    LabOptions { audit_json: Some(audit_config()), collector: Some(collector), ..suite_without_audit(policy) }
+}
+
+/// The suite's options without the audit stage (its configuration has no audit section): identity, allow-list,
+/// redirects.
+pub fn suite_without_audit(policy: &Value) -> LabOptions {
+    LabOptions { identity_json: Some(IDENTITY.into()), redirects: true, ..LabOptions::new(policy.to_string()) }
+}
+
+/// Where [`Scenario::SuiteAccessLog`]'s Envoy in front of `upstream` writes its access log.
+pub fn access_log_file(targets: &Targets, upstream: Upstream) -> PathBuf {
+    let upstream = match upstream {
+        Upstream::Echo => "echo",
+        Upstream::DirectResponse => "direct",
+    };
+    targets.run_dir.join(format!("{}-{upstream}.log", Scenario::SuiteAccessLog.id()))
 }
 
 /// The bootstrap of one scenario. `policy` is the allow-list policy (JSON); RBAC and Lua get its host rules.
@@ -109,6 +134,7 @@ pub fn bootstrap(scenario: Scenario, upstream: Upstream, policy: &Value, targets
         Scenario::SuiteSeparate => {
             LabOptions { manifests: manifests.join("wasmplugins"), ..suite_options(policy, targets.collector) }
         }
+        Scenario::SuiteAccessLog => LabOptions { manifests: manifests.join("suite"), ..suite_without_audit(policy) },
         _ => LabOptions { manifests: manifests.join("wasmplugins"), ..LabOptions::new(policy.to_string()) },
     };
     let mut bootstrap = gateway_bootstrap_for(&options, targets.echo_http, targets.echo_https)?;
@@ -116,15 +142,22 @@ pub fn bootstrap(scenario: Scenario, upstream: Upstream, policy: &Value, targets
     let http_filters = hcm["http_filters"].as_array_mut().ok_or("the gateway has no HTTP filters")?;
     let router = http_filters.pop().ok_or("the gateway has no router")?;
     match scenario {
-        Scenario::AllowList | Scenario::SuiteFused | Scenario::SuiteSeparate => {}
+        Scenario::AllowList | Scenario::SuiteFused | Scenario::SuiteSeparate | Scenario::SuiteAccessLog => {}
         Scenario::None => http_filters.clear(),
         Scenario::Empty => *http_filters = vec![empty_filter()],
         Scenario::Rbac => *http_filters = rbac_filters(policy),
         Scenario::Lua => *http_filters = vec![lua_filter(policy)],
     }
     http_filters.push(router);
-    // The benchmark measures the filters, not the access log writer.
-    if let Some(map) = hcm.as_object_mut() {
+    // The benchmark measures the filters, not the access log writer; but for the scenario whose point is the access
+    // log (the lab's JSON line: `egressctl::access_log`, what the rendered Istio provider writes), to a file.
+    if scenario == Scenario::SuiteAccessLog {
+        let file = access_log_file(targets, upstream);
+        let loggers = hcm["access_log"].as_array_mut().ok_or("the gateway has no access log")?;
+        for logger in loggers.iter_mut() {
+            logger["typed_config"]["path"] = Value::from(file.to_string_lossy().into_owned());
+        }
+    } else if let Some(map) = hcm.as_object_mut() {
         map.remove("access_log");
     }
     if upstream == Upstream::DirectResponse {

@@ -221,26 +221,21 @@ impl Gateway {
         })
     }
 
-    /// One JSON line per request or connection, with what the filters published to filter state.
+    /// One JSON line per request or connection, with what the filters published to filter state: the suite's one
+    /// access-log definition (`egressctl::access_log`, also the rendered Istio providers' `logFormat.labels`), and
+    /// the listener it came through.
     fn access_log(&self, listener: &str) -> Value {
-        let state = |key: &str| format!("%FILTER_STATE(wasm.{key}:PLAIN)%");
+        let mut format = serde_json::Map::new();
+        format.insert("listener".into(), Value::from(listener));
+        for (field, operator) in egressctl::access_log::fields() {
+            format.insert(field.into(), Value::from(operator));
+        }
         json!({
             "name": "envoy.access_loggers.file",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": self.access_log,
-                "log_format": {"json_format": {
-                    "listener": listener,
-                    "method": "%REQ(:METHOD)%",
-                    "authority": "%REQ(:AUTHORITY)%",
-                    "path": "%REQ(:PATH)%",
-                    "sni": "%REQUESTED_SERVER_NAME%",
-                    "code": "%RESPONSE_CODE%",
-                    "details": "%RESPONSE_CODE_DETAILS%",
-                    "decision": state(egress_core::state::DECISION),
-                    "identity": state(egress_core::state::IDENTITY),
-                    "redirects": state(egress_core::state::REDIRECTS),
-                }},
+                "log_format": {"json_format": format},
             },
         })
     }

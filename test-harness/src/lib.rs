@@ -11,6 +11,7 @@ pub mod istio;
 pub mod load;
 pub mod openapi;
 pub mod pki;
+pub mod rotel;
 
 use bootstrap::{Gateway, MtlsFiles, PathNormalization};
 use echo::Echo;
@@ -167,7 +168,7 @@ pub struct LabOptions {
     pub policy_json: String,
     /// The identity filter's configuration, as JSON; `None` leaves the filter out.
     pub identity_json: Option<String>,
-    /// Adds the redirects filter (after the allow-list), reading the same policy; with `redirects.follow` the
+    /// Adds the redirects filter (before the allow-list on requests), reading the same policy; with `redirects.follow` the
     /// route follows redirects.
     pub redirects: bool,
     /// The audit filter's configuration, as JSON; `None` leaves the filter out.

@@ -1,13 +1,17 @@
 //! The audit filter in a real Envoy, last in the chain as Istio's STATS phase puts it: events in the collector on
-//! loopback, field by field; no loss under a bounded load; Envoy unaffected while the collector is down or slow.
+//! loopback, field by field; one event per followed redirect chain; no loss under a bounded load through a real
+//! OpenTelemetry collector (rotel), in both OTLP encodings; the OTLP delivery rules for every answer a collector can
+//! give (refused, throttled, partially accepted, slow, down), with Envoy's traffic unaffected throughout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use egress_harness::collector::{Collector, Mode};
 use egress_harness::load::{self, Plan};
+use egress_harness::rotel::Rotel;
 use egress_harness::{bootstrap::AUDIT_COLLECTOR_CLUSTER, client, Lab, LabOptions};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const POLICY: &str = r#"{
@@ -28,11 +32,16 @@ fn audit_config(extra: &str) -> String {
 }
 
 fn lab(policy: &str, collector: &Collector, audit: &str) -> Lab {
+    lab_with(policy, collector.addr(), audit)
+}
+
+/// A gateway whose audit collector cluster points at `collector`.
+fn lab_with(policy: &str, collector: SocketAddr, audit: &str) -> Lab {
     let options = LabOptions {
         identity_json: Some(r#"{"onMissing": "anonymous", "tunnels": "allow"}"#.into()),
         redirects: true,
         audit_json: Some(audit.into()),
-        collector: Some(collector.addr()),
+        collector: Some(collector),
         ..LabOptions::new(policy)
     };
     Lab::start(&options).expect("start the gateway")
@@ -93,8 +102,8 @@ fn events_describe_each_request_and_redact_what_they_must() {
         (Some(403), Some("evil.example"))
     );
 
-    let redirected = &paths["/redirected"];
-    assert_eq!(redirected["destination"]["host"], "eu.httpbin.org", "the final hop's event carries the chain");
+    let redirected = &paths["/redirect-to"];
+    assert_eq!(redirected["destination"]["host"], "httpbin.org", "a followed chain is the client's request");
     assert_eq!(redirected["redirects"][0]["location"], "http://eu.httpbin.org/redirected");
     assert_eq!(redirected["redirects"][0]["followed"], true);
 
@@ -140,6 +149,123 @@ fn report_mode_events_say_what_would_have_been_denied() {
     );
 }
 
+/// A policy whose redirects are followed, with a deny list for the cloud metadata range.
+const FOLLOWING: &str = r#"{
+  "rules": [
+    {"name": "httpbin", "hosts": ["httpbin.org", "*.httpbin.org"]},
+    {"name": "manual", "hosts": ["manual.example"], "redirects": {"follow": false}}
+  ],
+  "deny": {"cidrs": ["169.254.0.0/16"]},
+  "redirects": {"follow": true, "maxHops": 3}
+}"#;
+
+/// The event of the request whose query is `query` (these tests record queries to tell requests apart).
+fn by_query<'a>(events: &'a [Value], query: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["request"]["query"] == query)
+        .unwrap_or_else(|| panic!("no event for {query}: {events:#?}"))
+}
+
+fn encoded(url: &str) -> String {
+    url.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// `GET httpbin.org/redirect-to?url=<location>&n=<n>`: the echo upstream answers 302 to `location`.
+fn redirect_through(lab: &Lab, location: &str, n: usize) -> u16 {
+    let path = format!("/redirect-to?url={}&n={n}", encoded(location));
+    client::get(lab.http(), "httpbin.org", &path).unwrap().status
+}
+
+#[test]
+fn a_followed_chain_is_one_event_for_the_clients_request_with_every_hop_refused_ones_included() {
+    let collector = Collector::start().unwrap();
+    let audit = audit_config("").replace(r#""headers""#, r#""includeQuery": true, "headers""#);
+    let lab = lab(FOLLOWING, &collector, &audit);
+    assert_eq!(redirect_through(&lab, "http://eu.httpbin.org/final", 1), 200);
+    assert_eq!(redirect_through(&lab, "http://169.254.169.254/latest/meta-data/", 2), 403);
+    assert_eq!(redirect_through(&lab, "http://evil.example/steal", 3), 403);
+    assert_eq!(redirect_through(&lab, "ftp://eu.httpbin.org/file", 4), 403);
+    assert_eq!(redirect_through(&lab, "http://manual.example/download", 5), 302);
+    let two_hops = client::get(lab.http(), "a.httpbin.org", "/absolute-redirect/2?n=6").unwrap();
+    assert_eq!(two_hops.status, 200);
+    let events = collector.wait_for_events(6, Duration::from_secs(15));
+    assert_eq!(events.len(), 6, "one event per client request, not per hop: {events:#?}");
+    let query = |location: &str, n: usize| format!("url={}&n={n}", encoded(location));
+
+    for event in &events {
+        if event["request"]["query"] == "n=6" {
+            continue;
+        }
+        assert_eq!(
+            (event["destination"]["host"].as_str(), event["request"]["path"].as_str()),
+            (Some("httpbin.org"), Some("/redirect-to")),
+            "the client's request, whichever hop ended it: {event:#}"
+        );
+        assert_eq!(event["decision"]["action"], "allow", "the client's request was allowed: {event:#}");
+        assert_eq!(event["redirects"].as_array().map(Vec::len), Some(1), "{event:#}");
+    }
+    let hop = |location: &str, n: usize| by_query(&events, &query(location, n))["redirects"][0].clone();
+    assert_eq!(
+        hop("http://eu.httpbin.org/final", 1),
+        json!({"status": null, "location": "http://eu.httpbin.org/final", "action": "allow", "reason": "allowed", "followed": true})
+    );
+    let metadata = by_query(&events, &query("http://169.254.169.254/latest/meta-data/", 2));
+    assert_eq!(
+        metadata["redirects"][0],
+        json!({"status": null, "location": "http://169.254.169.254/latest/meta-data/", "action": "deny", "reason": "deny_listed", "followed": false})
+    );
+    assert_eq!(metadata["response"]["code"], 403);
+    let evil = hop("http://evil.example/steal", 3);
+    assert_eq!(
+        (evil["action"].as_str(), evil["reason"].as_str(), evil["followed"].as_bool()),
+        (Some("deny"), Some("host_not_allowed"), Some(false))
+    );
+    let ftp = hop("ftp://eu.httpbin.org/file", 4);
+    assert_eq!(
+        (ftp["action"].as_str(), ftp["reason"].as_str(), ftp["followed"].as_bool()),
+        (Some("deny"), Some("non_http_scheme"), Some(false)),
+        "{ftp}"
+    );
+    let bounced = hop("http://manual.example/download", 5);
+    assert_eq!((bounced["action"].as_str(), bounced["followed"].as_bool()), (Some("bounce"), Some(false)));
+
+    let two = by_query(&events, "n=6");
+    assert_eq!(
+        (two["destination"]["host"].as_str(), two["request"]["path"].as_str()),
+        (Some("a.httpbin.org"), Some("/absolute-redirect/2"))
+    );
+    let locations: Vec<&str> =
+        two["redirects"].as_array().unwrap().iter().map(|h| h["location"].as_str().unwrap()).collect();
+    assert_eq!(locations, ["http://a.httpbin.org/absolute-redirect/1", "http://a.httpbin.org/absolute-redirect/0"]);
+
+    let upstream: Vec<String> = lab.echo.requests().iter().map(|r| r["host"].as_str().unwrap().to_string()).collect();
+    assert!(
+        !upstream.iter().any(|h| h.contains("169.254") || h.contains("evil")),
+        "no refused hop was sent: {upstream:?}"
+    );
+    assert!(lab.envoy.stat("wasmcustom.egress_redirects_denied") >= Some(2), "refused followed hops are counted");
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_redirects_bounced"), Some(1));
+}
+
+#[test]
+fn report_mode_follows_what_it_would_refuse_and_says_so() {
+    let collector = Collector::start().unwrap();
+    let report = FOLLOWING.replacen('{', r#"{"mode": "report","#, 1);
+    let audit = audit_config("").replace(r#""headers""#, r#""includeQuery": true, "headers""#);
+    let lab = lab(&report, &collector, &audit);
+    assert_eq!(redirect_through(&lab, "http://evil.example/steal", 1), 200, "report mode refuses nothing");
+    let events = collector.wait_for_events(1, Duration::from_secs(10));
+    let event = by_query(&events, &format!("url={}&n=1", encoded("http://evil.example/steal")));
+    assert_eq!(event["destination"]["host"], "httpbin.org");
+    assert_eq!(
+        (event["redirects"][0]["action"].as_str(), event["redirects"][0]["followed"].as_bool()),
+        (Some("report-deny"), Some(true)),
+        "{event:#}"
+    );
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_redirects_would_deny"), Some(1));
+}
+
 fn load_plan(total: usize) -> Plan {
     Plan {
         host: "httpbin.org".into(),
@@ -150,84 +276,199 @@ fn load_plan(total: usize) -> Plan {
     }
 }
 
-#[test]
-fn no_event_is_lost_under_load() {
-    const REQUESTS: usize = 20_000;
-    let collector = Collector::start().unwrap();
-    let lab = lab(POLICY, &collector, &audit_config(""));
-    let report = load::run(lab.http(), &load_plan(REQUESTS)).unwrap();
-    assert_eq!((report.sent, report.ok(), report.errors), (REQUESTS, REQUESTS, 0), "{:?}", report.statuses);
-    let events = collector.wait_for_events(REQUESTS, Duration::from_secs(60));
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for event in &events {
-        *seen.entry(event["request"]["path"].as_str().unwrap_or("").to_string()).or_default() += 1;
-    }
-    let missing: Vec<usize> = (0..REQUESTS).filter(|n| seen.get(&format!("/anything/load-{n}")) != Some(&1)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} requests without exactly one event, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert_eq!(events.len(), REQUESTS, "no duplicates");
-    assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events_dropped"), Some(0));
-    assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events"), Some(REQUESTS as u64));
-    drop(lab);
-    // The same load through the same chain without the audit filter, for the side-by-side figure (reported, never
-    // asserted: tests do not time things).
-    let options = LabOptions {
-        identity_json: Some(r#"{"onMissing": "anonymous", "tunnels": "allow"}"#.into()),
-        redirects: true,
-        ..LabOptions::new(POLICY)
-    };
-    let without = Lab::start(&options).unwrap();
-    let baseline = load::run(without.http(), &load_plan(REQUESTS)).unwrap();
-    assert_eq!(baseline.ok(), REQUESTS);
-    eprintln!(
-        "audit load: {REQUESTS} requests at concurrency 32: with audit {:.0} req/s (p50 {:?}, p99 {:?}), without {:.0} req/s \
-         (p50 {:?}, p99 {:?}), ratio {:.2}; {} events received in {} batches, dropped 0",
-        report.throughput(),
-        report.percentile(50.0),
-        report.percentile(99.0),
-        baseline.throughput(),
-        baseline.percentile(50.0),
-        baseline.percentile(99.0),
-        report.throughput() / baseline.throughput(),
-        events.len(),
-        collector.batches()
-    );
+/// The two OTLP encodings the collector sink speaks (with gzip on one of them).
+const ENCODINGS: [&str; 2] = ["otlp-protobuf", "otlp-json"];
+
+fn encoding_config(format: &str) -> String {
+    let compression = if format == "otlp-json" { "gzip" } else { "none" };
+    format!(r#", "format": "{format}", "compression": "{compression}""#)
 }
 
 #[test]
-fn a_collector_that_is_down_or_slow_never_holds_up_traffic_and_shipping_resumes() {
+fn no_event_is_lost_under_load_through_a_real_otlp_collector() {
+    const REQUESTS: usize = 20_000;
+    for format in ENCODINGS {
+        // The gateway ships to rotel (a real OpenTelemetry collector), which forwards what it accepted to the
+        // harness collector, where the records are counted.
+        let collector = Collector::start().unwrap();
+        let rotel = Rotel::start(collector.addr()).unwrap();
+        let lab = lab_with(POLICY, rotel.addr(), &audit_config(&encoding_config(format)));
+        let report = load::run(lab.http(), &load_plan(REQUESTS)).unwrap();
+        assert_eq!((report.sent, report.ok(), report.errors), (REQUESTS, REQUESTS, 0), "{:?}", report.statuses);
+        let records = collector.wait_for_records(REQUESTS, Duration::from_secs(60));
+        let mut paths: HashMap<String, usize> = HashMap::new();
+        let mut ids = HashSet::new();
+        for record in &records {
+            let event = &record.body;
+            *paths.entry(event["request"]["path"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            let id = event["id"].as_str().unwrap_or_default();
+            assert_eq!(record.attributes["log.record.uid"], id, "{format}: the record names its event");
+            assert!(ids.insert(id.to_string()), "{format}: event id {id} twice");
+        }
+        let missing: Vec<usize> =
+            (0..REQUESTS).filter(|n| paths.get(&format!("/anything/load-{n}")) != Some(&1)).collect();
+        assert!(
+            missing.is_empty(),
+            "{format}: {} requests without exactly one record, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert_eq!(records.len(), REQUESTS, "{format}: no duplicates");
+        let first = &records[0];
+        assert_eq!(first.resource["service.instance.id"], "egress-lab");
+        assert_eq!(first.scope_name, "egress-audit");
+        assert!(first.time_unix_nano > 0 && first.body_text.is_some(), "{format}: a timed record, a string body");
+        assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events_dropped"), Some(0), "{format}");
+        assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_batches_rejected"), Some(0), "{format}");
+        assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_events"), Some(REQUESTS as u64), "{format}");
+        eprintln!(
+            "audit load ({format} via rotel): {REQUESTS} requests at concurrency 32, {:.0} req/s (p50 {:?}, p99 \
+             {:?}); {} records delivered, 0 dropped, {} gateway batches",
+            report.throughput(),
+            report.percentile(50.0),
+            report.percentile(99.0),
+            records.len(),
+            lab.envoy.stat("wasmcustom.egress_audit_batches_sent").unwrap_or(0)
+        );
+    }
+}
+
+#[test]
+fn a_collector_that_is_down_never_holds_up_traffic_and_shipping_resumes() {
     const QUEUE: usize = 1000;
     const REQUESTS: usize = 3000;
+    for format in ENCODINGS {
+        let collector = Collector::start().unwrap();
+        let mut rotel = Rotel::start(collector.addr()).unwrap();
+        let audit = audit_config(&format!(
+            r#"{}, "queueMaxEvents": {QUEUE}, "batchMaxEvents": 200, "timeoutMs": 300"#,
+            encoding_config(format)
+        ));
+        let lab = lab_with(POLICY, rotel.addr(), &audit);
+        rotel.stop();
+        let while_down = load::run(lab.http(), &load_plan(REQUESTS)).unwrap();
+        assert_eq!(while_down.ok(), REQUESTS, "{format}: traffic is served while the collector is down");
+        let depth = lab.envoy.stat("wasmcustom.egress_audit_queue_depth").unwrap();
+        assert!(depth <= QUEUE as u64, "{format}: memory stays bounded: queue depth {depth}");
+        let dropped = lab.envoy.stat("wasmcustom.egress_audit_events_dropped").unwrap();
+        assert!(dropped >= (REQUESTS - QUEUE) as u64, "{format}: drops are counted: {dropped}");
+        assert!(lab.envoy.stat("wasmcustom.egress_audit_batch_failures").unwrap() > 0, "{format}: retried");
+
+        rotel.restart().unwrap();
+        let kept = REQUESTS - dropped as usize;
+        let delivered = collector.wait_for_records(kept, Duration::from_secs(60));
+        assert_eq!(delivered.len(), kept, "{format}: everything kept is delivered once the collector is back");
+        assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_batches_rejected"), Some(0), "{format}");
+        eprintln!(
+            "audit collector down ({format}): {REQUESTS} requests p50 {:?} p99 {:?}; {dropped} dropped and counted, \
+             {kept} delivered after the restart",
+            while_down.percentile(50.0),
+            while_down.percentile(99.0),
+        );
+    }
+}
+
+/// A gateway shipping to the harness's own collector, which injects the answers rotel cannot give.
+fn faulty(extra: &str) -> (Collector, Lab) {
     let collector = Collector::start().unwrap();
-    let audit = audit_config(&format!(r#", "queueMaxEvents": {QUEUE}, "batchMaxEvents": 200, "timeoutMs": 300"#));
-    let lab = lab(POLICY, &collector, &audit);
+    let lab = lab(POLICY, &collector, &audit_config(&format!(r#", "batchMaxEvents": 10 {extra}"#)));
+    (collector, lab)
+}
 
-    collector.set_mode(Mode::Down);
-    let while_down = load::run(lab.http(), &load_plan(REQUESTS)).unwrap();
-    assert_eq!(while_down.ok(), REQUESTS, "traffic is served while the collector is down");
-    let depth = lab.envoy.stat("wasmcustom.egress_audit_queue_depth").unwrap();
-    assert!(depth <= QUEUE as u64, "memory stays bounded: queue depth {depth}");
-    let dropped = lab.envoy.stat("wasmcustom.egress_audit_events_dropped").unwrap();
-    assert!(dropped >= (REQUESTS - QUEUE) as u64, "drops are counted: {dropped}");
-    assert!(lab.envoy.stat("wasmcustom.egress_audit_batch_failures").unwrap() > 0);
+fn send(lab: &Lab, from: usize, count: usize) {
+    for n in from..from + count {
+        assert_eq!(client::get(lab.http(), "httpbin.org", &format!("/anything/{n}")).unwrap().status, 200);
+    }
+}
 
+fn stat(lab: &Lab, name: &str) -> u64 {
+    lab.envoy.stat(&format!("wasmcustom.egress_audit_{name}")).unwrap_or(0)
+}
+
+/// Waits until `stat` reaches `at_least` (the counters move when the collector answers, after the requests).
+fn wait_for_stat(lab: &Lab, name: &str, at_least: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let value = stat(lab, name);
+        if value >= at_least || std::time::Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_refused_batch_is_dropped_counted_and_never_blocks_the_queue() {
+    let (collector, lab) = faulty("");
+    collector.set_mode(Mode::Failing(400));
+    send(&lab, 0, 10);
+    assert_eq!(wait_for_stat(&lab, "batches_rejected", 1), 1);
+    assert_eq!(stat(&lab, "events_dropped"), 10, "the refused events are counted");
+    assert_eq!(stat(&lab, "batch_failures"), 0, "a 400 is not retried");
     collector.set_mode(Mode::Up);
-    let delivered = collector.wait_for_events(REQUESTS - dropped as usize, Duration::from_secs(30));
-    assert_eq!(delivered.len() as u64, REQUESTS as u64 - dropped, "everything kept is delivered once back up");
-    assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_queue_depth"), Some(0));
+    send(&lab, 10, 10);
+    let delivered = collector.wait_for_events(10, Duration::from_secs(15));
+    let paths: Vec<&str> = delivered.iter().map(|e| e["request"]["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 10, "the queue behind the refused batch moves on: {paths:?}");
+    assert!(paths.iter().all(|p| p["/anything/".len()..].parse::<usize>().unwrap() >= 10), "{paths:?}");
+    assert_eq!(collector.requests(), 2, "the refused batch was sent once");
+}
 
+#[test]
+fn a_throttled_batch_waits_as_long_as_the_collector_asks_and_is_then_delivered() {
+    let (collector, lab) = faulty("");
+    collector.set_mode(Mode::RetryAfter(429, "3600"));
+    send(&lab, 0, 10);
+    assert_eq!(wait_for_stat(&lab, "batch_failures", 1), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(collector.requests(), 1, "no retry before the hour the collector asked for");
+    assert_eq!(stat(&lab, "events_dropped"), 0, "a throttled batch is kept");
+    drop(lab);
+
+    let (collector, lab) = faulty("");
+    collector.set_mode(Mode::RetryAfter(503, "1"));
+    send(&lab, 0, 10);
+    assert_eq!(wait_for_stat(&lab, "batch_failures", 1), 1);
+    collector.set_mode(Mode::Up);
+    let delivered = collector.wait_for_events(10, Duration::from_secs(15));
+    assert_eq!(delivered.len(), 10, "delivered once the collector takes it");
+    assert_eq!((stat(&lab, "events_dropped"), stat(&lab, "batches_rejected")), (0, 0));
+}
+
+#[test]
+fn records_a_collector_rejects_in_a_partial_success_are_counted_as_dropped() {
+    for format in ENCODINGS {
+        let (collector, lab) = faulty(&encoding_config(format));
+        collector.set_mode(Mode::PartialSuccess(3));
+        send(&lab, 0, 10);
+        assert_eq!(wait_for_stat(&lab, "events_dropped", 3), 3, "{format}");
+        assert_eq!((stat(&lab, "batches_sent"), stat(&lab, "batch_failures")), (1, 0), "{format}: delivered, once");
+    }
+}
+
+#[test]
+fn a_slow_collector_never_holds_up_traffic() {
+    let (collector, lab) = faulty(r#", "timeoutMs": 300"#);
     collector.set_mode(Mode::Slow(Duration::from_secs(2)));
     let while_slow = load::run(lab.http(), &Plan { total: 500, ..load_plan(500) }).unwrap();
     assert_eq!(while_slow.ok(), 500, "traffic is served while the collector is slow");
+    assert!(wait_for_stat(&lab, "batch_failures", 1) >= 1, "a batch that times out is retried");
+    collector.set_mode(Mode::Up);
+    // At least once: every event arrives, a timed-out batch perhaps twice, so count distinct ids.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (delivered, distinct) = loop {
+        let delivered = collector.events();
+        let distinct: HashSet<String> = delivered.iter().filter_map(|e| Some(e["id"].as_str()?.to_string())).collect();
+        if distinct.len() >= 500 || std::time::Instant::now() > deadline {
+            break (delivered, distinct);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(distinct.len(), 500, "every event arrives once the collector is fast again");
     eprintln!(
-        "audit collector down: {REQUESTS} requests p50 {:?} p99 {:?}, dropped {dropped}; slow: p50 {:?} p99 {:?}",
-        while_down.percentile(50.0),
-        while_down.percentile(99.0),
+        "audit collector slow: 500 requests p50 {:?} p99 {:?}; {} records for 500 events",
         while_slow.percentile(50.0),
-        while_slow.percentile(99.0)
+        while_slow.percentile(99.0),
+        delivered.len()
     );
 }

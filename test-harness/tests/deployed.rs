@@ -88,5 +88,15 @@ fn the_deployed_chain_identifies_vets_signs_and_audits() {
     }
     let tls_denied = events.iter().find(|e| e["kind"] == "tls" && e["decision"]["action"] == "deny");
     assert_eq!(tls_denied.unwrap()["destination"]["sni"], "eu.httpbin.org", "a refused connection is audited too");
-    assert_eq!(denied.len(), 6, "{compact:#?}");
+    assert_eq!(denied.len(), 5, "{compact:#?}");
+    // The refused redirect is the client's (allowed) request with its refused hop.
+    let redirect = events.iter().find(|e| e["request"]["path"] == "/redirect-to").unwrap();
+    assert_eq!(
+        (redirect["destination"]["host"].as_str(), redirect["decision"]["action"].as_str()),
+        (Some("httpbin.org"), Some("allow"))
+    );
+    assert_eq!(
+        (redirect["redirects"][0]["location"].as_str(), redirect["redirects"][0]["reason"].as_str()),
+        (Some("http://evil.example/"), Some("host_not_allowed"))
+    );
 }

@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use egress_core::Policy;
+use egress_harness::bootstrap::Gateway;
 use egress_harness::envoy::{workspace_root, Launcher};
 use egress_harness::istio::{self, DeployedPlugin};
 use egress_harness::{gateway_bootstrap, wasm_dir, LabOptions};
-use egressctl::config;
 use egressctl::render::{self, Release, Source, Sources};
+use egressctl::{access_log, config, observability};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;
@@ -65,7 +66,7 @@ fn the_committed_manifests_are_what_the_examples_and_the_built_modules_render() 
 }
 
 #[test]
-fn the_separate_chain_runs_identity_then_allowlist_then_redirects_then_audit_and_fails_as_each_must() {
+fn the_separate_chain_runs_identity_then_redirects_then_allowlist_then_audit_and_fails_as_each_must() {
     let chain = istio::chain(&variant("wasmplugins"), &wasm_dir()).expect("pins match the built modules");
     let layer = |network: bool| -> Vec<(&str, &str)> {
         chain.iter().filter(|p| p.network == network).map(|p| (p.root_id.as_str(), p.failure_policy)).collect()
@@ -74,8 +75,9 @@ fn the_separate_chain_runs_identity_then_allowlist_then_redirects_then_audit_and
         layer(false),
         [
             ("egress-identity", "FAIL_CLOSED"),
-            ("egress-allowlist", "FAIL_CLOSED"),
+            // A followed redirect's hop is the redirects filter's to judge and record before the allow-list sees it.
             ("egress-redirects", "FAIL_CLOSED"),
+            ("egress-allowlist", "FAIL_CLOSED"),
             ("egress-audit", "FAIL_OPEN"),
         ]
     );
@@ -208,4 +210,236 @@ fn envoy_loads_every_variant_as_deployed() {
         envoy.env.extend(key.iter().cloned());
         envoy.validate(&bootstrap).unwrap_or_else(|e| panic!("{dir}: Envoy refuses the deployed chain: {e}"));
     }
+}
+
+/// Every document of every YAML file in `dir`, by file name (comment-only preambles left out).
+fn documents_in(dir: &str) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    let mut files: Vec<PathBuf> = fs::read_dir(variant(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        found.extend(documents(&file).into_iter().filter(|d| !d.is_null()).map(|d| (name.clone(), d)));
+    }
+    found
+}
+
+fn object<'a>(documents: &'a [(String, Value)], kind: &str) -> &'a Value {
+    let mut of_kind = documents.iter().filter(|(_, d)| d["kind"] == kind);
+    let (_, found) = of_kind.next().unwrap_or_else(|| panic!("no {kind}"));
+    assert!(of_kind.next().is_none(), "one {kind}");
+    found
+}
+
+/// The collector's Kubernetes objects have the shape the API server wants and point at each other: selectors
+/// match the pod's labels, every Service port reaches a container port, the pipeline's receivers listen on them.
+#[test]
+fn the_collector_manifests_are_well_formed_and_wired_together() {
+    use egressctl::observability::{COLLECTOR_NAME, COLLECTOR_NAMESPACE, OTLP_GRPC_PORT, OTLP_HTTP_PORT};
+    let documents = documents_in(observability::COLLECTOR_DIR);
+    for (file, document) in &documents {
+        let (api_version, kind) = (document["apiVersion"].as_str(), document["kind"].as_str().unwrap_or_default());
+        let expected = match kind {
+            "Namespace" | "ConfigMap" | "Service" => "v1",
+            "Deployment" => "apps/v1",
+            "Kustomization" => "kustomize.config.k8s.io/v1beta1",
+            other => panic!("{file}: unexpected kind {other}"),
+        };
+        assert_eq!(api_version, Some(expected), "{file}");
+        if kind == "Kustomization" {
+            continue;
+        }
+        let name = document["metadata"]["name"].as_str();
+        if kind == "Namespace" {
+            assert_eq!(name, Some(COLLECTOR_NAMESPACE), "{file}");
+        } else {
+            assert_eq!(
+                (name, document["metadata"]["namespace"].as_str()),
+                (Some(COLLECTOR_NAME), Some(COLLECTOR_NAMESPACE))
+            );
+        }
+    }
+    let mut kustomized: Vec<&str> = object(&documents, "Kustomization")["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let mut files: Vec<&str> =
+        documents.iter().filter(|(_, d)| d["kind"] != "Kustomization").map(|(f, _)| f.as_str()).collect();
+    files.dedup();
+    kustomized.sort_unstable();
+    assert_eq!(kustomized, files, "the kustomization applies every object");
+
+    let deployment = object(&documents, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let pod_labels = pod["metadata"]["labels"].as_object().unwrap();
+    let matches = |selector: &Value| {
+        let selector = selector.as_object().unwrap();
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+    assert!(matches(&deployment["spec"]["selector"]["matchLabels"]), "the Deployment selects its own pods");
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    let image = container["image"].as_str().unwrap();
+    let tag = image.strip_prefix("otel/opentelemetry-collector-contrib:").expect("the contrib collector");
+    assert!(tag.split('.').all(|part| part.parse::<u32>().is_ok()), "pinned to a release: {image}");
+    let container_ports: Vec<(&str, u64)> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["containerPort"].as_u64().unwrap()))
+        .collect();
+
+    let service = object(&documents, "Service");
+    assert!(matches(&service["spec"]["selector"]), "the Service selects the collector's pods");
+    let mut service_ports = Vec::new();
+    for port in service["spec"]["ports"].as_array().unwrap() {
+        let target = &port["targetPort"];
+        let reached = container_ports.iter().any(|(name, number)| target == *name || target.as_u64() == Some(*number));
+        assert!(reached, "Service port {port} reaches no container port of {container_ports:?}");
+        // Istio reads the protocol from the port name's prefix or appProtocol; both must agree.
+        let name = port["name"].as_str().unwrap();
+        let protocol = port["appProtocol"].as_str().unwrap();
+        assert!(name.starts_with(&format!("{protocol}-")), "{name} vs appProtocol {protocol}");
+        service_ports.push((port["port"].as_u64().unwrap(), protocol));
+    }
+    assert_eq!(service_ports, [(u64::from(OTLP_HTTP_PORT), "http"), (u64::from(OTLP_GRPC_PORT), "grpc")]);
+
+    // The pipeline: the collector reads its configuration from the mounted ConfigMap, receives OTLP on the ports
+    // the Service exposes, and exports logs to its own log (debug) and a file.
+    let config_map = object(&documents, "ConfigMap");
+    let volume = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| !v["configMap"].is_null()).unwrap();
+    assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
+    let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == volume["name"]).unwrap();
+    let config_path = format!("{}/config.yaml", mount["mountPath"].as_str().unwrap());
+    assert!(container["args"].as_array().unwrap().iter().any(|a| *a == format!("--config={config_path}")));
+    let config: Value = serde_yaml_ng::from_str(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let protocols = &config["receivers"]["otlp"]["protocols"];
+    for (protocol, port) in [("http", OTLP_HTTP_PORT), ("grpc", OTLP_GRPC_PORT)] {
+        assert_eq!(protocols[protocol]["endpoint"], format!("0.0.0.0:{port}"), "all interfaces, not localhost");
+    }
+    let logs = &config["service"]["pipelines"]["logs"];
+    assert_eq!(logs["receivers"], serde_json::json!(["otlp"]));
+    for exporter in logs["exporters"].as_array().unwrap() {
+        assert!(!config["exporters"][exporter.as_str().unwrap()].is_null(), "{exporter} is configured");
+    }
+    assert!(logs["exporters"].as_array().unwrap().iter().any(|e| e == "debug"), "kubectl logs shows the records");
+    let file = config["exporters"]["file"]["path"].as_str().unwrap();
+    let data = container["volumeMounts"].as_array().unwrap().iter().any(|m| {
+        let dir = m["mountPath"].as_str().unwrap();
+        file.starts_with(&format!("{dir}/")) && m["name"] != volume["name"]
+    });
+    assert!(data, "the file exporter writes to a writable volume, the root filesystem is read-only");
+}
+
+/// `outbound|<port>||<service>.<namespace>.svc.cluster.local`, as Istio names a Service port's cluster.
+fn service_port_of(cluster: &str) -> (String, String, u64) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    let [direction, port, subset, host] = parts.as_slice() else { panic!("not an Istio cluster name: {cluster}") };
+    assert_eq!((*direction, *subset), ("outbound", ""), "{cluster}");
+    let service = host.strip_suffix(".svc.cluster.local").unwrap_or_else(|| panic!("not a Service: {cluster}"));
+    let (name, namespace) = service.split_once('.').unwrap();
+    (name.to_string(), namespace.to_string(), port.parse().unwrap())
+}
+
+/// The port of the rendered collector's Service `name.namespace` numbered `port`, if there is one.
+fn collector_port(name: &str, namespace: &str, port: u64) -> Option<Value> {
+    let documents = documents_in(observability::COLLECTOR_DIR);
+    let service = object(&documents, "Service");
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let ours = service["metadata"]["name"] == name && service["metadata"]["namespace"] == namespace;
+    ports.iter().find(|p| ours && p["port"] == port).cloned()
+}
+
+/// The walkthrough's audit configuration ships to the collector the manifests deploy: its cluster names the
+/// Service's OTLP/HTTP port, on the path that receiver serves.
+#[test]
+fn the_istio_audit_configuration_ships_to_the_rendered_collector() {
+    let audit: Value =
+        serde_yaml_ng::from_str(&fs::read_to_string(workspace_root().join("examples/istio/audit.yaml")).unwrap())
+            .unwrap();
+    let collector = &audit["collector"];
+    let cluster = collector["cluster"].as_str().expect("examples/istio/audit.yaml: collector.cluster");
+    assert_eq!(cluster, observability::audit_cluster());
+    let (name, namespace, port) = service_port_of(cluster);
+    let port = collector_port(&name, &namespace, port)
+        .unwrap_or_else(|| panic!("collector.cluster {cluster}: no such port of the rendered collector's Service"));
+    assert_eq!(port["appProtocol"], "http", "OTLP/HTTP");
+    // The OTLP/HTTP receiver serves logs at /v1/logs (the audit configuration's default).
+    assert!(matches!(collector["path"].as_str(), None | Some("/v1/logs")), "collector.path: {}", collector["path"]);
+}
+
+/// The native path: the Telemetry enables providers the mesh configuration defines; both forms of the mesh
+/// configuration define the same providers; their fields are the lab's access-log line (the one definition,
+/// `egressctl::access_log`); the OpenTelemetry provider sends to the collector's gRPC port.
+#[test]
+fn the_telemetry_names_providers_the_mesh_configuration_defines_with_the_labs_format() {
+    let documents = documents_in(observability::TELEMETRY_DIR);
+    let kustomized = &object(&documents, "Kustomization")["resources"];
+    assert_eq!(*kustomized, serde_json::json!(["telemetry.yaml"]), "only cluster resources are applied");
+    let telemetry = object(&documents, "Telemetry");
+    assert_eq!(telemetry["spec"]["selector"]["matchLabels"], serde_json::json!({"istio": "egressgateway"}));
+    assert_eq!(telemetry["metadata"]["namespace"], "istio-system", "the gateway's namespace");
+    let operator = object(&documents, "IstioOperator");
+    assert_eq!(operator["apiVersion"], "install.istio.io/v1alpha1");
+    let providers = &operator["spec"]["meshConfig"]["extensionProviders"];
+    let (_, helm_values) = documents.iter().find(|(file, _)| file == "istiod-values.yaml").unwrap();
+    assert_eq!(&helm_values["meshConfig"]["extensionProviders"], providers, "istioctl and Helm: the same providers");
+    let provider = |name: &str| providers.as_array().unwrap().iter().find(|p| p["name"] == name).cloned();
+
+    let enabled: Vec<&Value> = telemetry["spec"]["accessLogging"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|logging| logging["providers"].as_array().unwrap())
+        .collect();
+    assert!(!enabled.is_empty());
+    for reference in enabled {
+        let name = reference["name"].as_str().unwrap();
+        assert!(provider(name).is_some(), "the Telemetry enables {name}, which the mesh configuration lacks");
+    }
+
+    // The lab's line: what the harness's bootstrap writes, but for the lab's `listener` field.
+    let gateway = Gateway {
+        listen: ([127, 0, 0, 1], 0).into(),
+        tls_port: 0,
+        mtls_port: 0,
+        http_plugins: Vec::new(),
+        tls_plugins: Vec::new(),
+        mtls: None,
+        forward_client_cert: false,
+        follow_redirects: None,
+        path_normalization: Default::default(),
+        echo_http: ([127, 0, 0, 1], 9).into(),
+        echo_https: ([127, 0, 0, 1], 9).into(),
+        collector: None,
+        access_log: PathBuf::from("/dev/null"),
+    };
+    let bootstrap = gateway.render();
+    let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let mut lab = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"].clone();
+    assert_eq!(lab.as_object_mut().unwrap().remove("listener"), Some(Value::from("egress_http")));
+    let definition: serde_json::Map<String, Value> =
+        access_log::fields().into_iter().map(|(name, operator)| (name.into(), operator.into())).collect();
+    assert_eq!(lab, Value::Object(definition), "the lab writes the one definition");
+    for state in ["decision", "identity", "redirects"] {
+        assert_eq!(lab[state], format!("%FILTER_STATE(wasm.egress.{state}:PLAIN)%"));
+    }
+
+    let file = provider(access_log::FILE_PROVIDER).unwrap();
+    assert_eq!(file["envoyFileAccessLog"]["logFormat"]["labels"], lab, "Istio's JSON access log is the lab's");
+    assert_eq!(file["envoyFileAccessLog"]["path"], "/dev/stdout", "kubectl logs shows it");
+    let otel = &provider(access_log::OTEL_PROVIDER).unwrap()["envoyOtelAls"];
+    assert_eq!(otel["logFormat"]["labels"], lab, "the OpenTelemetry records' attributes are the lab's fields");
+    let (name, namespace) =
+        otel["service"].as_str().unwrap().strip_suffix(".svc.cluster.local").unwrap().split_once('.').unwrap();
+    let port = collector_port(name, namespace, otel["port"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("{otel}: no such port of the rendered collector's Service"));
+    assert_eq!(port["appProtocol"], "grpc", "Envoy's OpenTelemetry access logger speaks OTLP/gRPC");
+
+    // What makes the gateway's log show the audit stage's lines.
+    assert_eq!(operator["spec"]["values"]["global"]["proxy"]["componentLogLevel"], observability::COMPONENT_LOG_LEVEL);
+    assert!(observability::COMPONENT_LOG_LEVEL.split(',').any(|level| level == "wasm:info"));
 }

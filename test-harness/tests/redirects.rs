@@ -1,4 +1,4 @@
-//! The redirects filter in a real Envoy, after the allow-list as Istio chains them: 3xx from the echo upstream's
+//! The redirects filter in a real Envoy, before the allow-list on requests as Istio chains them: 3xx from the echo upstream's
 //! `/redirect-to`, `/absolute-redirect/N` and `/loop`, vetted (passed to the client) and followed at the gateway.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

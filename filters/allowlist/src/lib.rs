@@ -89,6 +89,13 @@ impl AllowList {
     }
 }
 
+/// Declares `egress.decision` as request-long, so the decision on the client's request outlives the filter-chain pass
+/// and a followed redirect's later passes can still read it (the redirects stage keeps it for the audit). From an
+/// HTTP root context's configuration only.
+pub fn declare_properties() -> Result<(), String> {
+    egress_proxy::config::declare_request_property(state::DECISION)
+}
+
 impl HttpStage for AllowList {
     fn name(&self) -> &'static str {
         "allowlist"

@@ -3,19 +3,22 @@
 //! stages decided, without a host call) or, in a separate filter, what the other filters published to filter state.
 //! It works with any of them missing. It observes and never gates: its host calls failing is logged, never a refusal.
 //!
-//! Sinks: Envoy's log (`egress-audit: {json}`, one line per event) and an HTTP collector: batched NDJSON POSTs via
-//! `dispatch_http_call` from the root context, one queue per worker (see `shipper`). A shared queue per process
-//! would add a lock-like handoff on every request for no gain here: batches from each worker are already large.
+//! Sinks: Envoy's log (`egress-audit: {json}`, one line per event) and a collector: batched OTLP/HTTP logs
+//! (protobuf or JSON; `egress_core::otlp`) or NDJSON POSTs via `dispatch_http_call` from the root context, one queue
+//! per worker with the OTLP delivery rules (see `shipper`). A shared queue per process would add a lock-like handoff
+//! on every request for no gain here: batches from each worker are already large.
 
 pub mod shipper;
 
 use egress_core::audit::{AuditConfig, EventKind, Observed};
+use egress_core::otlp::{self, Encoding};
+use egress_core::redirect::HopState;
 use egress_core::state::{self, DecisionRecord, IdentityRecord, ToJson};
 use egress_proxy::{
     self as proxy, Attributes, Connection, Counter, Gauge, Host, HttpStage, Request, RootStage, TlsStage,
 };
 use proxy_wasm::types::{LogLevel, MapType, Status};
-use shipper::{Limits, Shipper};
+use shipper::{Delivery, Limits, Shipper};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -25,14 +28,17 @@ pub const TLS_ROOT_ID: &str = "egress-audit-tls";
 /// The proxy-wasm callbacks this stage needs exported.
 pub const CALLBACKS: &[&str] = &["proxy_on_log", "proxy_on_tick", "proxy_on_http_call_response"];
 /// The prefix of every audit line in Envoy's log (after Envoy's own `wasm log <plugin>:` prefix), so
-/// `kubectl logs … | grep -o '{"schema":"egress-audit/v1".*' | jq` finds the events.
+/// `kubectl logs … | grep -o '{"schema":"egress-audit/v1".*}' | jq` finds the events.
 pub const LOG_PREFIX: &str = "egress-audit: ";
 
 #[derive(Clone, Copy)]
 struct Metrics {
     events: Counter,
     batches_sent: Counter,
+    /// Attempts that failed in a way worth retrying (the batch is sent again).
     batch_failures: Counter,
+    /// Batches the collector refused for good (dropped, and counted in `dropped`).
+    batches_rejected: Counter,
     dropped: Counter,
     /// Events waiting in this worker's queue.
     queue_depth: Gauge,
@@ -45,6 +51,7 @@ impl Metrics {
             events: counter("events")?,
             batches_sent: counter("batches_sent")?,
             batch_failures: counter("batch_failures")?,
+            batches_rejected: counter("batches_rejected")?,
             dropped: counter("events_dropped")?,
             queue_depth: Gauge::define(host, "egress_audit_queue_depth")?,
         })
@@ -79,6 +86,8 @@ pub struct Audit {
     shipper: Option<RefCell<Shipper>>,
     /// Envoy's node id: the same for every event, read once.
     node: Option<String>,
+    /// Who the collector's batches come from.
+    resource: otlp::Resource,
     /// The facts of an event as prepared batches; `None` where the host cannot batch them (each is then read as
     /// a property).
     http_facts: Option<Attributes>,
@@ -100,7 +109,11 @@ impl Audit {
         });
         let http_facts = host.prepare_attributes(HTTP_FACTS).ok();
         let tls_facts = host.prepare_attributes(TLS_FACTS).ok();
-        Ok(Audit { config, metrics, shipper, node, http_facts, tls_facts })
+        let resource = otlp::Resource {
+            service_name: config.collector.as_ref().map(|c| c.service_name.clone()).unwrap_or_default(),
+            instance_id: node.clone(),
+        };
+        Ok(Audit { config, metrics, shipper, node, resource, http_facts, tls_facts })
     }
 
     /// The values of `facts` (a batch when it was prepared, else one property read each), in order.
@@ -123,15 +136,18 @@ impl Audit {
     }
 
     fn emit(&self, host: &dyn Host, observed: Observed) {
-        let line = self.config.event(observed).to_json();
+        let time_unix_ms = observed.time_unix_ms;
+        let event = self.config.event(observed);
+        let line = event.to_json();
         self.metrics.events.increment(host);
         if self.config.log {
             host.log(LogLevel::Info, &format!("{LOG_PREFIX}{line}"));
         }
-        if let Some(shipper) = &self.shipper {
-            // `flush` records the queue-depth gauge on every tick: fresh enough for any scraper, without a host call
-            // per event.
-            self.metrics.dropped.add(host, shipper.borrow_mut().push(line));
+        if let (Some(shipper), Some(collector)) = (&self.shipper, &self.config.collector) {
+            // Encoded now, once: a batch is then a concatenation. `flush` records the queue-depth gauge on every
+            // tick: fresh enough for any scraper, without a host call per event.
+            let record = otlp::record(collector.encoding, &event, &line, time_unix_ms);
+            self.metrics.dropped.add(host, shipper.borrow_mut().push(record));
         }
     }
 
@@ -144,7 +160,6 @@ impl Audit {
         started_ms: Option<u64>,
         identity: Option<IdentityRecord<String>>,
         decision: Option<DecisionRecord<String>>,
-        redirected: Option<bool>,
     ) -> Observed {
         let now = now_ms(host);
         let identity = identity.or_else(|| state::parse(string(host, &[state::IDENTITY]).as_deref()));
@@ -156,7 +171,6 @@ impl Audit {
             // The certificate only names the caller when the identity stage did not run (it publishes what it
             // verified).
             peer_uri_san: if identity.is_none() { peer_identity(host) } else { None },
-            redirects: if redirected == Some(false) { None } else { string(host, &[state::REDIRECTS]) },
             ..Observed::default()
         };
         if let Some(identity) = identity {
@@ -179,15 +193,20 @@ impl Audit {
         let (Some(shipper), Some(collector)) = (&self.shipper, &self.config.collector) else { return };
         let mut shipper = shipper.borrow_mut();
         let now = now_ms(host);
-        if let Some(body) = shipper.next_batch(now) {
-            let headers = [
+        if let Some(records) = shipper.next_batch(now) {
+            let body = otlp::batch(collector.encoding, &self.resource, records);
+            let body = if collector.gzip { gzip(&body) } else { body };
+            let mut headers = vec![
                 (":method", "POST"),
                 (":path", collector.path.as_str()),
                 (":authority", collector.authority.as_str()),
-                ("content-type", "application/x-ndjson"),
+                ("content-type", collector.encoding.content_type()),
             ];
+            if collector.gzip {
+                headers.push(("content-encoding", "gzip"));
+            }
             let timeout = Duration::from_millis(u64::from(collector.timeout_ms));
-            match host.dispatch_http_call(&collector.cluster, &headers, body.as_bytes(), timeout) {
+            match host.dispatch_http_call(&collector.cluster, &headers, &body, timeout) {
                 Ok(token) => shipper.dispatched(token),
                 Err(status) => {
                     host.log(
@@ -195,11 +214,40 @@ impl Audit {
                         &format!("egress-audit: cannot dispatch to {}: {status:?}", collector.cluster),
                     );
                     self.metrics.batch_failures.increment(host);
-                    self.metrics.dropped.add(host, shipper.dispatch_failed(now));
+                    self.metrics.dropped.add(host, shipper.dispatch_failed(now).dropped);
                 }
             }
         }
         self.metrics.queue_depth.record(host, shipper.depth());
+    }
+
+    /// The collector's answer to a batch, as the shipper's [`Delivery`]: only what it needs is read (the
+    /// `Retry-After` of a retryable status, the body of a 2xx that has one, for an OTLP partial success).
+    fn delivery(&self, host: &dyn Host, encoding: Encoding, body_size: usize, now: u64) -> (Delivery, Option<u16>) {
+        // No headers (a timeout or a reset) reads as no status.
+        let status = host.map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let status = status.and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        let header = |name| host.map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
+        let (mut retry_after, mut rejected) = (None, 0);
+        match status {
+            Some(429 | 502 | 503 | 504) => retry_after = header("retry-after"),
+            Some(200..=299) if body_size > 0 && encoding != Encoding::Ndjson => {
+                let body = host.http_call_response_body(body_size).ok().flatten().unwrap_or_default();
+                if let Some(partial) = otlp::rejected(encoding, &body) {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "egress-audit: the collector rejected {} records: {}",
+                            partial.records, partial.message
+                        ),
+                    );
+                    rejected = partial.records;
+                }
+            }
+            _ => {}
+        }
+        let retry_after = retry_after.as_deref().map(String::from_utf8_lossy);
+        (Delivery::of(status, retry_after.as_deref(), rejected, now), status)
     }
 }
 
@@ -221,8 +269,16 @@ impl HttpStage for Audit {
         if details.as_deref() == Some("internal_redirect") {
             return Ok(());
         }
-        let (identity, decision) = (request.identity.take(), request.decision.take());
-        let mut observed = self.observe_common(host, request.started_ms, identity, decision, request.redirected);
+        let (identity, mut decision) = (request.identity.take(), request.decision.take());
+        // A redirect chain (read only when the redirects stage may have written one) is audited as the client's
+        // request: its destination, path and the allow-list's decision on it, with every hop in `redirects`.
+        let redirects = if request.redirected == Some(false) { None } else { string(host, &[state::REDIRECTS]) };
+        let chain = redirects.as_ref().and_then(|_| HopState::from_json(&string(host, &[state::REDIRECT_HOPS])?));
+        if let Some(first) = chain.as_ref().and_then(|chain| state::parse(chain.decision.as_deref())) {
+            decision = Some(first);
+        }
+        let mut observed = self.observe_common(host, request.started_ms, identity, decision);
+        observed.redirects = redirects;
         observed.source_address = source;
         observed.upstream_address = upstream;
         observed.upstream_cluster = cluster;
@@ -236,6 +292,11 @@ impl HttpStage for Audit {
         observed.scheme = header(":scheme");
         observed.method = header(":method");
         observed.path = header(":path");
+        if let Some(chain) = chain {
+            let [scheme, authority, path, method] = chain.first;
+            (observed.scheme, observed.authority, observed.path, observed.method) =
+                (Some(scheme), Some(authority), Some(path), Some(method));
+        }
         observed.headers = headers
             .iter()
             .filter(|(name, _)| self.config.headers.iter().any(|wanted| name.eq_ignore_ascii_case(wanted)))
@@ -269,7 +330,7 @@ impl TlsStage for Audit {
         let mut facts = self.facts(host, self.tls_facts.as_ref(), TLS_FACTS).into_iter();
         let [source, sni, upstream, cluster] = std::array::from_fn(|_| facts.next().flatten());
         let decision = connection.decision.take();
-        let mut observed = self.observe_common(host, connection.started_ms, None, decision, None);
+        let mut observed = self.observe_common(host, connection.started_ms, None, decision);
         observed.kind = Some(EventKind::Tls);
         observed.random_id = random_id(host);
         observed.source_address = source;
@@ -292,18 +353,29 @@ impl RootStage for Audit {
         self.flush(host);
     }
 
-    fn on_http_call_response(&self, host: &dyn Host, token: u32) {
-        let Some(shipper) = &self.shipper else { return };
-        // No headers (a timeout or a reset) reads as no status: a failure.
-        let status = host.map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
-        let ok = status.as_deref().is_some_and(|s| s.starts_with(b"2"));
-        let (_, dropped) = shipper.borrow_mut().completed(token, ok, now_ms(host));
-        if ok {
+    fn on_http_call_response(&self, host: &dyn Host, token: u32, body_size: usize) {
+        let (Some(shipper), Some(collector)) = (&self.shipper, &self.config.collector) else { return };
+        let now = now_ms(host);
+        let (delivery, status) = self.delivery(host, collector.encoding, body_size, now);
+        let completed = shipper.borrow_mut().completed(token, delivery, now);
+        if completed.delivered > 0 {
             self.metrics.batches_sent.increment(host);
-        } else {
-            self.metrics.batch_failures.increment(host);
-            self.metrics.dropped.add(host, dropped);
         }
+        if completed.retried {
+            self.metrics.batch_failures.increment(host);
+        }
+        if completed.refused {
+            self.metrics.batches_rejected.increment(host);
+            let status = status.map_or("no status".into(), |s| s.to_string());
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "egress-audit: {} refused a batch of {} events ({status}); dropped, not retried",
+                    collector.cluster, completed.dropped
+                ),
+            );
+        }
+        self.metrics.dropped.add(host, completed.dropped);
         // Keep draining without waiting for the next tick while batches are full.
         self.flush(host);
     }
@@ -330,4 +402,125 @@ fn string(host: &dyn Host, path: &[&str]) -> Option<String> {
 
 fn now_ms(host: &dyn Host) -> u64 {
     proxy::unix_ms(host).unwrap_or(0)
+}
+
+/// `data` as a gzip member (RFC 1952): a fixed header, deflate at the fastest level (the batch is compressed on the
+/// worker), CRC-32 and size.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let deflated = miniz_oxide::deflate::compress_to_vec(data, 1);
+    let mut out = Vec::with_capacity(HEADER.len() + deflated.len() + 8);
+    out.extend_from_slice(&HEADER);
+    out.extend_from_slice(&deflated);
+    out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    // ISIZE: the input's length modulo 2^32.
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress_proxy::fake::FakeHost;
+    use std::io::Read;
+
+    #[test]
+    fn gzip_members_decode_with_flate2() {
+        for data in [&b""[..], b"x", &[7u8; 100_000], "événement\n".repeat(999).as_bytes()] {
+            let mut decoded = Vec::new();
+            flate2::read::GzDecoder::new(gzip(data).as_slice()).read_to_end(&mut decoded).unwrap();
+            assert_eq!(decoded, data);
+        }
+    }
+
+    fn advance(host: &FakeHost, seconds: u64) {
+        let now = host.now().unwrap();
+        host.state().now = Some(now + Duration::from_secs(seconds));
+    }
+
+    fn audit(host: &FakeHost, collector: &str) -> Audit {
+        let config = format!(r#"{{"log": false, "collector": {collector}}}"#);
+        Audit::new(host, AuditConfig::from_json(config.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn log_one(audit: &Audit, host: &FakeHost) {
+        let mut request = Request::new(Some(0));
+        HttpStage::on_log(audit, host, &mut request).unwrap();
+    }
+
+    #[test]
+    fn batches_leave_as_otlp_protobuf_by_default_and_as_configured_otherwise() {
+        let host = FakeHost::new().with_request(&[(":authority", "httpbin.org"), (":method", "GET"), (":path", "/")]);
+        let otlp = audit(&host, r#"{"cluster": "c", "authority": "a", "batchMaxEvents": 1}"#);
+        log_one(&otlp, &host);
+        otlp.on_tick(&host);
+        let json = audit(&host, r#"{"cluster": "c", "authority": "a", "format": "otlp-json", "compression": "gzip"}"#);
+        log_one(&json, &host);
+        advance(&host, 10);
+        json.on_tick(&host);
+        let dispatched = host.state().dispatched.clone();
+        assert_eq!(dispatched.len(), 2, "{dispatched:?}");
+        let header = |i: usize, name: &str| {
+            dispatched[i].1.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
+        assert_eq!(
+            (header(0, ":path"), header(0, "content-type")),
+            ("/v1/logs".into(), "application/x-protobuf".into())
+        );
+        assert_eq!(header(0, "content-encoding"), "");
+        assert_eq!(
+            (header(1, "content-type"), header(1, "content-encoding")),
+            ("application/json".into(), "gzip".into())
+        );
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(dispatched[1].2.as_slice()).read_to_end(&mut body).unwrap();
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let record = &request["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
+        assert!(record["body"]["stringValue"].as_str().unwrap().starts_with(r#"{"schema":"egress-audit/v1""#));
+    }
+
+    /// Sends one batch of one event and answers it with `status` and `headers`, `body`.
+    fn answered(status: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> FakeHost {
+        let host = FakeHost::new().with_request(&[(":authority", "httpbin.org"), (":method", "GET"), (":path", "/")]);
+        let stage = audit(&host, r#"{"cluster": "c", "authority": "a", "batchMaxEvents": 1}"#);
+        log_one(&stage, &host);
+        stage.on_tick(&host);
+        {
+            let mut state = host.state();
+            state.http_call_response_headers = [(":status", status)]
+                .iter()
+                .chain(headers)
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            state.http_call_response_body = body.map(<[u8]>::to_vec);
+        }
+        stage.on_http_call_response(&host, 1, body.map_or(0, <[u8]>::len));
+        // Anything left is retried on the next tick, after the backoff.
+        advance(&host, 3600);
+        stage.on_tick(&host);
+        host
+    }
+
+    #[test]
+    fn the_collectors_answer_decides_between_delivered_retried_and_dropped() {
+        let ok = answered("200", &[], None);
+        assert_eq!(
+            (ok.metric("egress_audit_batches_sent"), ok.metric("egress_audit_events_dropped")),
+            (Some(1), Some(0))
+        );
+        let throttled = answered("429", &[("retry-after", "1")], None);
+        assert_eq!(throttled.metric("egress_audit_batch_failures"), Some(1));
+        assert_eq!(throttled.state().dispatched.len(), 2, "sent again");
+        assert!(throttled.calls().contains(&"map_value(http_call_response_headers:retry-after)".to_string()));
+        let refused = answered("400", &[], Some(b"bad request"));
+        assert_eq!(refused.metric("egress_audit_batches_rejected"), Some(1));
+        assert_eq!(refused.metric("egress_audit_events_dropped"), Some(1));
+        assert_eq!(refused.state().dispatched.len(), 1, "never sent again");
+        assert!(refused.logs().iter().any(|l| l.contains("refused a batch of 1 events (400)")));
+        // ExportLogsServiceResponse { partial_success { rejected_log_records: 1 } }.
+        let partial = answered("200", &[], Some(&[0x0a, 0x02, 0x08, 0x01]));
+        assert_eq!(partial.metric("egress_audit_events_dropped"), Some(1));
+        let reset = answered("", &[], None);
+        assert_eq!(reset.metric("egress_audit_batch_failures"), Some(1), "no status: retried");
+    }
 }

@@ -1,17 +1,20 @@
-//! `egressctl audit …`: reports over audit events, read as NDJSON (one `AuditEvent` per line) or as the Envoy log
-//! lines the filters write (`… egress-audit: {json}`). Events are folded into a report one at a time, so a day of
-//! logs is never held in memory.
+//! `egressctl audit …`: reports over audit events, read by [`egressctl::audit_log`]: NDJSON, Envoy log lines in any
+//! format (the event found where it starts, at `{"schema":"egress-audit/`), JSON log lines and OTLP/JSON exports
+//! holding such lines. Events are folded into a report one at a time, so a day of logs is never held in memory.
+//!
+//! Lines without an event (Envoy's other log output) are ignored, with or without `--skip-invalid`, and their number
+//! is reported on stderr: a report over the wrong file says so instead of looking like a quiet day. A line that
+//! should hold an event but does not parse (a truncated event, another schema version, a `{` line that is not JSON
+//! and holds no marker) is an error naming the line, or skipped and counted with `--skip-invalid`.
 
 use crate::{Usage, Verdict, USAGE};
-use egress_core::audit::{AuditEvent, SCHEMA};
+use egress_core::audit::AuditEvent;
 use egress_core::hosts::{HostIndex, HostPattern};
 use egress_core::policy::RuleDocument;
 use egress_core::{Action, Host, HttpRequest, Policy, PolicyDocument, SpiffeId};
+use egressctl::audit_log::{self, ReadError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
-
-/// What precedes the compact JSON event in the filters' Envoy log lines.
-pub const LOG_PREFIX: &str = "egress-audit: ";
 
 /// Rows `top-denied` prints unless `--limit` says otherwise.
 const DEFAULT_LIMIT: usize = 20;
@@ -124,62 +127,20 @@ impl Args {
                 (path, Box::new(std::io::BufReader::new(file)))
             }
         };
-        let skipped = read_events(reader, source, self.skip_invalid, each)?;
-        if let Some(first) = skipped.first() {
-            let lines = if skipped.len() == 1 { "line" } else { "lines" };
-            eprintln!("egressctl: skipped {} invalid {lines} of {source} (first: line {first})", skipped.len());
+        let read = audit_log::read_events(reader, source, self.skip_invalid, each).map_err(|e| match e {
+            ReadError::Io(message) => Usage(message),
+            ReadError::Invalid(message) => Usage(format!("{message} (--skip-invalid skips such lines)")),
+        })?;
+        if read.other_lines > 0 {
+            let lines = plural(read.other_lines, "line", "lines");
+            eprintln!("egressctl: ignored {lines} of {source} without an audit event (other log output)");
+        }
+        if let Some(first) = read.first_invalid {
+            let lines = plural(read.invalid_lines, "invalid line", "invalid lines");
+            eprintln!("egressctl: skipped {lines} of {source} (first: line {first})");
         }
         Ok(())
     }
-}
-
-/// Reads events line by line, calling `each` for every one. A line that is neither an event nor an audit log line
-/// is an error naming it, or (with `skip_invalid`) skipped; returns the numbers of the lines skipped.
-pub fn read_events(
-    mut reader: impl BufRead,
-    source: &str,
-    skip_invalid: bool,
-    mut each: impl FnMut(&AuditEvent),
-) -> Result<Vec<usize>, Usage> {
-    let mut skipped = Vec::new();
-    let mut buffer = Vec::new();
-    for number in 1.. {
-        buffer.clear();
-        let read = reader.read_until(b'\n', &mut buffer).map_err(|e| Usage(format!("{source}: {e}")))?;
-        if read == 0 {
-            break;
-        }
-        match parse_line(&String::from_utf8_lossy(&buffer)) {
-            Ok(Some(event)) => each(&event),
-            Ok(None) => {}
-            Err(_) if skip_invalid => skipped.push(number),
-            Err(message) => {
-                return Err(Usage(format!("{source}:{number}: {message} (--skip-invalid skips such lines)")));
-            }
-        }
-    }
-    Ok(skipped)
-}
-
-/// One input line: `Ok(None)` when blank, the event when it is one (JSON, or what follows the first
-/// `egress-audit: ` of a log line).
-pub fn parse_line(line: &str) -> Result<Option<AuditEvent>, String> {
-    let line = line.trim();
-    if line.is_empty() {
-        return Ok(None);
-    }
-    let parse = |json: &str| serde_json::from_str::<AuditEvent>(json).map_err(|e| format!("not an audit event: {e}"));
-    let whole = if line.starts_with('{') { Some(parse(line)) } else { None };
-    let event = match (whole, line.split_once(LOG_PREFIX)) {
-        (Some(Ok(event)), _) => event,
-        (_, Some((_, json))) => parse(json.trim())?,
-        (Some(Err(message)), None) => return Err(message),
-        (None, None) => return Err(format!("neither an audit event nor a log line with `{LOG_PREFIX}`")),
-    };
-    if event.schema != SCHEMA {
-        return Err(format!("schema `{}`, expected `{SCHEMA}`", event.schema));
-    }
-    Ok(Some(event))
 }
 
 fn action(event: &AuditEvent) -> Option<&str> {
@@ -630,7 +591,9 @@ fn check(policy: &Policy, o: &Observation) -> Option<String> {
 mod tests {
     use super::*;
     use egress_core::audit::Upstream;
-    use egress_core::audit::{Decision, Destination, EventKind, Gateway, RedirectHop, Request, Response, Source};
+    use egress_core::audit::{
+        Decision, Destination, EventKind, Gateway, RedirectHop, Request, Response, Source, SCHEMA,
+    };
 
     const SLEEP: &str = "spiffe://cluster.local/ns/app/sa/sleep";
     const CURL: &str = "spiffe://cluster.local/ns/app/sa/curl";
@@ -685,22 +648,6 @@ mod tests {
         let mut s = Suggest::new(hosts.to_vec(), None).unwrap();
         events.iter().for_each(|e| s.add(e));
         s
-    }
-
-    #[test]
-    fn reads_ndjson_and_log_lines_and_names_bad_lines() {
-        let json = serde_json::to_string(&event("deny", "host_not_allowed", None, "a.com", 443, "GET")).unwrap();
-        let log = format!("[2026-11-21 11:49:02.007][12][info][wasm] wasm log egress_audit: {LOG_PREFIX}{json}");
-        let text = format!("{json}\n\n  \n{log}\r\nnot an event\n{{\"schema\":1}}\n");
-        let mut seen = 0;
-        let err = read_events(text.as_bytes(), "x.ndjson", false, |_| seen += 1).unwrap_err();
-        assert!(err.0.starts_with("x.ndjson:5: neither an audit event nor a log line"), "{}", err.0);
-        seen = 0;
-        let skipped = read_events(text.as_bytes(), "x", true, |_| seen += 1).unwrap();
-        assert_eq!((seen, skipped), (2, vec![5, 6]));
-        let other = json.replace(SCHEMA, "egress-audit/v2");
-        assert_eq!(parse_line(&other).unwrap_err(), "schema `egress-audit/v2`, expected `egress-audit/v1`");
-        assert!(parse_line(&format!("{LOG_PREFIX}{{}}")).unwrap_err().contains("missing field"));
     }
 
     #[test]

@@ -32,9 +32,13 @@ verify-assertion checks an `x-workload-assertion` header the way an upstream sho
 (identity header, method, authority, path with query), the shared key, and a maximum age (default 300 s).
 Exit 0 when valid, 1 when not, 2 on a usage error.
 
-audit reads audit events (egress-audit/v1) from FILE, or stdin when FILE is `-` or absent: one JSON event per line,
-or Envoy log lines carrying `egress-audit: {json}`. Blank lines are skipped; any other line is an error (exit 2)
-unless --skip-invalid is given.
+audit reads audit events (egress-audit/v1) from FILE, or stdin when FILE is `-` or absent: one JSON event per line;
+Envoy log lines in any format (Envoy's, Istio's, behind kubectl's prefixes), the event found where it starts, at
+`{\"schema\":\"egress-audit/`; JSON log lines holding such a line in a string (Istio's logAsJson); and OTLP/JSON lines
+as the OpenTelemetry Collector's file exporter writes them (any number of events per line, in the records' bodies).
+Lines without an event (Envoy's other output) are ignored and counted on stderr. A line that should hold an event
+but does not parse (a truncated event, another schema version, a `{` line that is not JSON and holds no marker) is
+an error (exit 2) unless --skip-invalid is given, which skips and counts it.
   top-denied   denied requests by workload and destination host, most first (--limit, default 20; 0 for all)
   redirects    every redirect target, with counts per action and the first reason
   would-deny   report-mode findings (report-deny) by host and reason, with a total
@@ -60,7 +64,9 @@ Exit 0 when the request would proceed, 1 when not.
 render writes the Istio manifests of the suite into DIR (wasmplugin-manifests): the plugins as WasmPlugins by
 selector, by Gateway API targetRefs, as TrafficExtensions and with file:// modules, each configured from the
 three files (validated first), pinned by sha256 to the modules built in --wasm-dir (image --registry/<filter>:
---tag, default ghcr.io/egress-suite and 0.1.0); plus redirect following and the kustomization.";
+--tag, default ghcr.io/egress-suite and 0.1.0); plus redirect following, the OpenTelemetry Collector the audit
+configuration ships to (collector/), Envoy's native access log of the suite's records (telemetry/: a Telemetry and
+the mesh configuration of its providers) and the kustomization.";
 
 const DEFAULT_REGISTRY: &str = "ghcr.io/egress-suite";
 const DEFAULT_TAG: &str = "0.1.0";

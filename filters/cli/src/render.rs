@@ -10,11 +10,15 @@
 //! - `trafficextensions/` — `TrafficExtension`s, the successor API of Istio 1.30;
 //! - `file/` — `WasmPlugin`s whose modules are files on the gateway pod.
 //!
+//! Beside them ([`crate::observability`]): `collector/`, the OpenTelemetry Collector the audit stage ships to, and
+//! `telemetry/`, Envoy's native access log carrying the suite's records, enabled by a `Telemetry` resource.
+//!
 //! Every module is pinned by `sha256`: the OCI manifest digest for `oci://` URLs (what Istio's agent compares after
 //! a pull) and the module's own digest for `file://` URLs. Both are functions of the built module alone (`make
 //! build` builds reproducibly), so the pins of a checkout are the digests of what it builds.
 
 use crate::config::{self, Checked, Kind};
+use crate::observability;
 use crate::oci::{sha256_hex, Image};
 use egress_core::{redirect, Policy};
 use serde_yaml_ng::{Mapping, Value};
@@ -22,9 +26,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The labels Istio's egress gateway pods carry (`istio: egressgateway`), which the selector variants match.
-const GATEWAY_LABEL: (&str, &str) = ("istio", "egressgateway");
+pub(crate) const GATEWAY_LABEL: (&str, &str) = ("istio", "egressgateway");
 /// Where Istio's egress gateway runs, and where the selector variants live.
-const GATEWAY_NAMESPACE: &str = "istio-system";
+pub(crate) const GATEWAY_NAMESPACE: &str = "istio-system";
 /// The Gateway API `Gateway` the `targetRefs` variant attaches to; a WasmPlugin must live in its namespace.
 pub const GATEWAY_API_GATEWAY: (&str, &str) = ("istio-egress", "egress-gateway");
 /// Where the `file://` variant expects the modules on the gateway pod.
@@ -92,7 +96,7 @@ struct Plugin {
     config: Kind,
 }
 
-/// Chain order on requests: identity (AUTHN) → allow-list → redirects (AUTHZ, by priority) → audit (STATS); on
+/// Chain order on requests: identity (AUTHN) → redirects → allow-list (AUTHZ, by priority) → audit (STATS); on
 /// TLS-passthrough connections: audit (AUTHN, 10) → identity (AUTHN, 5) → allow-list (AUTHZ).
 const PLUGINS: [Plugin; 7] = [
     Plugin {
@@ -138,7 +142,7 @@ const PLUGINS: [Plugin; 7] = [
         module: "egress-redirects",
         layer: Layer::Http,
         phase: "AUTHZ",
-        priority: 10,
+        priority: 30,
         fail_strategy: "FAIL_CLOSE",
         config: Kind::Policy,
     },
@@ -223,9 +227,10 @@ gateway refuses traffic rather than letting it out unvetted.",
     (
         "egress-redirects",
         "redirects.yaml",
-        "The redirects filter: AUTHZ with a lower priority than the allow-list (20), so it runs after it on requests
-and before it on responses. It reads the allow-list's policy. FAIL_CLOSE: without it, redirects to unvetted
-hosts would reach clients and followed hops would lose their loop, hop-limit and credential checks.",
+        "The redirects filter: AUTHZ with a higher priority than the allow-list (20), so it runs before it on requests:
+a hop of a followed redirect is its to judge and record (the chain is audited as the client's request, refused
+hops included) before the allow-list sees it. It reads the allow-list's policy. FAIL_CLOSE: without it, redirects
+to unvetted hosts would reach clients and followed hops would lose their loop, hop-limit and credential checks.",
     ),
     (
         "egress-audit",
@@ -388,14 +393,16 @@ pub fn render(sources: &Sources, release: &Release) -> Result<Vec<File>, String>
     }
     let policy = policy.ok_or("internal: no policy")?;
     files.extend(follow_redirects(&generated, &policy)?);
-    let mut top = vec!["egress-routing", "suite"];
+    files.extend(observability::files(&generated)?);
+    let mut top = vec!["egress-routing", "suite", observability::COLLECTOR_DIR];
     if policy.follow_route_hops().is_some() {
         top.push(FOLLOW_REDIRECTS_FILE);
     }
     let about = "# Everything the suite needs on an Istio egress gateway: the egress routing set of Istio's egress walkthrough\n\
                  # (egress-routing/), the fused suite (suite/; or, for separate filters, swap in one of wasmplugins/,\n\
-                 # gateway-api/, trafficextensions/ or file/), and redirect following when the policy asks for it.\n\
-                 # `kubectl apply -k wasmplugin-manifests`.\n";
+                 # gateway-api/, trafficextensions/ or file/), the OpenTelemetry Collector the audit stage ships to\n\
+                 # (collector/), and redirect following when the policy asks for it. `kubectl apply -k wasmplugin-manifests`.\n\
+                 # The native access-log path (telemetry/) needs install-time mesh configuration first: see its kustomization.\n";
     files.push(File {
         path: PathBuf::from("kustomization.yaml"),
         text: kustomization(&format!("{generated}#\n{about}"), &top)?,
@@ -511,7 +518,7 @@ route-level internal_redirect_policy, so this EnvoyFilter merges it into the egr
     Ok(Some(File { path: PathBuf::from(FOLLOW_REDIRECTS_FILE), text }))
 }
 
-fn kustomization(header: &str, resources: &[&str]) -> Result<String, String> {
+pub(crate) fn kustomization(header: &str, resources: &[&str]) -> Result<String, String> {
     let document = map([
         ("apiVersion", "kustomize.config.k8s.io/v1beta1".into()),
         ("kind", "Kustomization".into()),
@@ -522,7 +529,7 @@ fn kustomization(header: &str, resources: &[&str]) -> Result<String, String> {
 }
 
 /// `text` as YAML comment lines.
-fn comment(text: &str) -> String {
+pub(crate) fn comment(text: &str) -> String {
     let mut out = String::new();
     for (i, line) in text.lines().enumerate() {
         let _ = write!(out, "{}# {line}", if i == 0 { "" } else { "\n" });
@@ -531,7 +538,7 @@ fn comment(text: &str) -> String {
 }
 
 /// A YAML mapping with its keys in the order given (the order people read manifests in).
-fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+pub(crate) fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
     let mut mapping = Mapping::new();
     for (key, value) in entries {
         mapping.insert(key.into(), value);
@@ -539,7 +546,7 @@ fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
     Value::Mapping(mapping)
 }
 
-/// Writes `files` under `out` and removes the YAML files of the variant folders that were not rendered (a plugin
+/// Writes `files` under `out` and removes the YAML files of the folders it owns that were not rendered (a plugin
 /// dropped from the suite must not stay deployed by a leftover file).
 pub fn write(out: &Path, files: &[File]) -> Result<(), String> {
     for file in files {
@@ -555,10 +562,11 @@ pub fn write(out: &Path, files: &[File]) -> Result<(), String> {
     Ok(())
 }
 
-/// YAML files in the variant folders under `out` that `files` does not contain.
+/// YAML files in the folders `render` owns under `out` (the variants, the collector, the telemetry) that `files` does
+/// not contain.
 pub fn stale_files(out: &Path, files: &[File]) -> Result<Vec<PathBuf>, String> {
     let mut stale = Vec::new();
-    for dir in variant_dirs() {
+    for dir in variant_dirs().chain([observability::COLLECTOR_DIR, observability::TELEMETRY_DIR]) {
         let Ok(entries) = std::fs::read_dir(out.join(dir)) else { continue };
         for entry in entries {
             let path = entry.map_err(|e| format!("{}: {e}", out.join(dir).display()))?.path();

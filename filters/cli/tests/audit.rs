@@ -1,4 +1,5 @@
-//! `egressctl audit …` on an NDJSON fixture mixing plain events, Envoy log lines and blank lines.
+//! `egressctl audit …` on an NDJSON fixture mixing plain events, Envoy log lines and blank lines. (The reader itself,
+//! on lines captured from real Envoys, is tested in `src/audit_log.rs` and `test-harness/tests/audit_log_readers.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -237,15 +238,35 @@ rules:
 }
 
 #[test]
+fn other_log_output_is_ignored_and_counted() {
+    let other = [
+        "[2026-11-21 11:49:03.000][31][info][main] [source/server/server.cc:1007] starting workers",
+        "[2026-11-21 11:49:03.001][31][info][wasm] [source/extensions/common/wasm/context.cc:1149] wasm log \
+         egress-audit: egress-audit: configured egress-audit; audit log true, collector None",
+    ];
+    let text = format!("{}\n{}{}\n", other[0], fixture(), other[1]);
+    let file = TempFile::new("other", &text);
+    let (code, out, err) = audit(&["would-deny", file.path()], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("3 requests would have been denied (3 distinct hosts)\n"), "{out}");
+    let want = format!("egressctl: ignored 2 lines of {} without an audit event (other log output)", file.path());
+    assert_eq!(err.trim(), want);
+}
+
+#[test]
 fn invalid_lines_are_errors_unless_skipped() {
-    let text = fixture() + "[2026-11-21 11:49:03.000][31][info][main] starting workers\n";
+    let truncated = &log_line(&event("deny", "host_not_allowed", None, "cut.example", 443, "GET"))[..250];
+    let text = fixture() + truncated + "\n";
     let file = TempFile::new("invalid", &text);
     let line = text.lines().count();
     for command in ["top-denied", "redirects", "would-deny"] {
         let (code, out, err) = audit(&[command, file.path()], "");
         assert_eq!((code, out.as_str()), (2, ""), "{command}");
-        let want = format!("{}:{line}: neither an audit event nor a log line with `egress-audit: `", file.path());
-        assert!(err.starts_with(&want), "{command}: {err}");
+        let want = format!("{}:{line}: not an audit event: EOF while parsing", file.path());
+        assert!(
+            err.starts_with(&want) && err.trim_end().ends_with("(--skip-invalid skips such lines)"),
+            "{command}: {err}"
+        );
     }
     let (code, out, err) = audit(&["would-deny", "--skip-invalid", file.path()], "");
     assert_eq!(code, 0);

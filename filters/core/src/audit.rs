@@ -219,7 +219,7 @@ fn default_true() -> bool {
     true
 }
 
-/// The HTTP collector: batched NDJSON POSTs to an Envoy cluster.
+/// The collector sink: batched POSTs to an Envoy cluster, OTLP/HTTP logs by default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CollectorDocument {
@@ -227,8 +227,16 @@ pub struct CollectorDocument {
     pub cluster: String,
     /// `:authority` of the POST.
     pub authority: String,
-    #[serde(default = "CollectorDocument::default_path")]
-    pub path: String,
+    /// Default `/v1/logs` (OTLP); required with `ndjson`, which has no standard path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub compression: Compression,
+    /// The resource's `service.name` (OTLP).
+    #[serde(default = "CollectorDocument::default_service_name")]
+    pub service_name: String,
     /// A batch is written and handed to Envoy on the worker, between requests: its size bounds how long a request
     /// can wait behind it, so batches are kept small (at most 1 MiB) and leave often.
     #[serde(default = "CollectorDocument::default_batch_events")]
@@ -244,9 +252,42 @@ pub struct CollectorDocument {
     pub timeout_ms: u32,
 }
 
+/// The wire format of the collector sink.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// OTLP/HTTP logs, binary protobuf: what every OTLP receiver accepts.
+    #[default]
+    OtlpProtobuf,
+    /// OTLP/HTTP logs, JSON.
+    OtlpJson,
+    /// One event per line, for plain HTTP log inputs.
+    Ndjson,
+}
+
+impl Format {
+    pub fn encoding(self) -> crate::otlp::Encoding {
+        match self {
+            Format::OtlpProtobuf => crate::otlp::Encoding::Protobuf,
+            Format::OtlpJson => crate::otlp::Encoding::Json,
+            Format::Ndjson => crate::otlp::Encoding::Ndjson,
+        }
+    }
+}
+
+/// The collector sink's `content-encoding`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    /// gzip at the fastest level: the batch is compressed on the worker, between requests.
+    Gzip,
+}
+
 impl CollectorDocument {
-    fn default_path() -> String {
-        "/v1/events".into()
+    fn default_service_name() -> String {
+        "egress-gateway".into()
     }
     fn default_batch_events() -> u32 {
         100
@@ -265,13 +306,29 @@ impl CollectorDocument {
     }
 }
 
+/// The collector sink, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collector {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub encoding: crate::otlp::Encoding,
+    pub gzip: bool,
+    pub service_name: String,
+    pub batch_max_events: u32,
+    pub batch_max_bytes: u32,
+    pub flush_interval_ms: u32,
+    pub queue_max_events: u32,
+    pub timeout_ms: u32,
+}
+
 /// The compiled configuration.
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     pub include_query: bool,
     pub headers: Vec<String>,
     pub log: bool,
-    pub collector: Option<CollectorDocument>,
+    pub collector: Option<Collector>,
 }
 
 impl AuditConfig {
@@ -295,15 +352,27 @@ impl AuditConfig {
             }
             headers.push(lower);
         }
-        if let Some(c) = &doc.collector {
+        let mut collector = None;
+        if let Some(c) = doc.collector {
             if c.cluster.is_empty() {
                 error("collector.cluster".into(), "empty".into());
             }
-            if c.authority.is_empty() || c.authority.bytes().any(|b| b <= b' ') {
+            if c.authority.is_empty() || c.authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 error("collector.authority".into(), format!("`{}` is not an authority", c.authority));
             }
-            if !c.path.starts_with('/') {
-                error("collector.path".into(), format!("`{}`: paths start with `/`", c.path));
+            let path = match (&c.path, c.format) {
+                (Some(path), _) => path.clone(),
+                (None, Format::Ndjson) => {
+                    error("collector.path".into(), "required with format `ndjson` (it has no standard path)".into());
+                    String::new()
+                }
+                (None, _) => "/v1/logs".into(),
+            };
+            if c.path.is_some() && (!path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f)) {
+                error("collector.path".into(), format!("`{path}`: a path starts with `/` and has no spaces"));
+            }
+            if c.service_name.is_empty() {
+                error("collector.serviceName".into(), "empty".into());
             }
             let ranges = [
                 ("batchMaxEvents", c.batch_max_events, 1, 10_000),
@@ -320,14 +389,27 @@ impl AuditConfig {
             if c.queue_max_events < c.batch_max_events {
                 error("collector.queueMaxEvents".into(), "smaller than batchMaxEvents".into());
             }
+            collector = Some(Collector {
+                encoding: c.format.encoding(),
+                gzip: c.compression == Compression::Gzip,
+                path,
+                cluster: c.cluster,
+                authority: c.authority,
+                service_name: c.service_name,
+                batch_max_events: c.batch_max_events,
+                batch_max_bytes: c.batch_max_bytes,
+                flush_interval_ms: c.flush_interval_ms,
+                queue_max_events: c.queue_max_events,
+                timeout_ms: c.timeout_ms,
+            });
         }
-        if !doc.log && doc.collector.is_none() {
+        if !doc.log && collector.is_none() {
             error("(document)".into(), "no sink: enable `log` or configure a `collector`".into());
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector: doc.collector })
+        Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector })
     }
 
     /// Builds the event, applying redaction: the query only when configured, only the named headers. The observed
@@ -608,6 +690,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::Encoding;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -757,5 +840,28 @@ mod tests {
             "{text}"
         );
         assert!(errors(r#"{"collectr": {}}"#).contains("unknown field `collectr`"));
+        let ndjson =
+            errors(r#"{"collector": {"cluster": "c", "authority": "a", "format": "ndjson", "serviceName": ""}}"#);
+        assert!(ndjson.contains("collector.path: required with format `ndjson`"), "{ndjson}");
+        assert!(ndjson.contains("collector.serviceName: empty"), "{ndjson}");
+        let format = errors(r#"{"collector": {"cluster": "c", "authority": "a", "format": "otlp"}}"#);
+        assert!(format.contains("collector.format") && format.contains("otlp-protobuf"), "{format}");
+        let compression = errors(r#"{"collector": {"cluster": "c", "authority": "a", "compression": "zstd"}}"#);
+        assert!(compression.contains("collector.compression"), "{compression}");
+    }
+
+    #[test]
+    fn the_collector_speaks_otlp_protobuf_unless_told_otherwise() {
+        let collector = |json: &str| {
+            let config = format!(r#"{{"collector": {{"cluster": "c", "authority": "a"{json}}}}}"#);
+            AuditConfig::from_json(config.as_bytes()).unwrap().collector.unwrap()
+        };
+        let default = collector("");
+        assert_eq!((default.encoding, default.path.as_str(), default.gzip), (Encoding::Protobuf, "/v1/logs", false));
+        assert_eq!(default.service_name, "egress-gateway");
+        let json = collector(r#", "format": "otlp-json", "compression": "gzip", "path": "/otlp/v1/logs""#);
+        assert_eq!((json.encoding, json.path.as_str(), json.gzip), (Encoding::Json, "/otlp/v1/logs", true));
+        let lines = collector(r#", "format": "ndjson", "path": "/v1/events""#);
+        assert_eq!((lines.encoding, lines.path.as_str()), (Encoding::Ndjson, "/v1/events"));
     }
 }

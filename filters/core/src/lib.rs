@@ -15,6 +15,7 @@ pub mod headers;
 pub mod hosts;
 pub mod identity;
 pub mod json;
+pub mod otlp;
 pub mod path;
 pub mod policy;
 pub mod redirect;

@@ -42,7 +42,7 @@ pub fn follow_methods(status: u16, method: &str) -> (&str, Option<&str>) {
 }
 
 /// The request that received the redirect, as the client sent it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BaseRequest<'a> {
     pub scheme: &'a str,
     pub authority: &'a str,
@@ -356,6 +356,11 @@ impl Policy {
 pub struct HopState {
     /// Origin of the first request, [`Target::origin`]: credentials never follow a redirect to another origin.
     pub origin: String,
+    /// The client's request: scheme, authority, path, method. A followed chain is audited as this request.
+    pub first: [String; 4],
+    /// The allow-list's decision on the client's request (`egress.decision` as it was published), kept from the
+    /// first followed hop on: each later pass of the chain publishes only its own.
+    pub decision: Option<String>,
     /// The previous hop's request: scheme, authority, path, method.
     pub last: [String; 4],
     /// Fingerprints of every URL requested so far (not the URLs: queries may hold tokens).
@@ -367,6 +372,7 @@ impl HopState {
     pub fn start(request: &BaseRequest<'_>, target: &Target) -> HopState {
         let mut state = HopState { origin: target.origin(), ..HopState::default() };
         state.record(request, target);
+        state.first = state.last.clone();
         state
     }
 
@@ -381,6 +387,8 @@ impl HopState {
     pub fn to_json(&self) -> String {
         Object::new()
             .str("origin", &self.origin)
+            .array("first", &self.first, |out, part| crate::json::push_string(out, part))
+            .opt_str("decision", self.decision.as_deref())
             .array("last", &self.last, |out, part| crate::json::push_string(out, part))
             .array("visited", &self.visited, |out, fingerprint| {
                 let _ = write!(out, "{fingerprint}");
@@ -392,25 +400,27 @@ impl HopState {
     // `inline`: compiled into the redirects filter crate, which `make build` optimises for size.
     #[inline]
     pub fn from_json(json: &str) -> Option<HopState> {
-        const FIELDS: &[&str] = &["origin", "last", "visited"];
+        const FIELDS: &[&str] = &["origin", "first", "decision", "last", "visited"];
+        const REQUIRED: [usize; 4] = [0, 1, 3, 4];
+        let request_line = |reader: &mut json::Reader<'_>, at: &json::Path<'_>| {
+            let parts = reader.list(at, json::Reader::string)?;
+            let len = parts.len();
+            <[String; 4]>::try_from(parts).map_err(|_| serde::de::Error::invalid_length(len, &"an array of length 4"))
+        };
         let read = |reader: &mut json::Reader<'_>, path: &json::Path<'_>| {
             let mut state = HopState::default();
-            let HopState { origin, last, visited } = &mut state;
+            let HopState { origin, first, decision, last, visited } = &mut state;
             let seen = reader.members(path, "struct HopState", FIELDS, false, &mut |reader, field, at| {
                 match field {
                     0 => *origin = reader.string(at)?,
-                    1 => {
-                        let parts = reader.list(at, json::Reader::string)?;
-                        let len = parts.len();
-                        *last = parts
-                            .try_into()
-                            .map_err(|_| serde::de::Error::invalid_length(len, &"an array of length 4"))?;
-                    }
+                    1 => *first = request_line(reader, at)?,
+                    2 => *decision = reader.optional(|reader| reader.string(at))?,
+                    3 => *last = request_line(reader, at)?,
                     _ => *visited = reader.list(at, json::Reader::uint)?,
                 }
                 Ok(())
             })?;
-            (0..FIELDS.len()).try_for_each(|field| json::require(seen, field, FIELDS, path))?;
+            REQUIRED.iter().try_for_each(|&field| json::require(seen, field, FIELDS, path))?;
             Ok(state)
         };
         json::read(&mut json.as_bytes(), read).ok()
@@ -418,6 +428,12 @@ impl HopState {
 
     fn last_request(&self) -> BaseRequest<'_> {
         let [scheme, authority, path, method] = &self.last;
+        BaseRequest { scheme, authority, path, method }
+    }
+
+    /// The client's request, which a followed chain is audited as.
+    pub fn first_request(&self) -> BaseRequest<'_> {
+        let [scheme, authority, path, method] = &self.first;
         BaseRequest { scheme, authority, path, method }
     }
 }
@@ -768,23 +784,36 @@ mod tests {
         assert_eq!(hop(&p, &state, "https", "b.example", "/next", 2), "508 redirect_loop");
         assert_eq!(hop(&p, &state, "https", "c.example", "/", 2), "proceed strip=true");
         // The state travels between hops as JSON: written without serde, exactly as serde writes it.
+        assert_eq!(state.first_request(), first, "the client's request, whatever was followed since");
         state.last[2] = "/p?q=\"\\\u{1}é".into();
+        assert_eq!(state.to_json(), serde_json::to_string(&state).unwrap());
+        assert_eq!(HopState::from_json(&state.to_json()), Some(state.clone()));
+        state.decision = Some(r#"{"action":"allow"}"#.into());
         assert_eq!(state.to_json(), serde_json::to_string(&state).unwrap());
         assert_eq!(HopState::from_json(&state.to_json()), Some(state));
         assert_eq!(HopState::default().to_json(), serde_json::to_string(&HopState::default()).unwrap());
         assert_eq!(HopState::from_json("{}"), None);
         for bad in [
-            r#"{"origin":"a","last":["a","b","c"],"visited":[]}"#,
-            r#"{"origin":"a","last":["a","b","c","d","e"],"visited":[]}"#,
-            r#"{"origin":"a","last":["a","b","c","d"],"visited":[-1]}"#,
-            r#"{"origin":"a","last":["a","b","c","d"]}"#,
-            r#"{"origin":"a","origin":"b","last":["a","b","c","d"],"visited":[]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"last":["a","b","c"],"visited":[]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"last":["a","b","c","d","e"],"visited":[]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"last":["a","b","c","d"],"visited":[-1]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"last":["a","b","c","d"]}"#,
+            r#"{"origin":"a","last":["a","b","c","d"],"visited":[]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"decision":1,"last":["a","b","c","d"],"visited":[]}"#,
+            r#"{"origin":"a","origin":"b","first":["a","b","c","d"],"last":["a","b","c","d"],"visited":[]}"#,
         ] {
             assert_eq!(HopState::from_json(bad), None, "{bad}");
             assert!(serde_json::from_str::<HopState>(bad).is_err(), "{bad}");
         }
-        let extra = r#"{"origin":"a","last":["a","b","c","d"],"visited":[1],"new":true}"#;
-        assert_eq!(HopState::from_json(extra), serde_json::from_str::<HopState>(extra).ok());
+        for fine in [
+            r#"{"origin":"a","first":["a","b","c","d"],"last":["a","b","c","d"],"visited":[1],"new":true}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"decision":null,"last":["a","b","c","d"],"visited":[1]}"#,
+            r#"{"origin":"a","first":["a","b","c","d"],"decision":"x","last":["a","b","c","d"],"visited":[1]}"#,
+        ] {
+            let parsed = HopState::from_json(fine);
+            assert!(parsed.is_some(), "{fine}");
+            assert_eq!(parsed, serde_json::from_str::<HopState>(fine).ok());
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct State {
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
     pub http_call_response_headers: HeaderMap,
+    pub http_call_response_body: Option<Vec<u8>>,
     /// Readable attributes and filter state, by path; `set_property` writes here too (under `[name]`), as Envoy lets
     /// a module read back what it published.
     pub properties: Vec<(Vec<String>, Vec<u8>)>,
@@ -321,5 +322,10 @@ impl Host for FakeHost {
         let mut state = self.state.borrow_mut();
         state.dispatched.push((cluster.to_string(), headers, body.to_vec()));
         u32::try_from(state.dispatched.len()).map_err(|_| Status::InternalFailure)
+    }
+
+    fn http_call_response_body(&self, max: usize) -> Result<Option<Vec<u8>>, Status> {
+        self.call("http_call_response_body", &max.to_string())?;
+        Ok(self.state.borrow().http_call_response_body.as_ref().map(|body| body[..max.min(body.len())].to_vec()))
     }
 }

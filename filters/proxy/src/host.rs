@@ -57,6 +57,8 @@ pub trait Host {
         body: &[u8],
         timeout: Duration,
     ) -> Result<u32, Status>;
+    /// The body of the HTTP call response being handled (from its callback), at most `max` bytes.
+    fn http_call_response_body(&self, max: usize) -> Result<Option<Vec<u8>>, Status>;
 }
 
 /// A batch of attributes read with one host call ([`Host::read_attributes`]): in Envoy, one CEL expression
@@ -187,5 +189,9 @@ impl Host for WasmHost {
         timeout: Duration,
     ) -> Result<u32, Status> {
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), Some(body), Vec::new(), timeout)
+    }
+
+    fn http_call_response_body(&self, max: usize) -> Result<Option<Vec<u8>>, Status> {
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, max)
     }
 }

@@ -72,7 +72,7 @@ pub trait RootStage {
     /// How often `on_tick` should run; `None`: never.
     fn tick_period(&self) -> Option<Duration>;
     fn on_tick(&self, host: &dyn Host);
-    fn on_http_call_response(&self, host: &dyn Host, token: u32);
+    fn on_http_call_response(&self, host: &dyn Host, token: u32, body_size: usize);
 }
 
 /// The stages of one configured plugin, in chain order.
@@ -171,9 +171,9 @@ impl PipelineRoot {
 }
 
 impl Context for PipelineRoot {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         for stage in self.pipeline.iter().flat_map(|p| p.root.iter()) {
-            stage.on_http_call_response(&WasmHost, token_id);
+            stage.on_http_call_response(&WasmHost, token_id, body_size);
         }
     }
 }
@@ -291,7 +291,10 @@ impl Context for PipelineHttp {}
 
 impl HttpContext for PipelineHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.run(|stage, host, request| stage.on_request_headers(host, request), reply_internal_error)
+        let action = self.run(|stage, host, request| stage.on_request_headers(host, request), reply_internal_error);
+        // A stage that stops the request has answered it (a refusal, a redirect handed back, an internal error).
+        self.request.replied = action == Action::Pause;
+        action
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
@@ -300,6 +303,11 @@ impl HttpContext for PipelineHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The filter's own reply is not the upstream's answer: nothing in it is for the stages to vet (a redirect
+        // handed back to the client would otherwise be vetted, and recorded, twice).
+        if self.request.replied {
+            return Action::Continue;
+        }
         self.run(|stage, host, request| stage.on_response_headers(host, request), reply_internal_error)
     }
 

@@ -68,6 +68,8 @@ pub struct Request {
     pub redirected: Option<bool>,
     /// When the stream began (Unix ms), when a stage needs durations.
     pub started_ms: Option<u64>,
+    /// This filter answered the request itself: the response is its own reply, which no response stage vets.
+    pub replied: bool,
 }
 
 impl Request {

@@ -84,6 +84,12 @@ impl Redirects {
             egress_proxy::pipeline::reply_internal_error(host, "egress-redirects: unreadable hop state");
             return Ok(Step::Stop);
         };
+        // The first followed hop keeps the allow-list's decision on the client's request (request-long, so still
+        // there) before this pass's allow-list replaces it: the chain is audited as the client's request.
+        let kept_decision = state.decision.is_none() && {
+            state.decision = proxy::property_string(host, &[state::DECISION])?;
+            state.decision.is_some()
+        };
         let counted =
             proxy::property_string(host, &["filter_state", "num_internal_redirects"])?.and_then(|n| n.parse().ok());
         let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
@@ -91,6 +97,13 @@ impl Redirects {
         let judged = Request::with_caller(&request.caller, host, |caller| {
             policy.judge_followed_hop(&state, &line.base(), hops, caller)
         })?;
+        // The hop goes into the chain (and the kept decision into the state) before any reply is sent.
+        let keep = |host: &dyn Host, request: &mut Request, state: &HopState, record: &str| {
+            if kept_decision {
+                proxy::publish_record(host, state::REDIRECT_HOPS, state)?;
+            }
+            append_hop(host, request, record)
+        };
         match judged {
             FollowedHop::Proceed { vetted, strip_credentials } => {
                 if let Some(target) = &vetted.target {
@@ -103,12 +116,15 @@ impl Redirects {
                     request.facts.remove_headers_where(host, credential)?;
                 }
                 proxy::publish_record(host, state::REDIRECT_HOPS, &state)?;
-                append_hop(host, request, &followed_record(&vetted, vetted.action.as_str()))?;
+                append_hop(host, request, &followed_record(&vetted, vetted.action.as_str(), true))?;
                 metrics.followed.increment(host);
+                if vetted.action == Action::ReportDeny {
+                    metrics.would_deny.increment(host);
+                }
                 Ok(Step::Continue)
             }
             FollowedHop::Bounce { location, vetted } => {
-                append_hop(host, request, &followed_record(&vetted, "bounce"))?;
+                keep(host, request, &state, &followed_record(&vetted, "bounce", false))?;
                 metrics.bounced.increment(host);
                 let body = Object::new().str("reason", "rule_does_not_follow").str("redirect", "not_followed").finish();
                 Ok(proxy::reply(host, 302, "rule_does_not_follow", &body, &[("location", &location)]))
@@ -120,11 +136,12 @@ impl Redirects {
                     _ => metrics.denied,
                 };
                 counter.increment(host);
+                // Refused before it was sent: the gateway did not follow it.
                 let record = match &vetted {
-                    Some(vetted) => followed_record(vetted, "deny"),
-                    None => record("deny", true, None, reason, None),
+                    Some(vetted) => followed_record(vetted, "deny", false),
+                    None => record("deny", false, None, reason, None),
                 };
-                append_hop(host, request, &record)?;
+                keep(host, request, &state, &record)?;
                 Ok(proxy::reply(host, status, reason, &refusal_body(reason, u64::from(hops)), &[]))
             }
         }
@@ -233,10 +250,11 @@ fn vetted_reason(vetted: &Vetted<'_>) -> &'static str {
     vetted.reason.map_or("allowed", |r| r.code())
 }
 
-/// A hop Envoy followed: its 3xx never reached a filter, so the status is unknown.
-fn followed_record(vetted: &Vetted<'_>, action: &str) -> String {
+/// A hop Envoy was following (sent when `followed`, else refused or handed back): its 3xx never reached a filter,
+/// so the status is unknown.
+fn followed_record(vetted: &Vetted<'_>, action: &str, followed: bool) -> String {
     let location = vetted.target.as_ref().map(|t| t.url_without_query());
-    record(action, true, location.as_deref(), vetted_reason(vetted), None)
+    record(action, followed, location.as_deref(), vetted_reason(vetted), None)
 }
 
 /// One vetted 3xx of the chain.

@@ -4,7 +4,8 @@
 //!
 //! Root ids `egress-suite` (HTTP) and `egress-suite-tls` (network, TLS passthrough). The plugin configuration has a
 //! section per stage (`egress_core::suite`); an absent section turns its stage off. Chain order: identity,
-//! allow-list, redirects, audit on requests; identity, allow-list, audit on passthrough connections. The stages keep
+//! redirects, allow-list, audit on requests (a hop of a followed redirect is the redirects stage's to judge and
+//! record before the allow-list sees it); identity, allow-list, audit on passthrough connections. The stages keep
 //! their own failure semantics (enforcing stages fail closed, audit only logs); the module as a whole is deployed
 //! FAIL_CLOSE, since it enforces. It publishes the same filter-state records and metrics as the separate filters.
 
@@ -35,7 +36,7 @@ pub fn pipeline(host: &dyn Host, config: &SuiteConfig, layer: Layer) -> Result<P
     if let Some(policy) = &config.policy {
         let stage = Rc::new(AllowList::new(host, Rc::clone(policy), layer)?);
         pipeline = match layer {
-            Layer::Http => pipeline.http(stage).http(Rc::new(Redirects::new(host, Rc::clone(policy))?)),
+            Layer::Http => pipeline.http(Rc::new(Redirects::new(host, Rc::clone(policy))?)).http(stage),
             Layer::Tls => pipeline.tls(stage),
         };
     }
@@ -55,7 +56,8 @@ fn build(setup: &Setup<'_>) -> Result<Pipeline, String> {
     let config = config::shared_config(setup.config_size, |reader| {
         SuiteConfig::from_buf_reader(reader, |var| std::env::var(var).ok()).map_err(|errors| errors.to_string())
     })?;
-    if config.policy.is_some() {
+    if config.policy.is_some() && setup.layer == Layer::Http {
+        egress_allowlist::declare_properties()?;
         egress_redirects::declare_properties()?;
     }
     pipeline(setup.host, &config, setup.layer)
@@ -150,7 +152,7 @@ mod tests {
         let host = get("httpbin.org");
         let pipeline = suite(&host, CONFIG);
         let names: Vec<&str> = pipeline.http.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["identity", "allowlist", "redirects", "audit"]);
+        assert_eq!(names, ["identity", "redirects", "allowlist", "audit"]);
         host.clear_calls();
         let mut request = Request::new(Some(0));
         assert_eq!(headers(&host, &pipeline, &mut request), Step::Continue);

@@ -16,7 +16,7 @@ const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--aud
 
 up: starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
-The redirects filter always runs (after the allow-list, on the same policy). With --identity, the workload
+The redirects filter always runs (before the allow-list on requests, on the same policy). With --identity, the workload
 identity filter runs first; a signing key named by its `signing.keyEnv` is made
 fresh at start and saved beside the lab's certificates. With --audit, the audit filter runs last.
 Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.
@@ -193,8 +193,9 @@ fn print_tries(lab: &Lab, policy: &Policy) {
         dir = lab.files.display()
     );
     println!(
-        "\nAudit events (with --audit): grep -o '{{\"schema\":\"egress-audit/v1\".*' {}/envoy.log | jq",
-        lab.envoy.dir().display()
+        "\nAudit events (with --audit): cargo run -q -p egressctl -- audit top-denied {log}    # or redirects, would-deny\n  \
+         grep -o '{{\"schema\":\"egress-audit/v1\".*}}' {log} | jq    # the events themselves",
+        log = lab.envoy.dir().join("envoy.log").display()
     );
     println!("\nCtrl-C stops the gateway.");
 }

@@ -16,6 +16,9 @@ fn build(setup: &Setup<'_>) -> Result<Pipeline, String> {
     let policy = config::shared_config(setup.config_size, |config| {
         Policy::from_buf_reader(config).map_err(|errors| errors.to_string())
     })?;
+    if setup.layer == Layer::Http {
+        egress_allowlist::declare_properties()?;
+    }
     let stage = Rc::new(AllowList::new(setup.host, Rc::clone(&policy), setup.layer)?);
     let pipeline = Pipeline::new(format!("{} rules, mode {:?}", policy.rule_count(), policy.mode()));
     Ok(match setup.layer {
