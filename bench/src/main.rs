@@ -18,6 +18,7 @@ mod load;
 mod paced;
 mod report;
 mod scenarios;
+mod soak;
 
 use egress_harness::collector::{Collector, Mode};
 use egress_harness::echo::Echo;
@@ -95,6 +96,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // `egress-bench soak [flags]` (`make soak`): the soak test, with flags of its own.
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        return soak::main(std::env::args().skip(2));
+    }
     match parse_args().map_err(Error::from).and_then(|args| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

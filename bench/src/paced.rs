@@ -17,6 +17,9 @@
 //! The send lag is the generator's own error, reported so a run can be judged: on a 2-core VM, about 1 % of the
 //! sleeps wake hundreds of microseconds late, which shows as `send_lag_p99` and in the latency tail. Keep the
 //! sender off the target's core ([`Plan::core`], with the target pinned by `crate::cpu::pin`).
+//!
+//! [`run`] sends one request over and over, each to be answered 2xx; [`run_mix`] cycles through a mix of requests
+//! (the soak's traffic), each with the status it must get.
 
 use egress_harness::pki::Error;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -48,7 +51,32 @@ pub struct Plan {
     pub core: Option<usize>,
 }
 
-/// The outcome of a paced run; every request got a 2xx answer.
+/// One request of a mix ([`run_mix`]) and the answer it must get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The `Host` header.
+    pub host: String,
+    /// The request target, e.g. `/status/200`.
+    pub path: String,
+    /// More header lines, as `(name, value)`.
+    pub headers: Vec<(String, String)>,
+    /// The status the answer must have; `None` for any 2xx.
+    pub status: Option<u16>,
+}
+
+impl Request {
+    /// The request on the wire: HTTP/1.1, keep-alive.
+    fn bytes(&self) -> Vec<u8> {
+        let mut head = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n", self.path, self.host);
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
+}
+
+/// The outcome of a paced run; every request got the answer it must get (2xx for [`run`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Paced {
     /// Requests sent, and answered.
@@ -86,24 +114,34 @@ const MAX_LINE: u64 = 64 * 1024;
 /// error names the status), a response is malformed or closes its connection, or the target stalls for
 /// [`STALL_TIMEOUT`].
 pub fn run(plan: &Plan) -> Result<Paced, Error> {
-    if !(plan.rate.is_finite() && plan.rate > 0.0) || plan.connections == 0 {
-        return Err(format!("paced load needs a positive rate and connections: {plan:?}").into());
+    let only = Request { host: plan.host.clone(), path: plan.path.clone(), headers: Vec::new(), status: None };
+    run_mix(plan, std::slice::from_ref(&only))
+}
+
+/// [`run`], sending `mix` instead of `plan.host` and `plan.path`: timed request `i` is `mix[i % mix.len()]`, and
+/// connection `k` is opened with `mix[k % mix.len()]` (so a caller can count what the target saw of each kind:
+/// `plan.connections` untimed requests besides [`Paced::sent`]). Each answer must have its request's status.
+pub fn run_mix(plan: &Plan, mix: &[Request]) -> Result<Paced, Error> {
+    if !(plan.rate.is_finite() && plan.rate > 0.0) || plan.connections == 0 || mix.is_empty() {
+        return Err(format!("paced load needs a positive rate, connections and requests: {plan:?}").into());
     }
     let total = (plan.rate * plan.duration.as_secs_f64()).round() as usize;
     if total == 0 {
         return Err(format!("{} req/s for {:?} is no request at all", plan.rate, plan.duration).into());
     }
-    let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n\r\n", plan.path, plan.host);
-    let request = request.into_bytes();
+    let mix: Arc<[Request]> = mix.into();
+    let requests: Vec<Vec<u8>> = mix.iter().map(Request::bytes).collect();
 
     // Every connection opened and used once before the clock starts: neither the handshake nor whatever the target
     // does on a connection's first request (Envoy: set up its codec) is charged to a timed request.
     let mut writers = Vec::with_capacity(plan.connections);
     let mut readers = Vec::with_capacity(plan.connections);
-    for _ in 0..plan.connections {
+    for k in 0..plan.connections {
         let (mut writer, mut reader) = connect(plan.target)?;
-        writer.write_all(&request).map_err(|e| format!("cannot send to {}: {e}", plan.target))?;
-        read_response(&mut reader)?.require_keep_alive_success(plan)?;
+        let kind = k % mix.len();
+        let (request, expected) = requests.get(kind).zip(mix.get(kind)).ok_or("no such request")?;
+        writer.write_all(request).map_err(|e| format!("cannot send to {}: {e}", plan.target))?;
+        read_response(&mut reader)?.require(expected, plan.target)?;
         writers.push(writer);
         readers.push(reader);
     }
@@ -114,7 +152,7 @@ pub fn run(plan: &Plan) -> Result<Paced, Error> {
     let mut due_receivers = Vec::with_capacity(plan.connections);
     let mut due_times = Vec::with_capacity(plan.connections);
     for index in 0..plan.connections {
-        let (due_sender, due_receiver) = mpsc::channel::<Instant>();
+        let (due_sender, due_receiver) = mpsc::channel::<Due>();
         due_times.push(due_sender);
         due_receivers.push(due_receiver);
         idle_sender.send(index).map_err(|_| "the idle-connection queue closed early")?;
@@ -125,7 +163,7 @@ pub fn run(plan: &Plan) -> Result<Paced, Error> {
         due_times,
         idle,
         flags: Arc::clone(&flags),
-        request,
+        requests,
         rate: plan.rate,
         total,
         connections: plan.connections,
@@ -133,9 +171,9 @@ pub fn run(plan: &Plan) -> Result<Paced, Error> {
     };
     let mut reader_threads: Vec<JoinHandle<Result<Vec<Duration>, Error>>> = Vec::with_capacity(plan.connections);
     for (index, (reader, due_times)) in readers.into_iter().zip(due_receivers).enumerate() {
-        let (idle_sender, flags, plan) = (idle_sender.clone(), Arc::clone(&flags), plan.clone());
+        let (idle_sender, flags, plan, mix) = (idle_sender.clone(), Arc::clone(&flags), plan.clone(), Arc::clone(&mix));
         let spawned = thread::Builder::new().name(format!("paced-reader-{index}")).spawn(move || {
-            let outcome = read_responses(reader, index, &due_times, &idle_sender, &flags, &plan);
+            let outcome = read_responses(reader, index, &due_times, &idle_sender, &flags, (&plan, &mix));
             if outcome.is_err() {
                 flags.aborted.store(true, Ordering::SeqCst);
             }
@@ -201,14 +239,18 @@ fn connect(target: SocketAddr) -> Result<(TcpStream, BufReader<TcpStream>), Erro
     Ok((stream, reader))
 }
 
-/// The sender thread's state: the write halves of the connections and, per connection, the queue of due times its
-/// reader measures from. Dropping it shuts the connections down, which ends the readers.
+/// A request on its way: when it was due, and which request of the mix it is.
+type Due = (Instant, usize);
+
+/// The sender thread's state: the write halves of the connections and, per connection, the queue of due times (and
+/// kinds) its reader measures from. Dropping it shuts the connections down, which ends the readers.
 struct Pacer {
     writers: Vec<TcpStream>,
-    due_times: Vec<Sender<Instant>>,
+    due_times: Vec<Sender<Due>>,
     idle: Receiver<usize>,
     flags: Arc<Flags>,
-    request: Vec<u8>,
+    /// The mix, on the wire: request `i` is `requests[i % requests.len()]`.
+    requests: Vec<Vec<u8>>,
     rate: f64,
     total: usize,
     connections: usize,
@@ -244,13 +286,15 @@ impl Pacer {
             };
             // Queued before the write, so the reader finds the due time when the response arrives. The reader is
             // blocked on its socket, not on this queue: queueing wakes no thread, it costs the schedule nothing.
+            let kind = i % self.requests.len();
             self.due_times
                 .get(connection)
-                .and_then(|due_times| due_times.send(due).ok())
+                .and_then(|due_times| due_times.send((due, kind)).ok())
                 .ok_or_else(|| format!("connection {connection}'s reader has stopped"))?;
             let writer = self.writers.get_mut(connection).ok_or("no such connection")?;
+            let request = self.requests.get(kind).ok_or("no such request")?;
             last_send = Instant::now();
-            writer.write_all(&self.request).map_err(|e| format!("cannot send request {i}: {e}"))?;
+            writer.write_all(request).map_err(|e| format!("cannot send request {i}: {e}"))?;
             lags.push(last_send.saturating_duration_since(due));
         }
         // The sender holds no connection between sends, so all of them come back once every answer is in.
@@ -302,14 +346,15 @@ fn wait_until(due: Instant) {
 }
 
 /// One connection's reader: waits on the socket for a response, takes the due time the sender queued before the
-/// request, records the latency and hands the connection back. Returns when the sender shuts the connection down.
+/// request, checks the answer against the request's, records the latency and hands the connection back. Returns when
+/// the sender shuts the connection down.
 fn read_responses(
     mut reader: BufReader<TcpStream>,
     connection: usize,
-    due_times: &Receiver<Instant>,
+    due_times: &Receiver<Due>,
     idle: &Sender<usize>,
     flags: &Flags,
-    plan: &Plan,
+    (plan, mix): (&Plan, &[Request]),
 ) -> Result<Vec<Duration>, Error> {
     let mut latencies = Vec::new();
     loop {
@@ -317,7 +362,7 @@ fn read_responses(
             Ok(bytes) => !bytes.is_empty(),
             // Idle longer than the read timeout: fine, unless a request is waiting (the due time is queued first).
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if let Ok(due) = due_times.try_recv() {
+                if let Ok((due, _)) = due_times.try_recv() {
                     return Err(format!("no answer {:?} after a request was due", due.elapsed()).into());
                 }
                 continue;
@@ -332,10 +377,10 @@ fn read_responses(
             }
             return Err(format!("{} closed a keep-alive connection", plan.target).into());
         }
-        let due = due_times.try_recv().map_err(|_| format!("{} answered a request never sent", plan.target))?;
+        let (due, kind) = due_times.try_recv().map_err(|_| format!("{} answered a request never sent", plan.target))?;
         let response = read_response(&mut reader)?;
         let done = Instant::now();
-        response.require_keep_alive_success(plan)?;
+        response.require(mix.get(kind).ok_or("no such request")?, plan.target)?;
         latencies.push(done.saturating_duration_since(due));
         // Fails only once the sender has finished: nothing left to send on it.
         let _ = idle.send(connection);
@@ -351,16 +396,21 @@ struct Response {
 }
 
 impl Response {
-    fn require_keep_alive_success(&self, plan: &Plan) -> Result<(), Error> {
-        if !(200..300).contains(&self.status) {
-            return Err(format!("GET {} with Host {} got {}, not 2xx", plan.path, plan.host, self.status).into());
+    /// The answer `request` must get (its status, or any 2xx), on a connection that stays open.
+    fn require(&self, request: &Request, target: SocketAddr) -> Result<(), Error> {
+        let (expected, wanted) = match request.status {
+            Some(status) => (self.status == status, status.to_string()),
+            None => ((200..300).contains(&self.status), "2xx".to_string()),
+        };
+        if !expected {
+            return Err(
+                format!("GET {} with Host {} got {}, not {wanted}", request.path, request.host, self.status).into()
+            );
         }
         if self.closes {
-            return Err(format!(
-                "{} closes its connections (Connection: close): paced load needs keep-alive",
-                plan.target
-            )
-            .into());
+            return Err(
+                format!("{target} closes its connections (Connection: close): paced load needs keep-alive").into()
+            );
         }
         Ok(())
     }
@@ -434,7 +484,7 @@ fn read_chunked_body(reader: &mut impl BufRead) -> Result<(), Error> {
 }
 
 /// One line without its CRLF (or LF); the connection's end before one is an error.
-fn read_line(reader: &mut impl BufRead) -> Result<String, Error> {
+pub(crate) fn read_line(reader: &mut impl BufRead) -> Result<String, Error> {
     let mut line = Vec::new();
     reader.take(MAX_LINE).read_until(b'\n', &mut line).map_err(|e| format!("reading a response: {e}"))?;
     if line.last() != Some(&b'\n') {
@@ -569,6 +619,34 @@ mod tests {
         let requests = echo.requests();
         assert_eq!(requests.len(), paced.sent + plan.connections);
         assert!(requests.iter().all(|r| r["host"] == "eu.httpbin.org" && r["path"] == "/status/200"));
+    }
+
+    #[test]
+    fn a_mix_cycles_through_its_requests_and_checks_each_answer() {
+        let pki = egress_harness::pki::TestPki::new().unwrap();
+        let echo = egress_harness::echo::Echo::start(&pki).unwrap();
+        let request = |path: &str, headers: Vec<(String, String)>, status| Request {
+            host: "eu.httpbin.org".into(),
+            path: path.into(),
+            headers,
+            status,
+        };
+        let mix = [
+            request("/status/200", Vec::new(), None),
+            request("/status/404", vec![("x-mix".into(), "b".into())], Some(404)),
+        ];
+        let plan = Plan { connections: 3, ..plan(echo.http_addr(), 1_000.0, Duration::from_millis(300)) };
+        let paced = run_mix(&plan, &mix).unwrap();
+        assert_eq!(paced.sent, 300, "{paced:?}");
+        // Timed request i is mix[i % 2]; connection k opened with mix[k % 2]: 150 + 2 and 150 + 1.
+        let requests = echo.requests();
+        let to = |path: &str| requests.iter().filter(|r| r["path"] == path).collect::<Vec<_>>();
+        assert_eq!((to("/status/200").len(), to("/status/404").len()), (152, 151));
+        assert!(to("/status/404").iter().all(|r| r["headers"].to_string().contains(r#"["x-mix","b"]"#)));
+        // An answer other than the one its request must get stops the run, naming both.
+        let wrong = [request("/status/200", Vec::new(), None), request("/status/404", Vec::new(), Some(403))];
+        let error = run_mix(&plan, &wrong).unwrap_err().to_string();
+        assert!(error.contains("got 404, not 403"), "{error}");
     }
 
     #[test]

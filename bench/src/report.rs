@@ -123,7 +123,7 @@ fn micros(duration: Duration) -> f64 {
 }
 
 /// The first line of `/proc/cpuinfo`'s model name, and the number of CPUs.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
         info.lines().find_map(|l| {
             l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_string())
@@ -475,7 +475,7 @@ impl Results {
 }
 
 /// Reads a TrueType font for the chart's text: DejaVu Sans (Debian's fonts-dejavu-core), or `$BENCH_FONT`.
-fn font() -> Result<&'static [u8], Error> {
+pub(crate) fn font() -> Result<&'static [u8], Error> {
     let path = std::env::var("BENCH_FONT").unwrap_or_else(|_| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into());
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("{path}: {e} (apt-get install fonts-dejavu-core, or set BENCH_FONT)"))?;

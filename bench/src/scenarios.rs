@@ -126,14 +126,27 @@ pub fn access_log_file(targets: &Targets, upstream: Upstream) -> PathBuf {
 
 /// The bootstrap of one scenario. `policy` is the allow-list policy (JSON); RBAC and Lua get its host rules.
 pub fn bootstrap(scenario: Scenario, upstream: Upstream, policy: &Value, targets: &Targets) -> Result<Value, Error> {
+    bootstrap_with_audit(scenario, upstream, policy, targets, &audit_config())
+}
+
+/// [`bootstrap`] with `audit` (JSON) as the audit stage's configuration of the suite scenarios, instead of the
+/// benchmark's [`audit_config`] (the soak ships with the production configuration's batching).
+pub fn bootstrap_with_audit(
+    scenario: Scenario,
+    upstream: Upstream,
+    policy: &Value,
+    targets: &Targets,
+    audit: &str,
+) -> Result<Value, Error> {
     let manifests = envoy::workspace_root().join("wasmplugin-manifests");
+    let suite = |chain: &str| LabOptions {
+        manifests: manifests.join(chain),
+        audit_json: Some(audit.to_string()),
+        ..suite_options(policy, targets.collector)
+    };
     let options = match scenario {
-        Scenario::SuiteFused => {
-            LabOptions { manifests: manifests.join("suite"), ..suite_options(policy, targets.collector) }
-        }
-        Scenario::SuiteSeparate => {
-            LabOptions { manifests: manifests.join("wasmplugins"), ..suite_options(policy, targets.collector) }
-        }
+        Scenario::SuiteFused => suite("suite"),
+        Scenario::SuiteSeparate => suite("wasmplugins"),
         Scenario::SuiteAccessLog => LabOptions { manifests: manifests.join("suite"), ..suite_without_audit(policy) },
         _ => LabOptions { manifests: manifests.join("wasmplugins"), ..LabOptions::new(policy.to_string()) },
     };

@@ -4,9 +4,10 @@
 //!   listener, because compose has no certificates to give it;
 //! - the admin on the container's loopback ([`ADMIN_PORT`]), so no other container can reach it;
 //! - modules from the mount point [`CONTAINER_WASM_DIR`];
-//! - both demo upstream clusters resolved by DNS to the compose service [`UPSTREAM_HOST`], which speaks plain HTTP
-//!   only: a TLS connection through the passthrough listener is vetted by SNI, then reaches a server that cannot
-//!   complete the handshake;
+//! - fixed routing ([`bootstrap::Routing::Fixed`]), where `make run` resolves each destination against a zone of its
+//!   own: a container network has no DNS server that names the policy's hosts. Both demo upstream clusters are
+//!   resolved by DNS to the compose service [`UPSTREAM_HOST`], which speaks plain HTTP only: a TLS connection through
+//!   the passthrough listener is vetted by SNI, then reaches a server that cannot complete the handshake;
 //! - access logs on Envoy's stdout, i.e. in `docker-compose logs gateway`.
 //!
 //! [`CONFIG_FILE`] is this bootstrap, committed; `tests/compose.rs` keeps the two in sync.

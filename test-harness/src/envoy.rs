@@ -70,6 +70,12 @@ impl Launcher {
         command
     }
 
+    /// The release of the Envoy this launches, from `envoy --version`.
+    pub fn release(&self) -> Result<Release, Error> {
+        let output = self.command().arg("--version").output()?;
+        release_of(&String::from_utf8_lossy(&output.stdout))
+    }
+
     /// `envoy --mode validate`: loads the config (and the Wasm modules, running `on_configure`) without serving.
     /// Returns Envoy's output on failure.
     pub fn validate(&self, bootstrap: &Value) -> Result<(), String> {
@@ -91,6 +97,21 @@ impl Launcher {
         } else {
             Err(format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
         }
+    }
+}
+
+/// An Envoy release: `(major, minor, patch)`.
+pub type Release = (u32, u32, u32);
+
+/// The release in Envoy's version string: `<sha>/1.40.0/Clean/RELEASE/BoringSSL`, as `/server_info` shows it, or
+/// after `version: ` in what `--version` prints.
+fn release_of(version: &str) -> Result<Release, Error> {
+    let build = version.rsplit("version: ").next().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+    let release = build.split('/').nth(1).unwrap_or_default();
+    let mut parts = release.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => Ok((major, minor, patch)),
+        _ => Err(format!("no Envoy release in {:?}", version.trim()).into()),
     }
 }
 
@@ -237,14 +258,9 @@ impl Envoy {
 
     /// The running Envoy's release, `(major, minor, patch)`, from the admin's `/server_info`
     /// (`version: "<sha>/1.40.0/Clean/RELEASE/BoringSSL"`).
-    pub fn release(&self) -> Result<(u32, u32, u32), Error> {
+    pub fn release(&self) -> Result<Release, Error> {
         let info: serde_json::Value = serde_json::from_str(&self.admin_get("/server_info")?)?;
-        let version = info["version"].as_str().and_then(|v| v.split('/').nth(1)).ok_or("no version in /server_info")?;
-        let mut parts = version.split('.').map(str::parse::<u32>);
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => Ok((major, minor, patch)),
-            _ => Err(format!("unexpected Envoy version {version}").into()),
-        }
+        release_of(info["version"].as_str().ok_or("no version in /server_info")?)
     }
 
     /// Envoy's own log so far.

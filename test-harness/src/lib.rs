@@ -1,10 +1,14 @@
-//! The real-Envoy world of the egress filter suite: an Envoy launcher, demo upstreams, a test PKI, config rendering
-//! and blocking clients. Integration tests and `egress-lab` (behind `make run`) both start a [`Lab`].
+//! The real-Envoy world of the egress filter suite: an Envoy launcher, demo upstreams and the DNS server that names
+//! them, a test PKI, config rendering and blocking clients. Integration tests and `egress-lab` (behind `make run`)
+//! both start a [`Lab`], which routes like the production gateway: by DNS, through Envoy's dynamic forward proxy
+//! ([`bootstrap::Routing::Resolved`]).
 
 pub mod bootstrap;
 pub mod client;
 pub mod collector;
 pub mod compose;
+pub mod dns;
+pub mod ecds;
 pub mod echo;
 pub mod envoy;
 pub mod istio;
@@ -13,14 +17,16 @@ pub mod openapi;
 pub mod pki;
 pub mod rotel;
 
-use bootstrap::{Gateway, MtlsFiles, PathNormalization};
+use bootstrap::{AddressVetting, Gateway, MtlsFiles, PathNormalization, Resolver, Routing};
+use dns::{Dns, Zone};
 use echo::Echo;
+use egress_core::resolved::AddressPolicy;
 use egress_core::workload::IdentityConfig;
 use egress_core::Policy;
 use egressctl::config::{self, Kind};
 use envoy::{Envoy, Launcher};
 use pki::{CertKey, Error, TestPki};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
@@ -152,13 +158,78 @@ pub fn gateway_bootstrap(options: &LabOptions) -> Result<serde_json::Value, Erro
 }
 
 /// The bootstrap of a gateway with the chain of `options` in front of upstreams that are already running (a
-/// benchmark starts its own); no mTLS listener.
+/// benchmark starts its own), every destination routed to them ([`Routing::Fixed`]); no mTLS listener.
 pub fn gateway_bootstrap_for(
     options: &LabOptions,
     echo_http: SocketAddr,
     echo_https: SocketAddr,
 ) -> Result<serde_json::Value, Error> {
     Ok(gateway(options, echo_http, echo_https)?.render())
+}
+
+/// The bootstrap of a [`Lab`]'s gateway without the mTLS listener: the chain of `options`, routing by DNS through
+/// `resolver` (see [`start_upstreams`] for a world to resolve into).
+pub fn gateway_bootstrap_resolved(options: &LabOptions, resolver: &Resolver) -> Result<serde_json::Value, Error> {
+    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+    Ok(gateway(options, unused, unused)?.render_with(&Routing::Resolved(resolver.clone())))
+}
+
+/// The upstream host of [`test_world`] that answers for the names the tests send and mean to reach.
+pub const ORIGIN_HOST: usize = 0;
+/// The upstream host of [`test_world`] for the names tests use as "a host an attacker controls" (`evil.example`,
+/// `evil.test` and every name below them): a request that got there shows in `lab.echo.requests_to(lab.upstream
+/// (EVIL_HOST))`.
+pub const EVIL_HOST: usize = 1;
+
+/// A [`Lab`]'s DNS zone unless its options say otherwise: the names the integration tests send (and the example
+/// policy's), each → an upstream host. Wildcards stand for every name below (see [`dns`]); the closest entry wins,
+/// so `evil.example` is [`EVIL_HOST`]'s although `*.example` is [`ORIGIN_HOST`]'s. Every other name is NXDOMAIN,
+/// and a request to it a 503 from the gateway.
+pub fn test_world() -> Vec<(String, usize)> {
+    let origin = [
+        "httpbin.org",
+        "*.httpbin.org",
+        // RFC 2606's reserved names: api.example, internal.example, a.b.wild.example, …
+        "*.example",
+        "example.com",
+        "*.example.com",
+        "*.amazonaws.com",
+        "api.github.com",
+        "api.stripe.com",
+    ];
+    let evil = ["evil.example", "*.evil.example", "evil.test", "*.evil.test"];
+    let named =
+        |names: &[&str], host: usize| names.iter().map(move |name| (name.to_string(), host)).collect::<Vec<_>>();
+    [named(&origin, ORIGIN_HOST), named(&evil, EVIL_HOST)].concat()
+}
+
+/// The world a gateway that routes by DNS reaches: upstream hosts on a loopback block of their own (as many as the
+/// highest index of `zone` needs, at least one), and a DNS server on 127.0.0.1 whose zone maps each name of `zone`
+/// to its host.
+pub fn start_upstreams(pki: &TestPki, zone: &[(String, usize)]) -> Result<(Echo, Dns), Error> {
+    let hosts = zone.iter().map(|(_, host)| host.saturating_add(1)).max().unwrap_or(1);
+    let echo = Echo::start_hosts(pki, hosts)?;
+    let addresses = echo.hosts();
+    let mut names = Zone::new();
+    for (name, host) in zone {
+        let address = addresses.get(*host).ok_or_else(|| format!("{name}: no upstream host {host}"))?;
+        names.set(name, vec![*address])?;
+    }
+    Ok((echo, Dns::start(names)?))
+}
+
+/// How a lab's gateway resolves: through `dns`, the resolved addresses vetted on `options`' policy as the Envoy
+/// `launcher` starts can, the upstream hosts (`echo`'s loopback block) open to everyone, as the internet they stand
+/// in for is.
+pub fn lab_resolver(options: &LabOptions, echo: &Echo, dns: &Dns, launcher: &Launcher) -> Result<Resolver, Error> {
+    let document = egress_core::PolicyDocument::from_json(options.policy_json.as_bytes())?;
+    let vetting = AddressVetting {
+        policy: AddressPolicy::of(&document)?,
+        mode: document.mode,
+        lab_upstreams: echo.block().into_iter().collect(),
+        newer_envoy: launcher.release()? >= (1, 39, 0),
+    };
+    Ok(Resolver::lab(dns.addr(), Some(vetting)))
 }
 
 /// How to start a [`Lab`].
@@ -185,6 +256,13 @@ pub struct LabOptions {
     pub manifests: PathBuf,
     /// The gateway's `meshConfig.pathNormalization` (Istio's default: `BASE`).
     pub path_normalization: PathNormalization,
+    /// The lab's DNS zone: names (or `*.suffix` wildcards) → the index of the upstream host that answers for them
+    /// ([`Lab::upstream`]); the lab starts as many hosts as the highest index needs. Other names are NXDOMAIN.
+    /// Default: [`test_world`]. The zone may change while the lab runs ([`Lab::dns`]).
+    pub zone: Vec<(String, usize)>,
+    /// How the plugins' configurations reach Envoy: inline in the listeners (the default), or by ECDS as istiod
+    /// delivers them, pushed while the lab runs through [`Lab::ecds`].
+    pub delivery: ecds::Delivery,
 }
 
 impl LabOptions {
@@ -199,6 +277,8 @@ impl LabOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             manifests: manifests_dir(),
             path_normalization: PathNormalization::default(),
+            zone: test_world(),
+            delivery: ecds::Delivery::Inline,
         }
     }
 
@@ -278,20 +358,27 @@ impl LabOptions {
     }
 }
 
-/// A running local egress gateway: Envoy with the suite, the echo upstreams, and the PKI their TLS comes from.
+/// A running local egress gateway: Envoy with the suite, the echo upstream hosts, the DNS server that names them, and
+/// the PKI their TLS comes from.
 pub struct Lab {
     // Field order is drop order: Envoy stops before its upstreams.
     pub envoy: Envoy,
+    /// Every upstream host; its records say which host got each request (`upstream`).
     pub echo: Echo,
+    /// The DNS server the gateway resolves through, serving [`LabOptions::zone`]: [`Dns::set`] changes an answer
+    /// (Envoy uses it from its next refresh, within [`Resolver::lab`]'s second).
+    pub dns: Dns,
     pub pki: TestPki,
     /// Certificates and keys written for Envoy and for curl.
     pub files: PathBuf,
+    /// The plugins' ECDS resources, with [`ecds::Delivery::Ecds`] (under `files`).
+    pub ecds: Option<ecds::Ecds>,
 }
 
 impl Lab {
     pub fn start(options: &LabOptions) -> Result<Lab, Error> {
         let pki = TestPki::new()?;
-        let echo = Echo::start(&pki)?;
+        let (echo, dns) = start_upstreams(&pki, &options.zone)?;
         let files = envoy::run_dir()?;
         let ca = pki.write_ca(&files)?;
         let gateway_cert = pki.issue_server_with_uri(&["egress-gateway", "localhost"], GATEWAY_SPIFFE_ID)?;
@@ -301,8 +388,25 @@ impl Lab {
         gateway.access_log = files.join("access.log");
         let mut launcher = Launcher::find()?;
         launcher.env.extend(options.host_env.iter().cloned());
-        let envoy = Envoy::start(&launcher, &gateway.render())?;
-        Ok(Lab { envoy, echo, pki, files })
+        let resolver = lab_resolver(options, &echo, &dns, &launcher)?;
+        let routing = Routing::Resolved(resolver);
+        let ecds = match &options.delivery {
+            ecds::Delivery::Inline => None,
+            ecds::Delivery::Ecds { first, lds } => {
+                Some(ecds::Ecds::create(&files.join("ecds"), &gateway, first, *lds)?)
+            }
+        };
+        let bootstrap = match &ecds {
+            Some(ecds) => ecds.render(&gateway, &routing)?,
+            None => gateway.render_with(&routing),
+        };
+        let envoy = Envoy::start(&launcher, &bootstrap)?;
+        Ok(Lab { envoy, echo, dns, pki, files, ecds })
+    }
+
+    /// The address of upstream host `index` (see [`LabOptions::zone`]); more with `lab.echo.add_host()`.
+    pub fn upstream(&self, index: usize) -> Option<IpAddr> {
+        self.echo.hosts().get(index).copied()
     }
 
     /// One HTTP/1.1 GET through the mTLS listener, presenting `cert` as the caller's certificate.

@@ -2,8 +2,8 @@
 //!
 //! [`run`] is closed-loop: `concurrency` tasks, each on one keep-alive connection, send the next request as soon
 //! as the previous answer is read, until `total` requests are taken or the deadline passes. That measures
-//! throughput at saturation. [`run_at_rate`] starts requests on a fixed schedule instead, for latency below
-//! saturation. Both return a [`Report`] with status counts, transport errors and the latency distribution.
+//! throughput at saturation. It returns a [`Report`] with status counts, transport errors and the latency
+//! distribution. (Paced load, for latency below saturation, is the benchmark's: `bench/src/paced.rs`.)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -136,24 +136,6 @@ impl fmt::Display for Report {
 /// Blocks the calling thread; from async code, call it via `spawn_blocking` (it refuses to run on a runtime
 /// thread, where it could not start its own runtime).
 pub fn run(target: SocketAddr, plan: &Plan) -> Result<Report, Error> {
-    drive(target, plan, None)
-}
-
-/// Paced: request n is started `n / rate_per_sec` seconds after the start, by whichever of the
-/// `plan.concurrency` connections is free. Below saturation that is a steady request rate whose latencies are
-/// not distorted by the load generator waiting for answers.
-///
-/// Latency runs from when the request was due (not when a connection became free), so a target that cannot
-/// keep up shows as growing latency rather than as a silently lower rate; pick `concurrency` large enough for
-/// `rate × latency`.
-pub fn run_at_rate(target: SocketAddr, plan: &Plan, rate_per_sec: f64) -> Result<Report, Error> {
-    if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
-        return Err(format!("rate must be a positive number of requests per second, not {rate_per_sec}").into());
-    }
-    drive(target, plan, Some(rate_per_sec))
-}
-
-fn drive(target: SocketAddr, plan: &Plan, rate_per_sec: Option<f64>) -> Result<Report, Error> {
     if plan.concurrency == 0 {
         return Err("load plan: concurrency must be at least 1".into());
     }
@@ -169,15 +151,8 @@ fn drive(target: SocketAddr, plan: &Plan, rate_per_sec: Option<f64>) -> Result<R
     runtime.block_on(async {
         let start = Instant::now();
         let deadline = start + plan.deadline.min(FAR_FUTURE);
-        let job = Arc::new(Job {
-            target,
-            host,
-            path: plan.path,
-            total: plan.total,
-            next: AtomicUsize::new(0),
-            pacing: rate_per_sec.map(|rate| Pacing { start, rate }),
-            deadline,
-        });
+        let job =
+            Arc::new(Job { target, host, path: plan.path, total: plan.total, next: AtomicUsize::new(0), deadline });
         let mut workers = JoinSet::new();
         for _ in 0..tasks {
             workers.spawn(worker(Arc::clone(&job)));
@@ -200,22 +175,7 @@ struct Job {
     total: usize,
     /// The number of the next request to take; values from `total` on mean "all taken".
     next: AtomicUsize,
-    pacing: Option<Pacing>,
     deadline: Instant,
-}
-
-#[derive(Clone, Copy)]
-struct Pacing {
-    start: Instant,
-    rate: f64,
-}
-
-impl Pacing {
-    /// When request `n` is due; `None` if that is beyond any clock reading.
-    fn due(&self, n: usize) -> Option<Instant> {
-        let offset = Duration::try_from_secs_f64(n as f64 / self.rate).ok()?;
-        self.start.checked_add(offset)
-    }
 }
 
 type Connection = SendRequest<Empty<Bytes>>;
@@ -230,21 +190,11 @@ async fn worker(job: Arc<Job>) -> Report {
         if n >= job.total {
             break;
         }
-        let due = match job.pacing {
-            None => None,
-            Some(pacing) => match pacing.due(n).filter(|due| *due < job.deadline) {
-                Some(due) => {
-                    tokio::time::sleep_until(due).await;
-                    Some(due)
-                }
-                None => break,
-            },
-        };
         tally.sent += 1;
         match tokio::time::timeout_at(job.deadline, exchange(&mut connection, &job, n)).await {
             Ok(Ok((status, sent_at))) => {
                 *tally.statuses.entry(status).or_default() += 1;
-                tally.latencies.push(due.unwrap_or(sent_at).elapsed());
+                tally.latencies.push(sent_at.elapsed());
             }
             Ok(Err(_)) | Err(_) => {
                 tally.errors += 1;
@@ -369,19 +319,6 @@ mod tests {
     }
 
     #[test]
-    fn run_at_rate_paces_requests() {
-        let pki = TestPki::new().unwrap();
-        let echo = Echo::start(&pki).unwrap();
-        // 30 requests at 100/s: the last is due 290 ms after the start.
-        let report = run_at_rate(echo.http_addr(), &plan(30, 4, |n| format!("/get/{n}")), 100.0).unwrap();
-
-        assert_eq!((report.sent, report.ok(), report.errors), (30, 30, 0));
-        assert!(report.elapsed >= Duration::from_millis(290), "{report}");
-        assert!(report.throughput() < 150.0, "{report}");
-        assert_percentiles_ordered(&report);
-    }
-
-    #[test]
     fn reconnects_when_the_server_closes_each_connection() {
         // Answers one request per connection, with `Connection: close`.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -461,8 +398,6 @@ mod tests {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         assert!(run(addr, &plan(10, 0, |n| format!("/{n}"))).is_err());
         assert!(run(addr, &Plan { host: "bad\nhost".to_string(), ..plan(10, 1, |n| format!("/{n}")) }).is_err());
-        assert!(run_at_rate(addr, &plan(10, 1, |n| format!("/{n}")), 0.0).is_err());
-        assert!(run_at_rate(addr, &plan(10, 1, |n| format!("/{n}")), f64::NAN).is_err());
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert!(runtime.block_on(async { run(addr, &plan(10, 1, |n| format!("/{n}"))) }).is_err());
     }

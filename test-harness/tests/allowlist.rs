@@ -136,8 +136,34 @@ fn the_deny_list_wins_over_every_rule_in_every_spelling() {
 #[test]
 fn ip_literals_are_allowed_only_by_cidrs() {
     let lab = lab();
-    assert_reached_upstream(&get(&lab, "203.0.113.9", "/"), "203.0.113.9");
-    assert_reached_upstream(&get(&lab, "3405803785", "/"), "3405803785");
+    // Both spellings of 203.0.113.9 pass the allow-list by the docs-net CIDR. Then Envoy routes as in production: it
+    // connects to a dotted literal as is, without DNS (203.0.113.9 is no host of the lab, and the lab's upstream
+    // connections come from 127.0.0.1, so the kernel refuses it before a packet leaves), and it takes the decimal
+    // form for a name, which DNS does not know: the allow-list decides on an address that Envoy never uses.
+    let (dotted, decimal) = (get(&lab, "203.0.113.9", "/"), get(&lab, "3405803785", "/"));
+    for response in [&dotted, &decimal] {
+        assert_eq!(
+            (response.status, response.header("x-egress-denied-reason")),
+            (503, None),
+            "{}",
+            response.body_str()
+        );
+    }
+    let log = access_log(&lab, 2);
+    let line = |authority: &str| log.iter().find(|l| l["authority"] == authority).expect("access log line").clone();
+    for authority in ["203.0.113.9", "3405803785"] {
+        let decision = &line(authority)["decision"];
+        assert_eq!((decision["action"].as_str(), decision["rule"].as_str()), (Some("allow"), Some("docs-net")));
+    }
+    let dotted = line("203.0.113.9");
+    assert_eq!((dotted["upstream_host"].as_str(), dotted["flags"].as_str()), (Some("203.0.113.9:80"), Some("UF")));
+    let decimal = line("3405803785");
+    let details = decimal["details"].as_str().unwrap_or_default();
+    assert!(details.starts_with("dns_resolution_failure"), "{details}");
+    // Envoy asks again on every refresh while the failed name stays in its cache; never for the dotted literal.
+    let asked: Vec<String> = lab.dns.queries().into_iter().map(|query| query.name).collect();
+    assert!(!asked.is_empty() && asked.iter().all(|name| name == "3405803785"), "{asked:?}");
+    assert!(lab.echo.requests().is_empty());
     for address in ["10.0.0.1", "127.1", "0x7f.1", "2130706433", "[::1]", "[::ffff:127.0.0.1]:8080"] {
         assert_denied(&get(&lab, address, "/"), "ip_literal_not_allowed");
     }

@@ -5,10 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use egress_harness::bootstrap::{self, AUDIT_COLLECTOR_CLUSTER};
 use egress_harness::collector::{Collector, Mode};
 use egress_harness::load::{self, Plan};
 use egress_harness::rotel::Rotel;
-use egress_harness::{bootstrap::AUDIT_COLLECTOR_CLUSTER, client, Lab, LabOptions};
+use egress_harness::{client, Lab, LabOptions};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -87,7 +88,9 @@ fn events_describe_each_request_and_redact_what_they_must() {
         (Some(200), Some("via_upstream"))
     );
     assert_eq!(allowed["request"]["headers"], json!({"user-agent": "audit-test"}), "only the configured headers");
-    assert_eq!(allowed["upstream"]["cluster"], "echo_http");
+    assert_eq!(allowed["upstream"]["cluster"], bootstrap::DFP_CLUSTER, "routed by DNS");
+    let origin = lab.upstream(egress_harness::ORIGIN_HOST).unwrap();
+    assert_eq!(allowed["upstream"]["address"], format!("{origin}:80"), "to where httpbin.org resolves");
     assert!(allowed["id"].as_str().unwrap().len() >= 32, "Envoy's x-request-id");
     let text = Value::Array(events.clone()).to_string();
     assert!(!text.contains("secret"), "no query, no unlisted header: {text}");

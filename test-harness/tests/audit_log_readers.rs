@@ -9,10 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use egress_core::audit::{AuditEvent, EventKind};
+use egress_harness::bootstrap;
+use egress_harness::dns::Dns;
 use egress_harness::echo::Echo;
 use egress_harness::envoy::{workspace_root, Envoy, Launcher};
 use egress_harness::pki::TestPki;
-use egress_harness::{bootstrap, client, gateway_bootstrap_for, istio, wasm_dir, Lab, LabOptions};
+use egress_harness::{
+    client, gateway_bootstrap_resolved, istio, lab_resolver, start_upstreams, wasm_dir, Lab, LabOptions,
+};
 use egressctl::audit_log::{self, Read, MARKER};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -184,23 +188,25 @@ fn envoy_log_lines_read_by_the_library_and_by_egressctl() {
     check_egressctl(&lab.envoy.dir().join("envoy.log"));
 }
 
-/// An Envoy started as Istio's pilot-agent starts it (`--log-format`), in front of its own upstreams.
+/// An Envoy started as Istio's pilot-agent starts it (`--log-format`), routing by DNS to its own upstreams.
 struct IstioGateway {
     // Field order is drop order: Envoy stops before its upstreams.
     envoy: Envoy,
     _echo: Echo,
+    _dns: Dns,
     pki: TestPki,
 }
 
 impl IstioGateway {
     fn start(options: &LabOptions, log_format: &str) -> IstioGateway {
         let pki = TestPki::new().unwrap();
-        let echo = Echo::start(&pki).unwrap();
+        let (echo, dns) = start_upstreams(&pki, &options.zone).unwrap();
         let mut launcher = Launcher::find().unwrap();
         launcher.prefix_args.extend(["--log-format".to_string(), log_format.to_string()]);
-        let bootstrap = gateway_bootstrap_for(options, echo.http_addr(), echo.https_addr()).unwrap();
+        let resolver = lab_resolver(options, &echo, &dns, &launcher).unwrap();
+        let bootstrap = gateway_bootstrap_resolved(options, &resolver).unwrap();
         let envoy = Envoy::start(&launcher, &bootstrap).unwrap();
-        IstioGateway { envoy, _echo: echo, pki }
+        IstioGateway { envoy, _echo: echo, _dns: dns, pki }
     }
 
     fn run(&self) -> String {

@@ -1,6 +1,7 @@
 //! The shipped Istio manifests: rendered from the example configurations and in sync with them, pinned to the
 //! modules this checkout builds, ordered and failing as the suite needs, and loadable by a real Envoy in every
-//! variant. (`crds.rs` checks them against Istio's CRD schemas.)
+//! variant. (`crds.rs` checks them against Istio's CRD schemas; `routing.rs` checks that the routing rendered from the
+//! policy is complete and no wider than it.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +11,7 @@ use egress_harness::envoy::{workspace_root, Launcher};
 use egress_harness::istio::{self, DeployedPlugin};
 use egress_harness::{gateway_bootstrap, wasm_dir, LabOptions};
 use egressctl::render::{self, Release, Source, Sources};
-use egressctl::{access_log, config, observability};
+use egressctl::{access_log, config, observability, routing};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;
@@ -167,10 +168,51 @@ fn redirects_are_followed_as_far_as_the_policy_allows() {
     let allowlist = chain.iter().find(|p| p.root_id == "egress-allowlist").unwrap();
     let policy = Policy::from_json(allowlist.config.as_bytes()).unwrap();
     let envoy_filter = &documents(&workspace_root().join(MANIFESTS).join(render::FOLLOW_REDIRECTS_FILE))[0];
-    let route = &envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["route"];
-    let internal_redirects = &route["internal_redirect_policy"];
+    let patch = &envoy_filter["spec"]["configPatches"][0];
+    let internal_redirects = &patch["patch"]["value"]["route"]["internal_redirect_policy"];
     assert_eq!(internal_redirects["max_internal_redirects"].as_u64(), policy.follow_route_hops().map(u64::from));
     assert_eq!(internal_redirects["allow_cross_scheme_redirect"], true, "the filter vets schemes itself");
+
+    // It merges into route configurations that exist: the gateway's port-80 server, where every policy host is
+    // routed over mesh mTLS (`https.80.…`, which Istio's EnvoyFilter matching reads as port 80).
+    let port = &patch["match"]["routeConfiguration"]["portNumber"];
+    assert_eq!((&patch["applyTo"], &patch["match"]["context"]), (&Value::from("HTTP_ROUTE"), &Value::from("GATEWAY")));
+    assert_eq!(envoy_filter["spec"]["workloadSelector"]["labels"], serde_json::json!({"istio": "egressgateway"}));
+    let gateway = documents_in(routing::CLASSIC_DIR).into_iter().find(|(_, d)| d["kind"] == "Gateway").unwrap().1;
+    let server = gateway["spec"]["servers"].as_array().unwrap().iter().find(|s| s["port"]["number"] == *port).unwrap();
+    assert_eq!(
+        (&server["port"]["protocol"], &server["tls"]["mode"]),
+        (&Value::from("HTTPS"), &Value::from("ISTIO_MUTUAL"))
+    );
+    // The Gateway API set carries the same following for its own Gateway.
+    let own = documents_in(routing::GATEWAY_API_DIR)
+        .into_iter()
+        .find(|(file, _)| file == render::FOLLOW_REDIRECTS_FILE)
+        .expect("the Gateway API routing follows redirects too")
+        .1;
+    assert_eq!(own["spec"]["configPatches"], envoy_filter["spec"]["configPatches"], "the same patch");
+    assert_eq!(own["spec"]["targetRefs"][0]["name"], render::GATEWAY_API_GATEWAY.1);
+}
+
+/// `render` writes every folder and file its kustomizations list: `kubectl apply -k` on its output alone works.
+#[test]
+fn every_kustomization_render_writes_lists_what_it_writes() {
+    let files = rendered();
+    let written = |path: &Path| files.iter().any(|f| f.path == path || f.path == path.join("kustomization.yaml"));
+    let mut checked = 0;
+    for file in files.iter().filter(|f| f.path.file_name().is_some_and(|n| n == "kustomization.yaml")) {
+        let kustomization: Value = serde_yaml_ng::from_str(&file.text).unwrap();
+        let dir = file.path.parent().unwrap();
+        for resource in kustomization["resources"].as_array().unwrap() {
+            let target = dir.join(resource.as_str().unwrap());
+            assert!(written(&target), "{}: {} is not rendered", file.path.display(), target.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "the top-level, two routing, five variant, collector and telemetry kustomizations: {checked}"
+    );
 }
 
 #[test]
@@ -193,7 +235,10 @@ fn every_kustomization_lists_files_that_exist() {
             }
         }
     }
-    assert!(checked >= 7, "the top-level, routing and five variant kustomizations: {checked}");
+    assert!(
+        checked >= 10,
+        "the top-level, two routing, five variant, collector and telemetry kustomizations: {checked}"
+    );
 }
 
 /// Envoy itself loads every variant's chain with the deployed configurations: modules, root ids, and each

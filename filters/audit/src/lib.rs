@@ -13,6 +13,7 @@ pub mod shipper;
 use egress_core::audit::{AuditConfig, EventKind, Observed};
 use egress_core::otlp::{self, Encoding};
 use egress_core::redirect::HopState;
+use egress_core::resolved;
 use egress_core::state::{self, DecisionRecord, IdentityRecord, ToJson};
 use egress_proxy::{
     self as proxy, Attributes, Connection, Counter, Gauge, Host, HttpStage, Request, RootStage, TlsStage,
@@ -182,6 +183,7 @@ impl Audit {
             observed.reason = Some(decision.reason);
             observed.rule = decision.rule;
             observed.mode = Some(decision.mode);
+            observed.policy = decision.policy;
             observed.destination = decision.destination;
         }
         observed
@@ -218,7 +220,7 @@ impl Audit {
                 }
             }
         }
-        self.metrics.queue_depth.record(host, shipper.depth());
+        self.metrics.queue_depth.record(host, u64::try_from(shipper.depth()).unwrap_or(u64::MAX));
     }
 
     /// The collector's answer to a batch, as the shipper's [`Delivery`]: only what it needs is read (the
@@ -279,6 +281,13 @@ impl HttpStage for Audit {
         }
         let mut observed = self.observe_common(host, request.started_ms, identity, decision);
         observed.redirects = redirects;
+        // A name resolved to a refused address: which range (the allow-list stage of the suite read it already).
+        observed.decision_detail = request.refused_address.take().or_else(|| {
+            (observed.reason.as_deref() == Some(resolved::REASON))
+                .then(|| string(host, &resolved::metadata_path(resolved::HTTP_RBAC, resolved::RANGE_KEY)))
+                .flatten()
+                .map(|range| resolved::range_detail(&range).to_string())
+        });
         observed.source_address = source;
         observed.upstream_address = upstream;
         observed.upstream_cluster = cluster;
@@ -335,6 +344,17 @@ impl TlsStage for Audit {
         observed.random_id = random_id(host);
         observed.source_address = source;
         observed.sni = sni;
+        // Allowed by name, never connected: Envoy may have refused the address the name resolved to.
+        if upstream.is_none() && observed.decision.as_deref() == Some("allow") {
+            let metadata = |key| string(host, &resolved::metadata_path(resolved::NETWORK_RBAC, key));
+            if metadata(resolved::VERDICT_KEY).as_deref() == Some("denied") {
+                observed.decision = Some("deny".into());
+                observed.reason = Some(resolved::REASON.into());
+                observed.rule = None;
+                observed.decision_detail =
+                    metadata(resolved::RANGE_KEY).map(|r| resolved::range_detail(&r).to_string());
+            }
+        }
         observed.upstream_address = upstream;
         observed.upstream_cluster = cluster;
         self.emit(host, observed);

@@ -5,8 +5,9 @@ use egress_core::audit::AuditConfig;
 use egress_core::redirect::{self, BaseRequest};
 use egress_core::suite::SuiteConfig;
 use egress_core::workload::IdentityConfig;
-use egress_core::{Action, Decision, HttpRequest, Policy, PolicyDocument, SpiffeId};
-use std::path::Path;
+use egress_core::{Action, ConfigErrors, Decision, HttpRequest, Policy, SpiffeId};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 
 /// What a configuration file configures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,19 +60,18 @@ pub enum Checked {
 /// The identity filter's signing key lives in the gateway's environment, not in the file: any variable it names
 /// is taken as present here.
 pub fn check(kind: Kind, json: &str) -> Result<Checked, Vec<String>> {
-    let messages = |errors: egress_core::ConfigErrors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>();
+    check_located(kind, json).map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+}
+
+/// [`check`], the problems with their field paths apart.
+pub fn check_located(kind: Kind, json: &str) -> Result<Checked, ConfigErrors> {
     match kind {
-        Kind::Policy => {
-            let document = PolicyDocument::from_json(json.as_bytes()).map_err(messages)?;
-            Policy::compile(&document).map(|p| Checked::Policy(Box::new(p))).map_err(messages)
+        Kind::Policy => Policy::from_json(json.as_bytes()).map(|p| Checked::Policy(Box::new(p))),
+        Kind::Identity => IdentityConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64))).map(Checked::Identity),
+        Kind::Audit => AuditConfig::from_json(json.as_bytes()).map(Checked::Audit),
+        Kind::Suite => {
+            SuiteConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64))).map(|c| Checked::Suite(Box::new(c)))
         }
-        Kind::Identity => IdentityConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64)))
-            .map(Checked::Identity)
-            .map_err(messages),
-        Kind::Audit => AuditConfig::from_json(json.as_bytes()).map(Checked::Audit).map_err(messages),
-        Kind::Suite => SuiteConfig::from_json(json.as_bytes(), |_| Some("k".repeat(64)))
-            .map(|c| Checked::Suite(Box::new(c)))
-            .map_err(messages),
     }
 }
 
@@ -82,23 +82,121 @@ pub fn validate(path: &Path, kind: Kind) -> Result<String, Vec<String>> {
     let json = read_json(path).map_err(|e| vec![e])?;
     let checked =
         check(kind, &json).map_err(|errors| errors.iter().map(|e| format!("{shown}: {e}")).collect::<Vec<_>>())?;
-    Ok(match checked {
-        Checked::Policy(policy) => {
-            let follow = policy.follow_route_hops().map_or("off".to_string(), |hops| format!("up to {hops} hops"));
-            format!(
-                "{shown}: valid policy: {} rules, mode {:?}, following redirects {follow}",
-                policy.rule_count(),
-                policy.mode()
-            )
+    Ok(format!("{shown}: {}", checked.summary()))
+}
+
+impl Checked {
+    /// `valid policy: 5 rules, mode Enforce, fingerprint …`: what `validate` says of a valid configuration.
+    pub fn summary(&self) -> String {
+        match self {
+            Checked::Policy(policy) => {
+                let follow = policy.follow_route_hops().map_or("off".to_string(), |hops| format!("up to {hops} hops"));
+                format!("valid policy: {}, following redirects {follow}", policy.summary())
+            }
+            Checked::Identity(config) => format!("valid identity configuration (onMissing {:?})", config.on_missing),
+            Checked::Suite(config) => format!("valid suite configuration: {}", config.describe()),
+            Checked::Audit(config) => {
+                format!("valid audit configuration (collector: {})", config.collector.is_some())
+            }
         }
-        Checked::Identity(config) => {
-            format!("{shown}: valid identity configuration (onMissing {:?})", config.on_missing)
+    }
+}
+
+/// Validates the suite's Istio resources in `path` (a file of YAML documents, or a directory of them, as
+/// `egressctl render` writes them) before they are applied: every `WasmPlugin` and `TrafficExtension` of one of
+/// the suite's plugins (by `pluginName`) has its `pluginConfig` checked by the code of the filter that will read it,
+/// each problem located as `<file>: <Kind> <namespace>/<name>: spec.pluginConfig.<field path>`. Other resources are
+/// passed over. `Ok` lists what was checked; `Err` every problem (and is also what a file without any of the
+/// suite's plugins gives: nothing was checked).
+pub fn validate_manifests(path: &Path) -> Result<String, Vec<String>> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|file| file.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let (mut checked, mut problems) = (Vec::new(), Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = match serde_yaml_ng::Value::deserialize(document) {
+                Ok(value) => value,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", file.display()));
+                    break;
+                }
+            };
+            let Some(plugin) = Plugin::of(&value) else { continue };
+            let shown = format!("{}: {} {}/{}", file.display(), plugin.kind, plugin.namespace, plugin.name);
+            let Some(kind) = crate::render::config_kind(&plugin.plugin_name) else {
+                problems.push(format!("{shown}: pluginName `{}` is none of the suite's root ids", plugin.plugin_name));
+                continue;
+            };
+            let json = match plugin.config.map(to_json).transpose() {
+                Ok(json) => json.unwrap_or_default(),
+                Err(e) => {
+                    problems.push(format!("{shown}: {}: {e}", plugin.config_at));
+                    continue;
+                }
+            };
+            match check_located(kind, &json) {
+                Ok(valid) => checked.push(format!("{shown}: {}", valid.summary())),
+                Err(errors) => problems.extend(errors.0.iter().map(|error| {
+                    let at = match error.path.as_str() {
+                        "(document)" => plugin.config_at.to_string(),
+                        path if path.starts_with('[') => format!("{}{path}", plugin.config_at),
+                        path => format!("{}.{path}", plugin.config_at),
+                    };
+                    format!("{shown}: {at}: {}", error.message)
+                })),
+            }
         }
-        Checked::Suite(config) => format!("{shown}: valid suite configuration: {}", config.describe()),
-        Checked::Audit(config) => {
-            format!("{shown}: valid audit configuration (collector: {})", config.collector.is_some())
-        }
-    })
+    }
+    if checked.is_empty() && problems.is_empty() {
+        problems.push(format!("{}: no WasmPlugin or TrafficExtension of the suite to check", path.display()));
+    }
+    if problems.is_empty() {
+        Ok(checked.join("\n"))
+    } else {
+        Err(problems)
+    }
+}
+
+/// One of the resources that carry a plugin configuration.
+struct Plugin<'v> {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    plugin_name: String,
+    /// Where its configuration is: `spec.pluginConfig` (WasmPlugin) or `spec.wasm.pluginConfig` (TrafficExtension).
+    config_at: &'static str,
+    config: Option<&'v serde_yaml_ng::Value>,
+}
+
+impl<'v> Plugin<'v> {
+    fn of(resource: &'v serde_yaml_ng::Value) -> Option<Plugin<'v>> {
+        let (kind, wasm, config_at) = match resource.get("kind")?.as_str()? {
+            "WasmPlugin" => ("WasmPlugin", resource.get("spec")?, "spec.pluginConfig"),
+            "TrafficExtension" => ("TrafficExtension", resource.get("spec")?.get("wasm")?, "spec.wasm.pluginConfig"),
+            _ => return None,
+        };
+        let text =
+            |value: Option<&serde_yaml_ng::Value>| value.and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let metadata = resource.get("metadata");
+        Some(Plugin {
+            kind,
+            namespace: text(metadata.and_then(|m| m.get("namespace"))),
+            name: text(metadata.and_then(|m| m.get("name"))),
+            plugin_name: text(wasm.get("pluginName")),
+            config_at,
+            config: wasm.get("pluginConfig").filter(|config| !config.is_null()),
+        })
+    }
 }
 
 /// Explains what the policy decides for one request: `http(s)://authority/path` as `method`, or `tls://sni:port`
@@ -120,7 +218,7 @@ pub fn explain(
     }
     // The URL is parsed exactly as a redirect's Location would be; the base is never used for an absolute URL.
     let base = BaseRequest { scheme: "http", authority: "explain.invalid", path: "/", method };
-    let url = redirect::resolve(&base, target).map_err(|e| format!("`{target}` is not an http(s) URL ({e:?})"))?;
+    let url = redirect::resolve(&base, target).map_err(|e| format!("`{target}`: {}", e.explain(target)))?;
     let authority = match url.authority.port {
         Some(port) => format!("{}:{port}", url.authority.host),
         None => url.authority.host.to_string(),

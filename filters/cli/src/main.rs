@@ -25,6 +25,7 @@ const USAGE: &str = "usage:
   egressctl oci --wasm FILE --out DIR --tag TAG
 
   egressctl validate (policy|identity|audit|suite) FILE
+  egressctl validate manifests (FILE|DIR)...
   egressctl explain URL --policy FILE [--method METHOD] [--as SPIFFE_ID]
   egressctl render --policy FILE --identity FILE --audit FILE --wasm-dir DIR --out DIR [--registry PREFIX] [--tag TAG]
 
@@ -54,7 +55,11 @@ afterwards (an earlier layout there is replaced). Push it with `oras cp --from-o
 or `skopeo copy oci:DIR:TAG docker://REPO:TAG`.
 
 validate checks a configuration file (YAML or JSON) exactly as its filter does when Envoy configures it, and
-names the field path of every problem (e.g. `rules[2].hosts[0]`). Exit 0 when valid, 1 when not.
+names the field path of every problem (e.g. `rules[2].hosts[0]`); a valid policy is shown with its fingerprint, the
+one the gateway logs, exports (egress_allowlist_policy_fingerprint) and records in every decision. `validate
+manifests` checks the suite's rendered Istio resources (files or directories of WasmPlugin and TrafficExtension
+YAML) the same way, each problem at `<Kind> <namespace>/<name>: spec.pluginConfig.<path>`: run it in CI before
+`kubectl apply`. Exit 0 when valid, 1 when not.
 
 explain tells what the policy decides for one request and why: the destination as the filter normalises it,
 the caller, the deciding rule or the reason for a denial. URL is http(s)://host[:port]/path, or tls://sni:port
@@ -64,9 +69,12 @@ Exit 0 when the request would proceed, 1 when not.
 render writes the Istio manifests of the suite into DIR (wasmplugin-manifests): the plugins as WasmPlugins by
 selector, by Gateway API targetRefs, as TrafficExtensions and with file:// modules, each configured from the
 three files (validated first), pinned by sha256 to the modules built in --wasm-dir (image --registry/<filter>:
---tag, default ghcr.io/egress-suite and 0.1.0); plus redirect following, the OpenTelemetry Collector the audit
-configuration ships to (collector/), Envoy's native access log of the suite's records (telemetry/: a Telemetry and
-the mesh configuration of its providers) and the kustomization.";
+--tag, default ghcr.io/egress-suite and 0.1.0); the routing the policy asks for, for a REGISTRY_ONLY mesh to send
+every allowed host and port through the gateway (egress-routing/ for Istio's egress gateway, gateway-api-routing/
+for a Gateway API Gateway; what Istio cannot route faithfully, such as `*`, a port other than 80 and 443 or an
+inner wildcard over a top-level domain, is an error naming its policy field); redirect following, the
+OpenTelemetry Collector the audit configuration ships to (collector/), Envoy's native access log of the suite's
+records (telemetry/: a Telemetry and the mesh configuration of its providers) and the kustomizations.";
 
 const DEFAULT_REGISTRY: &str = "ghcr.io/egress-suite";
 const DEFAULT_TAG: &str = "0.1.0";
@@ -88,6 +96,10 @@ fn main() -> ExitCode {
             eprintln!("{message}");
             ExitCode::FAILURE
         }
+        Ok(Verdict::No(message)) => match print(&message) {
+            code if code == ExitCode::SUCCESS => ExitCode::FAILURE,
+            code => code,
+        },
         Err(Usage(message)) => {
             eprintln!("{message}");
             ExitCode::from(2)
@@ -111,8 +123,12 @@ fn print(message: &str) -> ExitCode {
 /// The answer to a check: exit 0 or 1.
 #[derive(Debug)]
 enum Verdict {
+    /// On stdout.
     Valid(String),
+    /// Problems, on stderr.
     Invalid(String),
+    /// A negative answer (a request `explain` says is refused): on stdout like a positive one, exit 1.
+    No(String),
 }
 
 /// A usage or input error (exit 2).
@@ -156,6 +172,18 @@ fn oci_image(args: &[String]) -> Result<Verdict, Usage> {
 }
 
 fn validate(args: &[String]) -> Result<Verdict, Usage> {
+    if let Some(("manifests", paths)) = args.split_first().map(|(kind, paths)| (kind.as_str(), paths)) {
+        if paths.is_empty() {
+            return Err(Usage(format!("validate manifests needs a file or directory\n\n{USAGE}")));
+        }
+        let results: Vec<_> = paths.iter().map(|path| config::validate_manifests(Path::new(path))).collect();
+        let problems: Vec<String> = results.iter().filter_map(|r| r.as_ref().err()).flatten().cloned().collect();
+        return Ok(if problems.is_empty() {
+            Verdict::Valid(results.into_iter().filter_map(Result::ok).collect::<Vec<_>>().join("\n"))
+        } else {
+            Verdict::Invalid(problems.join("\n"))
+        });
+    }
     let [kind, file] = args else { return Err(Usage(format!("validate needs a kind and a file\n\n{USAGE}"))) };
     let kind =
         Kind::parse(kind).ok_or_else(|| Usage(format!("`{kind}`: the kind is policy, identity, audit or suite")))?;
@@ -184,7 +212,7 @@ fn explain(args: &[String]) -> Result<Verdict, Usage> {
         get("as").map(|raw| SpiffeId::parse(raw).map_err(|e| Usage(format!("--as {raw}: {e}")))).transpose()?;
     let (proceeds, text) =
         config::explain(&policy, url, get("method").unwrap_or("GET"), identity.as_ref()).map_err(Usage)?;
-    Ok(if proceeds { Verdict::Valid(text) } else { Verdict::Invalid(text) })
+    Ok(if proceeds { Verdict::Valid(text) } else { Verdict::No(text) })
 }
 
 fn render_manifests(args: &[String]) -> Result<Verdict, Usage> {

@@ -40,6 +40,8 @@ fn event(action: &str, reason: &str, principal: Option<&str>, host: &str, port: 
             reason: reason.into(),
             rule: None,
             mode: Some(if action == "report-deny" { "report" } else { "enforce" }.into()),
+            policy: None,
+            detail: None,
         }),
         redirects: Vec::new(),
         response: Response { code: Some(if action == "deny" { 403 } else { 200 }), ..Response::default() },

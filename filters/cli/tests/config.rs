@@ -71,3 +71,26 @@ fn explain_tells_which_rule_decides_and_exits_by_the_decision() {
     assert!(text.contains("deny_listed"), "{text}");
     assert_eq!(egressctl(&["explain", "https://x.example/", "--policy", policy, "--as", "not-spiffe"]).0, 2);
 }
+
+#[test]
+fn explain_answers_on_stdout_either_way_and_says_what_is_wrong_with_a_url() {
+    let policy = file("explain-stdout.yaml", POLICY);
+    let run = |url: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_egressctl"))
+            .args(["explain", url, "--policy"])
+            .arg(&policy)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (code, stdout, stderr) = run("http://169.254.169.254/");
+    assert_eq!((code, stderr.as_str()), (1, ""), "a refusal is an answer, not an error");
+    assert!(stdout.contains("deny_listed"), "{stdout}");
+    let (code, stdout, stderr) = run("http://user@api.github.com/");
+    assert_eq!((code, stdout.as_str()), (2, ""));
+    assert!(stderr.contains("userinfo (`user@` before the host)"), "{stderr}");
+}

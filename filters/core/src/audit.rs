@@ -114,6 +114,13 @@ pub struct Decision {
     pub rule: Option<String>,
     /// `enforce` | `report`.
     pub mode: Option<String>,
+    /// The fingerprint of the policy that decided (`egressctl validate` prints it for a policy file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What the reason concerns, when there is more to say: for `resolved_address_not_allowed`, the range the
+    /// resolved address fell in, e.g. `10.0.0.0/8 (private)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -176,6 +183,10 @@ pub struct Observed {
     pub reason: Option<String>,
     pub rule: Option<String>,
     pub mode: Option<String>,
+    /// See [`Decision::policy`].
+    pub policy: Option<String>,
+    /// See [`Decision::detail`].
+    pub decision_detail: Option<String>,
     pub destination: Option<String>,
     pub authority: Option<String>,
     pub scheme: Option<String>,
@@ -343,7 +354,7 @@ impl AuditConfig {
     #[inline]
     pub fn compile(doc: AuditDocument) -> Result<AuditConfig, ConfigErrors> {
         let mut errors = Vec::new();
-        let mut error = |path: String, message: String| errors.push(ConfigError { path, message });
+        let mut error = |path: String, message: String| errors.push(ConfigError::new(path, message));
         let mut headers = Vec::with_capacity(doc.headers.len());
         for (i, name) in doc.headers.iter().enumerate() {
             let lower = name.to_ascii_lowercase();
@@ -430,6 +441,8 @@ impl AuditConfig {
             reason,
             rule,
             mode,
+            policy,
+            decision_detail,
             destination: _,
             authority: _,
             scheme,
@@ -476,6 +489,8 @@ impl AuditConfig {
             reason: reason.unwrap_or_default(),
             rule: rule.filter(|r| !r.is_empty()),
             mode,
+            policy,
+            detail: decision_detail,
         });
         let redirects = redirects.as_deref().and_then(RedirectHop::list_from_json).unwrap_or_default();
         let kind = kind.unwrap_or(EventKind::Http);
@@ -594,6 +609,8 @@ impl crate::state::ToJson for AuditEvent {
                     .str("reason", &decision.reason)
                     .opt_str("rule", decision.rule.as_deref())
                     .opt_str("mode", decision.mode.as_deref())
+                    .str_if_some("policy", decision.policy.as_deref())
+                    .str_if_some("detail", decision.detail.as_deref())
             });
         }
         event

@@ -273,6 +273,10 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
     if digits.len() > 12 {
         return None;
     }
+    // Digits only: `from_str_radix` also takes a sign (`0+1`, `0x+1`), which no IPv4 parser does.
+    if !digits.bytes().all(|b| char::from(b).is_digit(radix)) {
+        return None;
+    }
     u64::from_str_radix(digits, radix).ok()
 }
 
@@ -399,6 +403,16 @@ mod tests {
         }
         assert_eq!(parse("example.123a"), Ok((name("example.123a"), None)), "hex-like but not 0x: a name");
         assert_eq!(parse("1.2.3.com"), Ok((name("1.2.3.com"), None)));
+    }
+
+    /// Found by fuzzing against the WHATWG parser (`fuzz/`, target `authority`): a sign in an octal or hex part
+    /// (`from_str_radix` takes one) made `10.0+0.1` the address 10.0.0.1, where every IPv4 parser refuses it.
+    #[test]
+    fn signs_in_ipv4_parts_are_malformed() {
+        for raw in ["10.0+0.1", "10.0.0.0+1", "0+1", "0x+1", "1.0x+a", "0-0.1", "10.0-1.1", "+1.2.3.4", "1.+2"] {
+            assert!(parse(raw).is_err(), "{raw}: {:?}", parse(raw));
+        }
+        assert_eq!(parse("10.00.1"), Ok((v4("10.0.0.1"), None)), "octal zero still");
     }
 
     #[test]

@@ -39,8 +39,46 @@ impl Cidr {
         Ok(cidr)
     }
 
+    /// The range of `address`'s first `prefix_len` bits (host bits cleared; the length capped at the family's).
+    pub fn from_parts(address: IpAddr, prefix_len: u8) -> Cidr {
+        let prefix_len = prefix_len.min(max_len(address));
+        let cidr = Cidr { network: address, prefix_len };
+        Cidr { network: from_bits(address, cidr.masked(address)), prefix_len }
+    }
+
+    /// The network address and the prefix length.
+    pub fn parts(&self) -> (IpAddr, u8) {
+        (self.network, self.prefix_len)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         same_family(self.network, ip) && self.masked(ip) == bits(self.network)
+    }
+
+    /// Whether every address of `other` is in this range.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix_len <= other.prefix_len && self.contains(other.network)
+    }
+
+    /// The addresses of this range outside `holes`, as the fewest ranges that split along prefix boundaries give
+    /// (at most one range per prefix length per hole).
+    pub fn without(&self, holes: &[Cidr]) -> Vec<Cidr> {
+        if holes.iter().any(|hole| hole.covers(self)) {
+            return Vec::new();
+        }
+        let inside = holes.iter().any(|hole| self.covers(hole));
+        if !inside || self.prefix_len == max_len(self.network) {
+            return vec![*self];
+        }
+        // Split in halves and keep what each half keeps.
+        let prefix_len = self.prefix_len + 1;
+        let width = u32::from(max_len(self.network) - prefix_len);
+        let low = Cidr { network: self.network, prefix_len };
+        let high_bits = bits(self.network) | 1u128.checked_shl(width).unwrap_or(0);
+        let high = Cidr { network: from_bits(self.network, high_bits), prefix_len };
+        let mut kept = low.without(holes);
+        kept.extend(high.without(holes));
+        kept
     }
 
     fn masked(&self, ip: IpAddr) -> u128 {
@@ -145,6 +183,23 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn ranges_with_holes_keep_exactly_the_addresses_outside_them() {
+        let c = |s: &str| Cidr::parse(s).unwrap();
+        let kept = c("127.0.0.0/8").without(&[c("127.0.0.2/32"), c("127.9.0.0/16")]);
+        for ip in ["127.0.0.1", "127.0.0.3", "127.255.255.255", "127.8.255.255", "127.10.0.0"] {
+            assert!(kept.iter().any(|k| k.contains(ip.parse().unwrap())), "{ip} kept");
+        }
+        for ip in ["127.0.0.2", "127.9.0.0", "127.9.255.255", "10.0.0.1"] {
+            assert!(!kept.iter().any(|k| k.contains(ip.parse().unwrap())), "{ip} left out");
+        }
+        assert!(kept.len() <= 2 * 24, "{}", kept.len());
+        assert_eq!(c("10.0.0.0/8").without(&[c("10.0.0.0/8")]), Vec::<Cidr>::new());
+        assert_eq!(c("10.0.0.0/8").without(&[c("0.0.0.0/0")]), Vec::<Cidr>::new());
+        assert_eq!(c("10.0.0.0/8").without(&[c("11.0.0.0/8"), c("::/0")]), vec![c("10.0.0.0/8")]);
+        assert_eq!(c("fc00::/7").without(&[c("fd12::/16")]).len(), 9);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -15,18 +15,18 @@ impl PolicyDocument {
     /// Parses a JSON policy document; errors name their field path (`rules[2].hosts[0]: …`).
     pub fn from_json(mut json: &[u8]) -> Result<PolicyDocument, ConfigErrors> {
         let mut rules = Vec::new();
-        let mut doc = stream(&mut json, &mut |rule| rules.push(rule))?;
+        let mut doc = stream(&mut json, &mut |rule, _| rules.push(rule))?;
         doc.rules = rules;
         Ok(doc)
     }
 }
 
 /// Reads a policy document from `source` as it arrives, handing each rule to `rule` as soon as it is read (so the
-/// rules never need to be in memory together); the document comes back without its rules. The first error in
-/// document order ends the reading, as with a streaming `serde_json` deserializer.
+/// rules never need to be in memory together); the document comes back without its rules. Every problem comes back
+/// (see [`json::read`]): a value in error is recorded and the reading goes on; a syntax error ends it.
 pub(crate) fn stream(
     source: &mut dyn Source,
-    rule: &mut dyn FnMut(RuleDocument),
+    rule: &mut dyn FnMut(RuleDocument, Whole),
 ) -> Result<PolicyDocument, ConfigErrors> {
     json::read(source, |reader, path| policy(reader, path, rule))
 }
@@ -36,20 +36,25 @@ const POLICY: &[&str] = &["mode", "rules", "deny", "redirects"];
 pub(crate) fn policy(
     reader: &mut Reader<'_>,
     path: &Path<'_>,
-    each: &mut dyn FnMut(RuleDocument),
+    each: &mut dyn FnMut(RuleDocument, Whole),
 ) -> Result<PolicyDocument, Error> {
     let mut doc = PolicyDocument::default();
     let PolicyDocument { mode, rules: _, deny, redirects } = &mut doc;
     let seen = reader.members(path, "struct PolicyDocument", POLICY, true, &mut |reader, field, at| {
         match field {
             0 => *mode = read_mode(reader, at)?,
-            1 => reader.elements(at, &mut |reader, at| rule(reader, at).map(&mut *each))?,
+            1 => reader.elements(at, &mut |reader, at| rule(reader, at).map(|(doc, whole)| each(doc, whole)))?,
             2 => *deny = reader.optional(|reader| read_deny(reader, at))?,
             _ => *redirects = reader.optional(|reader| read_redirects(reader, at))?,
         }
         Ok(())
-    })?;
-    json::require(seen, 1, POLICY, path)?;
+    });
+    match seen {
+        Ok(seen) => json::require(seen, 1, POLICY, path)?,
+        // Recorded: the document is refused; what was read is checked all the same (every problem at once).
+        Err(error) if error.is_recorded() => {}
+        Err(error) => return Err(error),
+    }
     Ok(doc)
 }
 
@@ -70,7 +75,11 @@ fn optional_strings(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<Option<V
     reader.optional(|reader| strings(reader, path))
 }
 
-fn rule(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<RuleDocument, Error> {
+/// Whether a rule was read without error. A rule with errors in some of its values is handed over all the same,
+/// without those values, so that the rest of it is checked too; the document is refused in any case.
+pub(crate) type Whole = bool;
+
+fn rule(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<(RuleDocument, Whole), Error> {
     let mut doc = RuleDocument::default();
     let RuleDocument { name, hosts, ports, methods, paths, principals, namespaces, cidrs, redirects } = &mut doc;
     let seen = reader.members(path, "struct RuleDocument", RULE, true, &mut |reader, field, at| {
@@ -86,9 +95,12 @@ fn rule(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<RuleDocument, Error>
             _ => *redirects = reader.optional(|reader| read_rule_redirects(reader, at))?,
         }
         Ok(())
-    })?;
-    json::require(seen, 0, RULE, path)?;
-    Ok(doc)
+    });
+    match seen {
+        Ok(seen) => json::require(seen, 0, RULE, path).map(|()| (doc, true)),
+        Err(error) if error.is_recorded() => Ok((doc, false)),
+        Err(error) => Err(error),
+    }
 }
 
 const RULE_REDIRECTS: &[&str] = &["follow", "maxHops", "allowDowngrade"];

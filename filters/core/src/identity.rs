@@ -129,6 +129,15 @@ impl StringMatch {
         Ok(parsed)
     }
 
+    /// A principal in Istio's form, `<trust domain>/ns/<namespace>/sa/<account>` with [`StringMatch::parse`]'s
+    /// wildcards. A SPIFFE URI is refused: it could never match, principals being compared without the scheme.
+    pub fn parse_principal(raw: &str) -> Result<StringMatch, String> {
+        if raw.starts_with("spiffe://") {
+            return Err(format!("`{raw}`: write principals without `spiffe://`, as Istio does"));
+        }
+        StringMatch::parse(raw)
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Any => true,

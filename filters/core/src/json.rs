@@ -8,8 +8,9 @@
 //! policy member by member as it streams in (`crate::documents`, so a large one is compiled rule by rule and never
 //! whole in memory), the small ones into a tree that the derived visitors read through one deserializer.
 //!
-//! Configurations hold integers only: a number with a fraction or an exponent (or out of the 64-bit range) is
-//! refused as a `floating point` value wherever it appears, without ever being converted to a float.
+//! Configurations hold integers only: a number with a fraction or an exponent (or out of the 64-bit range, or `-0`:
+//! the numbers `serde_json` reads as floats) is refused as a `floating point` value wherever it appears, without ever
+//! being converted to a float.
 
 use crate::policy::{ConfigError, ConfigErrors};
 use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
@@ -38,8 +39,12 @@ pub(crate) fn deserialize_at<T: DeserializeOwned>(value: &Value, path: &Path<'_>
 const ROOT: &str = "(document)";
 
 fn config_errors(error: Error) -> ConfigErrors {
-    let ErrorInner { path, message } = *error.0;
-    ConfigErrors(vec![ConfigError { path: path.unwrap_or_else(|| ROOT.to_string()), message }])
+    ConfigErrors(vec![config_error(error)])
+}
+
+fn config_error(error: Error) -> ConfigError {
+    let ErrorInner { path, message, kind: _ } = *error.0;
+    ConfigError::new(path.unwrap_or_else(|| ROOT.to_string()), message)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -62,12 +67,13 @@ pub(crate) enum Value {
 pub(crate) enum Number {
     Unsigned(u64),
     Negative(i64),
-    /// A fraction, an exponent, or outside the 64-bit range: kept as written, for the error message.
+    /// A fraction, an exponent, outside the 64-bit range, or `-0`: kept as written, for the error message.
     Other(String),
 }
 
-/// As deep as `serde_json` nests before refusing.
-const MAX_DEPTH: usize = 128;
+/// As deep as `serde_json` nests: 127 levels of arrays and objects; the 128th is refused, as `serde_json` refuses
+/// it (its recursion limit of 128 counts the level that fails), at the same line and column.
+const MAX_DEPTH: usize = 127;
 
 /// Parses a whole document (RFC 8259; no trailing commas, comments or other extensions) into a tree.
 fn parse(json: &[u8]) -> Result<Value, Error> {
@@ -91,6 +97,9 @@ pub(crate) struct Reader<'r> {
     depth: usize,
     /// The source's own failure: reported instead of the syntax error it causes.
     failure: Option<String>,
+    /// Errors in values the reader went past to report every problem of a document, not only its first
+    /// ([`Reader::members`], [`Reader::elements`]).
+    errors: Vec<Error>,
 }
 
 type Parsed<T> = Result<T, &'static str>;
@@ -115,7 +124,7 @@ impl<B: BufRead> Source for B {
 
 impl<'r> Reader<'r> {
     pub(crate) fn new(source: &'r mut dyn Source) -> Reader<'r> {
-        Reader { source, line: 1, column: 0, depth: 0, failure: None }
+        Reader { source, line: 1, column: 0, depth: 0, failure: None, errors: Vec::new() }
     }
 
     /// The syntax error `what` at the current position (or the source's failure).
@@ -124,7 +133,7 @@ impl<'r> Reader<'r> {
             Some(failure) => failure,
             None => format!("{what} at line {} column {}", self.line, self.column),
         };
-        Error(Box::new(ErrorInner { path: Some(ROOT.to_string()), message }))
+        Error(Box::new(ErrorInner { path: Some(ROOT.to_string()), message, kind: Kind::Syntax }))
     }
 
     /// What the source has buffered; empty at its end or when it failed.
@@ -194,7 +203,11 @@ impl<'r> Reader<'r> {
             Some(b'-' | b'0'..=b'9') => self.number().map(Value::Number),
             Some(b'[') => self.array(),
             Some(b'{') => self.object(),
-            Some(_) => Err("expected value"),
+            Some(_) => {
+                // Placed after the byte, as `serde_json` places it.
+                self.next();
+                Err("expected value")
+            }
         }
     }
 
@@ -212,17 +225,22 @@ impl<'r> Reader<'r> {
     /// Enters the array or object whose bracket is next; `true` when it is empty (its `close` read too).
     fn open(&mut self, close: u8) -> Parsed<bool> {
         self.depth += 1;
+        // The bracket is read first: `serde_json` places the error just after it.
+        self.advance(1);
         if self.depth > MAX_DEPTH {
             return Err("recursion limit exceeded");
         }
-        self.advance(1);
         self.skip_whitespace();
-        if self.peek() == Some(close) {
-            self.advance(1);
-            self.depth -= 1;
-            return Ok(true);
+        match self.peek() {
+            Some(b) if b == close => {
+                self.advance(1);
+                self.depth -= 1;
+                Ok(true)
+            }
+            // `serde_json`'s words for a document that ends right inside `[` (for `{`, `key` has them).
+            None if close == b']' => Err("EOF while parsing a list"),
+            _ => Ok(false),
         }
-        Ok(false)
     }
 
     /// After an element or member: `true` when another follows, `false` at `close` (then the container is left).
@@ -238,11 +256,15 @@ impl<'r> Reader<'r> {
             Some(_) => return Err(expected),
         }
         self.skip_whitespace();
-        if self.peek() == Some(close) {
-            self.advance(1);
-            return Err("trailing comma");
+        match self.peek() {
+            Some(b) if b == close => {
+                self.advance(1);
+                Err("trailing comma")
+            }
+            // After a comma `serde_json` expects a value, in objects too (not the key `key` would report).
+            None => Err("EOF while parsing a value"),
+            _ => Ok(true),
         }
-        Ok(true)
     }
 
     fn more_elements(&mut self) -> Parsed<bool> {
@@ -311,7 +333,15 @@ impl<'r> Reader<'r> {
                 continue;
             }
             match self.next() {
-                Some(b'"') => return String::from_utf8(out).map_err(|_| "invalid unicode code point"),
+                Some(b'"') => {
+                    return String::from_utf8(out).map_err(|e| {
+                        // Placed at the first byte that is not UTF-8, counted back from the closing quote as
+                        // `serde_json` counts it (in decoded bytes: after an escape, as approximate as its).
+                        let after = e.as_bytes().len() - e.utf8_error().valid_up_to();
+                        self.column = self.column.saturating_sub(after);
+                        "invalid unicode code point"
+                    });
+                }
                 Some(b'\\') => {
                     let unescaped = match self.next() {
                         Some(b'"') => '"',
@@ -335,13 +365,14 @@ impl<'r> Reader<'r> {
     }
 
     fn hex4(&mut self) -> Parsed<u32> {
+        // All four bytes are read before any is checked, as `serde_json` reads them: an error is placed after them.
+        let mut digits = [0u8; 4];
+        for digit in &mut digits {
+            *digit = self.next().ok_or("EOF while parsing a string")?;
+        }
         let mut code = 0;
-        for _ in 0..4 {
-            let digit = match self.next() {
-                Some(b) => char::from(b).to_digit(16).ok_or("invalid escape")?,
-                None => return Err("EOF while parsing a string"),
-            };
-            code = code * 16 + digit;
+        for digit in digits {
+            code = code * 16 + char::from(digit).to_digit(16).ok_or("invalid escape")?;
         }
         Ok(code)
     }
@@ -351,8 +382,13 @@ impl<'r> Reader<'r> {
         let first = self.hex4()?;
         let code = match first {
             0xD800..=0xDBFF => {
-                if self.next() != Some(b'\\') || self.next() != Some(b'u') {
-                    return Err("unexpected end of hex escape");
+                for expected in [b'\\', b'u'] {
+                    match self.next() {
+                        Some(b) if b == expected => {}
+                        // `serde_json`'s words when the document ends there.
+                        None => return Err("EOF while parsing a string"),
+                        Some(_) => return Err("unexpected end of hex escape"),
+                    }
                 }
                 let second = self.hex4()?;
                 if !(0xDC00..=0xDFFF).contains(&second) {
@@ -382,6 +418,8 @@ impl<'r> Reader<'r> {
                 raw.push(char::from(digit));
                 self.digits(&mut raw);
             }
+            // `serde_json`'s words where a digit is due and the document ends.
+            None => return Err("EOF while parsing a value"),
             _ => return Err("invalid number"),
         }
         let mut integer = true;
@@ -403,6 +441,8 @@ impl<'r> Reader<'r> {
         }
         let number = match (integer, raw.starts_with('-')) {
             (true, false) => raw.parse().ok().map(Number::Unsigned),
+            // `-0` is a float to `serde_json` (`-0.0`, which no integer holds), so a float here too: refused.
+            (true, true) if raw == "-0" => None,
             (true, true) => raw.parse().ok().map(Number::Negative),
             (false, _) => None,
         };
@@ -418,8 +458,10 @@ impl<'r> Reader<'r> {
 
     fn required_digits(&mut self, raw: &mut String) -> Parsed<()> {
         if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.next();
-            return Err("invalid number");
+            return Err(match self.next() {
+                None => "EOF while parsing a value",
+                Some(_) => "invalid number",
+            });
         }
         self.digits(raw);
         Ok(())
@@ -459,11 +501,33 @@ pub struct Error(Box<ErrorInner>);
 struct ErrorInner {
     path: Option<String>,
     message: String,
+    kind: Kind,
+}
+
+/// Whether reading can go on after an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The value is not what was expected, and the reader is past it: the next value can be read.
+    Data,
+    /// The text is not JSON (or the source failed): nothing after it can be read.
+    Syntax,
+    /// Errors of values inside this one were recorded with the reader ([`Reader::errors`]) and it was read to its
+    /// end, without a result.
+    Recorded,
 }
 
 impl Error {
     fn new(message: String) -> Error {
-        Error(Box::new(ErrorInner { path: None, message }))
+        Error(Box::new(ErrorInner { path: None, message, kind: Kind::Data }))
+    }
+
+    pub(crate) fn recorded() -> Error {
+        Error(Box::new(ErrorInner { path: None, message: String::new(), kind: Kind::Recorded }))
+    }
+
+    /// Whether this stands for errors recorded with the reader, the value in error read to its end.
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.0.kind == Kind::Recorded
     }
 
     fn at(mut self, path: &Path<'_>) -> Error {
@@ -511,6 +575,16 @@ impl Error {
             Unexpected::Float(_) => write!(message, "floating point"),
             Unexpected::Char(c) => write!(message, "character `{c}`"),
             // JSON-escaped rather than `{:?}` (same text for any printable string): no `Debug` for `str` linked.
+            // A long one cut as `ConfigError::new` cuts quoted values.
+            Unexpected::Str(s) if s.len() > crate::policy::QUOTED_MAX => {
+                let mut end = crate::policy::QUOTED_MAX - 16;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.push_str("string ");
+                push_string(&mut message, s.get(..end).unwrap_or_default());
+                write!(message, "… ({} bytes)", s.len())
+            }
             Unexpected::Str(s) => {
                 message.push_str("string ");
                 push_string(&mut message, s);
@@ -822,23 +896,68 @@ impl<'de> de::MapAccess<'de> for Map<'de, '_> {
 // visitors take, straight from the [`Reader`]. Every error is built by serde's own constructors, and tests hold
 // each reader to the derived `Deserialize` of its type: the same values, the same errors at the same paths.
 
-/// Reads the document in `source` with `read` (handed the reader at the root), and then its end.
+/// Reads the document in `source` with `read` (handed the reader at the root), and then its end. Every problem
+/// comes back, in document order: a value of the wrong type or an unknown field does not end the reading (the
+/// reader goes past it, see [`Reader::members`]); a syntax error does, being the last.
 pub(crate) fn read<T>(
     source: &mut dyn Source,
     read: impl FnOnce(&mut Reader<'_>, &Path<'_>) -> Result<T, Error>,
 ) -> Result<T, ConfigErrors> {
     let mut reader = Reader::new(source);
-    let value = read(&mut reader, &Path::Root).map_err(config_errors)?;
-    reader.end().map_err(config_errors)?;
-    Ok(value)
+    let result = read(&mut reader, &Path::Root).and_then(|value| reader.end().map(|()| value));
+    let mut errors = std::mem::take(&mut reader.errors);
+    match result {
+        Ok(value) if errors.is_empty() => return Ok(value),
+        Ok(_) => {}
+        Err(error) if error.0.kind == Kind::Recorded => {}
+        Err(error) => errors.push(error),
+    }
+    Err(ConfigErrors(errors.into_iter().map(config_error).collect()))
 }
 
 impl Reader<'_> {
     /// The next value, whatever it is, when it is not the `expecting` the caller wanted: read whole, for the error.
     fn refuse(&mut self, expecting: &dyn Expected, path: &Path<'_>) -> Error {
+        let root = matches!(path, Path::Root);
+        self.skip_whitespace();
+        if root && self.peek().is_none() && self.failure.is_none() {
+            return Error::new(format!("the document is empty, expected {expecting}")).at(path);
+        }
         match self.tree() {
+            Ok(Value::Null) if root => {
+                Error::new(format!("the document is empty (null), expected {expecting}")).at(path)
+            }
             Ok(value) => invalid_type(&value, expecting, path),
             Err(e) => e,
+        }
+    }
+
+    /// Whether errors were recorded so far.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// Records problems found in values already read (by the caller: a compiler of the rules read so far), with the
+    /// document's own.
+    pub(crate) fn record(&mut self, problems: Vec<ConfigError>) {
+        let as_error =
+            |ConfigError { path, message }| Error(Box::new(ErrorInner { path: Some(path), message, kind: Kind::Data }));
+        self.errors.extend(problems.into_iter().map(as_error));
+    }
+
+    /// Goes on after `result`, the reading of a member or element, unless it is a syntax error: an error in the
+    /// value is recorded (once), and `failed` notes that the enclosing value has no result.
+    fn go_on(&mut self, result: Result<(), Error>, failed: &mut bool) -> Result<(), Error> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) if error.0.kind == Kind::Syntax => Err(error),
+            Err(error) => {
+                if error.0.kind == Kind::Data {
+                    self.errors.push(error);
+                }
+                *failed = true;
+                Ok(())
+            }
         }
     }
 
@@ -850,7 +969,9 @@ impl Reader<'_> {
 
     /// Reads the members of an object (a struct with `fields`) in document order, handing each known one to
     /// `member`; unknown ones are refused when `deny_unknown`, else skipped. Returns which fields were present (bit
-    /// `i` for `fields[i]`), for [`require`].
+    /// `i` for `fields[i]`), for [`require`]. A member in error (of the wrong type, unknown, repeated) is recorded
+    /// and the reading goes on to the object's end, which then has no result ([`Kind::Recorded`]): one document
+    /// shows every such problem at once.
     pub(crate) fn members(
         &mut self,
         path: &Path<'_>,
@@ -863,31 +984,37 @@ impl Reader<'_> {
         if !self.opens_with(b'{') {
             return Err(self.refuse(&expecting, path));
         }
-        let mut seen = 0u64;
+        let (mut seen, mut failed) = (0u64, false);
         if self.open(b'}').map_err(|what| self.syntax(what))? {
             return Ok(seen);
         }
         loop {
             let key = self.key().map_err(|what| self.syntax(what))?;
             let at = Path::Key(path, &key);
-            match fields.iter().position(|field| *field == key) {
+            let result = match fields.iter().position(|field| *field == key) {
                 Some(index) if seen & (1 << index) != 0 => {
-                    return Err(<Error as de::Error>::duplicate_field(fields[index]).at(path));
+                    self.tree()?;
+                    Err(<Error as de::Error>::duplicate_field(fields[index]).at(path))
                 }
                 Some(index) => {
                     seen |= 1 << index;
-                    member(self, index, &at)?;
+                    member(self, index, &at)
                 }
-                None if deny_unknown => return Err(<Error as de::Error>::unknown_field(&key, fields).at(&at)),
-                None => drop(self.tree()?),
-            }
+                None if deny_unknown => {
+                    self.tree()?;
+                    Err(<Error as de::Error>::unknown_field(&key, fields).at(&at))
+                }
+                None => self.tree().map(drop),
+            };
+            self.go_on(result, &mut failed)?;
             if !self.more_members().map_err(|what| self.syntax(what))? {
-                return Ok(seen);
+                return if failed { Err(Error::recorded()) } else { Ok(seen) };
             }
         }
     }
 
-    /// Reads the elements of an array, handing each to `element` at its index's path.
+    /// Reads the elements of an array, handing each to `element` at its index's path; an element in error is
+    /// recorded and the reading goes on, as in [`Reader::members`].
     pub(crate) fn elements(
         &mut self,
         path: &Path<'_>,
@@ -899,13 +1026,19 @@ impl Reader<'_> {
         if self.open(b']').map_err(|what| self.syntax(what))? {
             return Ok(());
         }
+        let mut failed = false;
         for index in 0.. {
-            element(self, &Path::Index(path, index))?;
+            let result = element(self, &Path::Index(path, index));
+            self.go_on(result, &mut failed)?;
             if !self.more_elements().map_err(|what| self.syntax(what))? {
                 break;
             }
         }
-        Ok(())
+        if failed {
+            Err(Error::recorded())
+        } else {
+            Ok(())
+        }
     }
 
     /// An array, each element read by `item`.
@@ -1271,14 +1404,95 @@ mod tests {
             ("{\"name\":1.}", "invalid number at line 1 column 11"),
             ("{\"name\":tru}", "expected ident at line 1 column 12"),
             ("{name:1}", "key must be a string at line 1 column 2"),
+            // Found by fuzzing against `serde_json`: its words for a document that ends inside `[` or after a comma.
+            ("[", "EOF while parsing a list at line 1 column 1"),
+            ("[ \n ", "EOF while parsing a list at line 2 column 1"),
+            ("[1,", "EOF while parsing a value at line 1 column 3"),
+            ("{\"name\":\"a\", ", "EOF while parsing a value at line 1 column 13"),
+            ("{", "EOF while parsing an object at line 1 column 1"),
+            ("{\"name\"", "EOF while parsing an object at line 1 column 7"),
+            ("{\"name\":}", "expected value at line 1 column 9"),
+            ("x", "expected value at line 1 column 1"),
+            // All four hex digits of an escape are read before they are checked.
+            ("{\"name\":\"\\u0x41\"}", "invalid escape at line 1 column 15"),
+            ("{\"name\":\"\\ud83d\\u0ud8\"}", "invalid escape at line 1 column 21"),
+            ("{\"name\":\"\\u0x", "EOF while parsing a string at line 1 column 13"),
+            // A surrogate pair cut short by the end of the document.
+            ("{\"name\":\"\\ud800", "EOF while parsing a string at line 1 column 15"),
+            ("{\"name\":\"\\ud800\\", "EOF while parsing a string at line 1 column 16"),
+            ("{\"name\":\"\\ud800x", "unexpected end of hex escape at line 1 column 16"),
+            // A number cut short by the end of the document.
+            ("-", "EOF while parsing a value at line 1 column 1"),
+            ("[-", "EOF while parsing a value at line 1 column 2"),
+            ("1.", "EOF while parsing a value at line 1 column 2"),
+            ("1e", "EOF while parsing a value at line 1 column 2"),
+            ("1e+", "EOF while parsing a value at line 1 column 3"),
         ];
+        // Found by fuzzing: a byte that is not UTF-8 is placed where it is, as `serde_json` places it.
+        for (json, want) in [
+            (&b"\"\x91x\""[..], 2),
+            (b"\"ab\xe2\x82x\"", 4),
+            (b"\"a\\nb\xe2\x82\xacc\xff\"", 10),
+            (b"[\"\xf0\x9f\x98\"]", 3),
+            (b"{\"a\x80\":1}", 4),
+        ] {
+            let ours = from_slice::<serde_json::Value>(json).map_err(|e| e.to_string());
+            let theirs = serde_json::from_slice::<serde_json::Value>(json).map_err(|e| format!("(document): {e}"));
+            assert_eq!(ours, theirs);
+            assert_eq!(ours, Err(format!("(document): invalid unicode code point at line 1 column {want}")));
+        }
         for (json, want) in cases {
             assert_eq!(error(json), format!("(document): {want}"), "{json:?}");
         }
         assert_eq!(error(&"[".repeat(200)), "(document): recursion limit exceeded at line 1 column 128");
         assert!(
-            matches!(from_slice::<Doc>(b"{\"name\":\"\xff\"}"), Err(ConfigErrors(e)) if e[0].message == "invalid unicode code point at line 1 column 11")
+            matches!(from_slice::<Doc>(b"{\"name\":\"\xff\"}"), Err(ConfigErrors(e)) if e[0].message == "invalid unicode code point at line 1 column 10")
         );
+    }
+
+    /// Found by fuzzing against `serde_json` (`fuzz/`, target `json`): the reader nested one level deeper than
+    /// `serde_json` (128 levels, although its limit was meant to be `serde_json`'s), and read `-0` as the integer 0
+    /// where `serde_json` reads the float -0.0. Now both refuse the 128th level at the same place, and `-0` is a
+    /// float, refused wherever floats are (every configuration field, every record).
+    #[test]
+    fn nests_as_deep_as_serde_json_and_reads_minus_zero_as_a_float() {
+        let nested = |depth: usize, open: &str, close: &str| format!("{}{}", open.repeat(depth), close.repeat(depth));
+        for (open, close) in [("[", "]"), ("{\"a\":", "}"), ("[{\"a\":", "}]")] {
+            for depth in [1, 63, 64, 126, 127, 128, 129, 200] {
+                // An innermost `{"a":}` is no object: make it `{}` (or `[{}]`).
+                let json = nested(depth, open, close).replacen("{\"a\":}", "{}", 1);
+                let ours = from_str::<serde_json::Value>(&json).map_err(|e| e.to_string());
+                let theirs = serde_json::from_str::<serde_json::Value>(&json).map_err(|e| format!("(document): {e}"));
+                assert_eq!(ours, theirs, "{json}");
+            }
+        }
+        assert!(from_str::<serde::de::IgnoredAny>(&nested(127, "[", "]")).is_ok());
+        let too_deep = "(document): recursion limit exceeded at line 1 column 128";
+        let deep = nested(128, "[", "]");
+        assert_eq!(
+            from_str::<serde::de::IgnoredAny>(&deep).map_err(|e| e.to_string()).err().as_deref(),
+            Some(too_deep)
+        );
+        // The readers without serde (the policy, the filter-state records) share the limit.
+        let by_hand = read(&mut deep.as_bytes(), |reader, path| reader.list(path, |reader, _| reader.tree().map(drop)));
+        assert_eq!(by_hand.map_err(|e| e.to_string()).err().as_deref(), Some(too_deep));
+
+        assert!(serde_json::from_str::<serde_json::Value>("-0").is_ok_and(|v| v.is_f64()), "a float to serde_json");
+        assert_eq!(error(r#"{"name":"a","offset":-0}"#), "offset: invalid type: floating point `-0`, expected i64");
+        assert_eq!(error(r#"{"name":"a","ports":[-0]}"#), "ports[0]: invalid type: floating point `-0`, expected u16");
+        let value = from_str::<serde_json::Value>("[-0]").map_err(|e| e.to_string());
+        assert_eq!(
+            value.err().as_deref(),
+            Some("[0]: invalid type: floating point `-0`, expected any valid JSON value")
+        );
+        let by_hand = read(&mut "-0".as_bytes(), |reader, path| reader.int(path)).map_err(|e| e.to_string());
+        assert_eq!(by_hand.err().as_deref(), Some("(document): invalid type: floating point `-0`, expected i64"));
+        // Other zeros and negatives are integers still.
+        for (json, want) in [("0", 0), ("-1", -1), ("-10", -10), ("-9223372036854775808", i64::MIN)] {
+            assert_eq!(from_str::<i64>(json).ok(), Some(want), "{json}");
+            assert_eq!(read(&mut json.as_bytes(), |reader, path| reader.int(path)).ok(), Some(want), "{json}");
+        }
+        assert!(from_str::<i64>("-0.0").is_err() && from_str::<i64>("-0e0").is_err());
     }
 
     #[test]

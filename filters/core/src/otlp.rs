@@ -77,6 +77,7 @@ fn attributes(event: &AuditEvent) -> Vec<(&'static str, Value<'_>)> {
         ("egress.decision.action", text(decision.map(|d| d.action.as_str()))),
         ("egress.decision.reason", text(decision.map(|d| d.reason.as_str()))),
         ("egress.decision.rule", text(decision.and_then(|d| d.rule.as_deref()))),
+        ("egress.decision.policy", text(decision.and_then(|d| d.policy.as_deref()))),
         ("egress.source.principal", text(event.source.principal.as_deref())),
         ("egress.source.namespace", text(event.source.namespace.as_deref())),
     ];
@@ -238,16 +239,17 @@ pub fn rejected(encoding: Encoding, body: &[u8]) -> Option<Rejected> {
         Encoding::Json => rejected_json(body)?,
         // ExportLogsServiceResponse { partial_success = 1: { rejected_log_records = 1 (int64), error_message = 2 } }
         Encoding::Protobuf => {
+            // A message field that occurs more than once is one message, merged (protobuf's rule): each occurrence
+            // of `partial_success` is read over the previous ones, the last value of a field winning.
             let mut rejected = Rejected::default();
-            let partial = fields(body)?.into_iter().find_map(|(number, field)| match (number, field) {
-                (1, Field::Bytes(partial)) => Some(partial),
-                _ => None,
-            })?;
-            for (number, field) in fields(partial)? {
-                match (number, field) {
-                    (1, Field::Varint(n)) => rejected.records = n,
-                    (2, Field::Bytes(text)) => rejected.message = String::from_utf8_lossy(text).into_owned(),
-                    _ => {}
+            for (number, field) in fields(body)? {
+                let (1, Field::Bytes(partial)) = (number, field) else { continue };
+                for (number, field) in fields(partial)? {
+                    match (number, field) {
+                        (1, Field::Varint(n)) => rejected.records = n,
+                        (2, Field::Bytes(text)) => rejected.message = String::from_utf8_lossy(text).into_owned(),
+                        _ => {}
+                    }
                 }
             }
             rejected
@@ -497,7 +499,14 @@ mod tests {
                 sni: None,
             },
             request: Some(Request { method: "GET".into(), path: "/a \"quoted\"\n".into(), ..Default::default() }),
-            decision: Some(Decision { action: action.into(), reason: "allowed".into(), rule: None, mode: None }),
+            decision: Some(Decision {
+                action: action.into(),
+                reason: "allowed".into(),
+                rule: None,
+                mode: None,
+                policy: None,
+                detail: None,
+            }),
             redirects: hops
                 .iter()
                 .map(|action| RedirectHop { action: (*action).into(), reason: "x".into(), ..Default::default() })
@@ -630,5 +639,29 @@ mod tests {
         assert_eq!(rejected(Encoding::Protobuf, b""), None, "an empty response accepts everything");
         assert_eq!(rejected(Encoding::Protobuf, &[0x0a, 0x05, 0x08]), None, "truncated: not a response");
         assert_eq!(rejected(Encoding::Protobuf, &[0xff; 12]), None, "an over-long varint");
+    }
+
+    /// Found by fuzzing against prost (`fuzz/`, target `otlp`): a `partial_success` that occurs twice was read from
+    /// its first occurrence only, where protobuf merges them (the later values win).
+    #[test]
+    fn a_repeated_partial_success_is_merged_as_protobuf_merges_it() {
+        let twice = [0x0a, 0x04, 0x08, 0x01, 0x12, 0x00, 0x0a, 0x04, 0x08, 0x00, 0x12, 0x00];
+        assert_eq!(
+            reference::ExportLogsServiceResponse::decode(&twice[..])
+                .unwrap()
+                .partial_success
+                .unwrap()
+                .rejected_log_records,
+            0
+        );
+        assert_eq!(rejected(Encoding::Protobuf, &twice), None, "0 records rejected in the end");
+        let first = reference::PartialSuccess { rejected_log_records: 3, error_message: "too old".into() };
+        let second = reference::PartialSuccess { rejected_log_records: 5, error_message: String::new() };
+        let mut body = reference::ExportLogsServiceResponse { partial_success: Some(first) }.encode_to_vec();
+        body.extend(reference::ExportLogsServiceResponse { partial_success: Some(second) }.encode_to_vec());
+        let merged = reference::ExportLogsServiceResponse::decode(&body[..]).unwrap().partial_success.unwrap();
+        let want = Rejected { records: merged.rejected_log_records as u64, message: merged.error_message };
+        assert_eq!(want, Rejected { records: 5, message: "too old".into() }, "an absent field keeps its value");
+        assert_eq!(rejected(Encoding::Protobuf, &body), Some(want));
     }
 }

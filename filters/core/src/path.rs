@@ -100,16 +100,20 @@ pub fn normal_form(path: &str) -> Result<Cow<'_, str>, Ambiguity> {
     if !path.contains('%') {
         return Ok(Cow::Borrowed(path));
     }
-    // What a server that decodes (once, twice, …) reads.
+    // What a server that decodes (once, twice, …) reads. `decode` refuses the `%u` escapes of what it decodes; a
+    // level with no `%XX` escape left is not decoded again, so its own are looked for here (`%u00%32e` is `%u002e`
+    // once decoded).
     let mut level = decode(path)?;
     for _ in 1..MAX_DECODINGS {
         check_segments(&level, true)?;
         if !has_escape(&level) {
+            check_unicode_escapes(&level)?;
             return Ok(Cow::Owned(normalise_escapes(path)));
         }
         level = decode(&level)?;
     }
     check_segments(&level, true)?;
+    check_unicode_escapes(&level)?;
     if has_escape(&level) {
         return Err(Ambiguity::NestedEncoding);
     }
@@ -170,6 +174,15 @@ fn has_escape(path: &str) -> bool {
     path.as_bytes().windows(3).any(|w| escape_at(w).is_some())
 }
 
+/// `%u` and four hex digits, which IIS decodes.
+fn check_unicode_escapes(path: &str) -> Result<(), Ambiguity> {
+    let unicode = |w: &[u8]| w[0] == b'%' && matches!(w[1], b'u' | b'U') && w[2..].iter().all(|&b| hex(b).is_some());
+    if path.as_bytes().windows(6).any(unicode) {
+        return Err(Ambiguity::UnicodeEscape);
+    }
+    Ok(())
+}
+
 /// One percent-decoding. An escape that decodes to a separator, a control byte or non-ASCII is refused here, at
 /// whatever level it appears; a `%` that starts no escape stays as it is.
 fn decode(path: &str) -> Result<String, Ambiguity> {
@@ -203,14 +216,25 @@ fn decode(path: &str) -> Result<String, Ambiguity> {
     Ok(out)
 }
 
-/// RFC 3986 §6.2.2: escapes of unreserved characters decoded, other escapes with upper-case hex digits.
+/// RFC 3986 §6.2.2: escapes of unreserved characters decoded, other escapes with upper-case hex digits. An escape
+/// whose character would complete a new escape with the `%` before it (`%5%32` would be `%52`) stays escaped, so that
+/// the normal form is its own normal form.
 fn normalise_escapes(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while let Some(&byte) = bytes.get(i) {
+        let completes_escape = |out: &str, decoded: u8| {
+            let out = out.as_bytes();
+            hex(decoded).is_some()
+                && (out.ends_with(b"%")
+                    || (out.len() >= 2 && out[out.len() - 2] == b'%' && hex(out[out.len() - 1]).is_some()))
+        };
         match escape_at(bytes.get(i..).unwrap_or_default()) {
-            Some(decoded) if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) => {
+            Some(decoded)
+                if (decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded))
+                    && !completes_escape(&out, decoded) =>
+            {
                 out.push(char::from(decoded));
                 i += 3;
             }
@@ -298,6 +322,40 @@ mod tests {
         assert_eq!(refused("/public/%u002e%u002e/x"), Some(Ambiguity::UnicodeEscape));
         assert_eq!(refused("/public/..%3f/x"), Some(Ambiguity::PathParameter), "a decoder that reparses");
         assert_eq!(refused("/p/%2525252e"), Some(Ambiguity::NestedEncoding));
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `path`): a `%u` escape that only a decoding completes (`%u00%32e` is
+    /// `%u002e` once decoded, `.` to IIS after that) was let through, in a normal form that is itself refused.
+    #[test]
+    fn unicode_escapes_completed_by_a_decoding_are_refused() {
+        for path in [
+            "/public/%u00%32e%u00%32e/secret",
+            "/puibli0e%u00%32e/x",
+            "/a/%25u002e",
+            "/a/%%75002e",
+            "/a/%u%30%30%32%65",
+        ] {
+            assert_eq!(refused(path), Some(Ambiguity::UnicodeEscape), "{path}");
+        }
+        assert_eq!(refused("/a/%u00%32"), None, "not four hex digits: no escape");
+        assert_eq!(normal_form("/a/%u00%32").as_deref(), Ok("/a/%u002"));
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `path`): decoding `%32` after `%5` made the escape `%52`, so the normal form
+    /// of `/public/%5%32%65/x` (`/public/%52e/x`) had another normal form (`/public/Re/x`).
+    #[test]
+    fn the_normal_form_creates_no_escape() {
+        for (path, normal) in [
+            ("/public/%5%32%65/private", "/public/%5%32e/private"),
+            ("/a/%%36%31", "/a/%%361"),
+            ("/a/%%36%31%62", "/a/%%361b"),
+            ("/a/%25%36%31", "/a/%2561"),
+            ("/a/%5%47", "/a/%5G"),
+            ("/,22.%3%3%325", "/,22.%3%3%325"),
+        ] {
+            assert_eq!(normal_form(path).as_deref(), Ok(normal), "{path}");
+            assert_eq!(normal_form(normal).as_deref(), Ok(normal), "{normal} is its own normal form");
+        }
     }
 
     #[test]

@@ -107,6 +107,35 @@ pub enum LocationError {
     Malformed,
 }
 
+impl LocationError {
+    /// What is wrong with `location`, for a person (the reason a tool shows; the filter only refuses).
+    pub fn explain(self, location: &str) -> &'static str {
+        if self == LocationError::NonHttpScheme {
+            return "only http and https URLs are followed";
+        }
+        let after_scheme = split_scheme(location).map(|(_, rest)| rest);
+        let authority = after_scheme.and_then(|rest| rest.strip_prefix("//")).map(|rest| {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            rest.get(..end).unwrap_or(rest)
+        });
+        if location.is_empty() {
+            "it is empty"
+        } else if location.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+            "it has spaces, control or non-ASCII characters (percent-encode them in the path; hosts in IDNA A-labels)"
+        } else if location.contains('\\') {
+            "it has a backslash, which browsers read as `/` and servers as data"
+        } else if after_scheme.is_some() && authority.is_none() {
+            "the scheme must be followed by `//` and a host"
+        } else if authority.is_some_and(|a| a.contains('@')) {
+            "it has userinfo (`user@` before the host): credentials in URLs are refused"
+        } else if authority.is_some_and(|a| a.contains('%')) {
+            "its host has percent-escapes"
+        } else {
+            "its authority is not a host with an optional port"
+        }
+    }
+}
+
 /// Resolves `location` against `base`.
 pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, LocationError> {
     if location.is_empty() || location.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'\\') {
@@ -154,7 +183,10 @@ fn split_scheme(location: &str) -> Option<(&str, &str)> {
 /// RFC 3986 §5.2: a path-absolute, query-only or relative reference against the base path.
 fn merge(base_path: &str, reference: &str) -> String {
     let base_path_only = base_path.split('?').next().unwrap_or(base_path);
-    if reference.starts_with('/') {
+    if reference.is_empty() {
+        // A fragment alone (`#top`, cut before): the base itself, its query included (§5.2.2).
+        base_path.to_string()
+    } else if reference.starts_with('/') {
         reference.to_string()
     } else if reference.starts_with('?') {
         format!("{base_path_only}{reference}")
@@ -515,6 +547,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_location_is_explained_by_what_is_wrong_with_it() {
+        let base = BaseRequest { scheme: "http", authority: "a.example", path: "/", method: "GET" };
+        let cases = [
+            ("http://user@httpbin.org/", "userinfo"),
+            ("http://user:pass@httpbin.org/", "userinfo"),
+            ("http://a b.example/", "spaces"),
+            ("http://a.example\\@evil.example/", "backslash"),
+            ("http:httpbin.org/", "`//`"),
+            ("http://ev%69l.example/", "percent-escapes"),
+            ("javascript:alert(1)", "only http and https"),
+            ("", "empty"),
+        ];
+        for (location, why) in cases {
+            let error = resolve(&base, location).expect_err(location);
+            assert!(error.explain(location).contains(why), "{location}: {}", error.explain(location));
+        }
+    }
+
+    #[test]
     fn resolves_every_reference_form() {
         assert_eq!(url("http://Other.Example/p?q=1#frag"), Ok("http://other.example/p?q=1".into()));
         assert_eq!(url("HTTPS://other.example:8443"), Ok("https://other.example:8443/".into()));
@@ -529,6 +580,18 @@ mod tests {
         assert_eq!(url("/a/./b/../c"), Ok("http://httpbin.org/a/c".into()));
         assert_eq!(url("http://[::1]:8080/x"), Ok("http://[::1]:8080/x".into()));
         assert_eq!(url("http://2130706433/"), Ok("http://127.0.0.1/".into()));
+    }
+
+    /// Found by fuzzing against the `url` crate (`fuzz/`, target `redirect`): a `Location` of a fragment alone was
+    /// resolved as an empty relative path (the base's directory, `/a/b/`), where RFC 3986 and WHATWG keep the base's
+    /// path and query.
+    #[test]
+    fn a_fragment_alone_is_the_base_itself() {
+        assert_eq!(url("#c"), Ok("http://httpbin.org/a/b/c?x=1".into()));
+        assert_eq!(url("#"), Ok("http://httpbin.org/a/b/c?x=1".into()));
+        let base = BaseRequest { path: "/public/a/../b", ..BASE };
+        assert_eq!(resolve(&base, "#x").map(|t| t.url()), Ok("http://httpbin.org/public/b".into()));
+        assert_eq!(url("?#c"), Ok("http://httpbin.org/a/b/c?".into()), "an empty query is a query");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct DecisionRecord<S> {
     pub destination: Option<S>,
     /// `enforce` | `report`: the mode the decision was made in.
     pub mode: S,
+    /// The fingerprint of the policy that decided ([`crate::fingerprint`]); `null` when no policy was involved (a
+    /// refusal of the identity stage).
+    #[serde(default)]
+    pub policy: Option<S>,
 }
 
 /// `egress.identity`, e.g. `{"source":"mtls","id":"spiffe://cluster.local/ns/app/sa/sleep"}`.
@@ -78,6 +82,7 @@ impl<S: AsRef<str>> ToJson for DecisionRecord<S> {
             .opt_str("rule", self.rule.as_ref().map(AsRef::as_ref))
             .opt_str("destination", self.destination.as_ref().map(AsRef::as_ref))
             .str("mode", self.mode.as_ref())
+            .opt_str("policy", self.policy.as_ref().map(AsRef::as_ref))
             .finish()
     }
 }
@@ -94,12 +99,12 @@ impl ToJson for crate::redirect::HopState {
     }
 }
 
-const DECISION_FIELDS: &[&str] = &["action", "reason", "rule", "destination", "mode"];
+const DECISION_FIELDS: &[&str] = &["action", "reason", "rule", "destination", "mode", "policy"];
 
 impl FromJson for DecisionRecord<String> {
     fn from_json(json: &str) -> Option<Self> {
         json::read(&mut json.as_bytes(), |reader, path| {
-            let (mut action, mut reason, mut rule, mut destination, mut mode) = Default::default();
+            let (mut action, mut reason, mut rule, mut destination, mut mode, mut policy) = Default::default();
             let seen =
                 reader.members(path, "struct DecisionRecord", DECISION_FIELDS, false, &mut |reader, field, at| {
                     match field {
@@ -107,7 +112,8 @@ impl FromJson for DecisionRecord<String> {
                         1 => reason = reader.string(at)?,
                         2 => rule = reader.optional(|reader| reader.string(at))?,
                         3 => destination = reader.optional(|reader| reader.string(at))?,
-                        _ => mode = reader.string(at)?,
+                        4 => mode = reader.string(at)?,
+                        _ => policy = reader.optional(|reader| reader.string(at))?,
                     }
                     Ok(())
                 })?;
@@ -115,7 +121,7 @@ impl FromJson for DecisionRecord<String> {
             for field in [0, 1, 4] {
                 json::require(seen, field, DECISION_FIELDS, path)?;
             }
-            Ok(DecisionRecord { action, reason, rule, destination, mode })
+            Ok(DecisionRecord { action, reason, rule, destination, mode, policy })
         })
         .ok()
     }
@@ -162,11 +168,12 @@ mod tests {
             rule: Some("httpbin"),
             destination: Some("[2001:db8::1]:443"),
             mode: "enforce",
+            policy: Some("9f2c04e1b7a3d580"),
         };
         let json = written.to_json();
         assert_eq!(
             json,
-            r#"{"action":"allow","reason":"allowed","rule":"httpbin","destination":"[2001:db8::1]:443","mode":"enforce"}"#
+            r#"{"action":"allow","reason":"allowed","rule":"httpbin","destination":"[2001:db8::1]:443","mode":"enforce","policy":"9f2c04e1b7a3d580"}"#
         );
         assert_eq!(json, serde_json::to_string(&written).unwrap());
         let read: DecisionRecord<String> = parse(Some(&json)).unwrap();

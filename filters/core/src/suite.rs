@@ -87,7 +87,7 @@ impl SuiteConfig {
     pub fn describe(&self) -> String {
         let mut stages = Vec::new();
         if let Some(policy) = &self.policy {
-            stages.push(format!("policy of {} rules, mode {:?}", policy.rule_count(), policy.mode()));
+            stages.push(format!("policy of {}", policy.summary()));
         }
         if let Some(identity) = &self.identity {
             stages.push(format!("identity (onMissing {:?}, tunnels {:?})", identity.on_missing, identity.tunnels));

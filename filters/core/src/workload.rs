@@ -146,7 +146,7 @@ impl IdentityConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<IdentityConfig, ConfigErrors> {
         let mut errors = Vec::new();
-        let mut error = |path: String, message: String| errors.push(ConfigError { path, message });
+        let mut error = |path: String, message: String| errors.push(ConfigError::new(path, message));
         let mut seen: Vec<&str> = Vec::new();
         for (field, name) in doc.headers.all() {
             if let Err(message) = check_header_name(name) {
@@ -163,7 +163,9 @@ impl IdentityConfig {
             let parsed: Vec<StringMatch> = hops
                 .iter()
                 .enumerate()
-                .filter_map(|(i, raw)| StringMatch::parse(raw).map_err(|e| error(format!("trustedHops[{i}]"), e)).ok())
+                .filter_map(|(i, raw)| {
+                    StringMatch::parse_principal(raw).map_err(|e| error(format!("trustedHops[{i}]"), e)).ok()
+                })
                 .collect();
             parsed
         });
@@ -545,6 +547,8 @@ mod tests {
             (r#"{"headers": {"identity": "host"}}"#, "headers.identity: `host` is reserved"),
             (r#"{"trustedHops": []}"#, "trustedHops: empty list"),
             (r#"{"trustedHops": ["a*b"]}"#, "trustedHops[0]: `a*b`"),
+            // A SPIFFE URI could never match: hops are principals, compared without the scheme.
+            (r#"{"trustedHops": ["spiffe://x"]}"#, "trustedHops[0]: `spiffe://x`: write principals without"),
             (r#"{"onMissing": "allow"}"#, "onMissing: unknown variant `allow`"),
             (r#"{"header": {}}"#, "header: unknown field `header`"),
         ];

@@ -70,8 +70,14 @@ impl Identity {
         if refusal == DenyReason::TunnelNotAllowed {
             self.metrics.tunnels_denied.increment(host);
         }
-        let record =
-            DecisionRecord { action: "deny", reason: refusal.code(), rule: None, destination: None, mode: "enforce" };
+        let record = DecisionRecord {
+            action: "deny",
+            reason: refusal.code(),
+            rule: None,
+            destination: None,
+            mode: "enforce",
+            policy: None,
+        };
         proxy::publish_record(host, state::DECISION, &record)?;
         Ok(DecisionRecord {
             action: record.action.to_string(),
@@ -79,6 +85,7 @@ impl Identity {
             rule: None,
             destination: None,
             mode: record.mode.to_string(),
+            policy: None,
         })
     }
 }

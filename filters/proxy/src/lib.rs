@@ -90,7 +90,7 @@ impl Gauge {
         define(host, MetricType::Gauge, name).map(Gauge)
     }
 
-    pub fn record(self, host: &dyn Host, value: usize) {
-        let _ = host.record_metric(self.0, u64::try_from(value).unwrap_or(u64::MAX));
+    pub fn record(self, host: &dyn Host, value: u64) {
+        let _ = host.record_metric(self.0, value);
     }
 }

@@ -70,11 +70,25 @@ pub struct Request {
     pub started_ms: Option<u64>,
     /// This filter answered the request itself: the response is its own reply, which no response stage vets.
     pub replied: bool,
+    /// The response's `:status`, once a stage read it (0: none or unreadable); read it with `response_status`.
+    pub status: Option<u16>,
+    /// The range Envoy refused the resolved address in (`egress_core::resolved`), once the allow-list saw it.
+    pub refused_address: Option<String>,
 }
 
 impl Request {
     pub fn new(started_ms: Option<u64>) -> Request {
         Request { started_ms, ..Request::default() }
+    }
+
+    /// The response's status, read from the host on first use (0 when absent or not a number).
+    pub fn response_status(&mut self, host: &dyn Host) -> Result<u16, Status> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let status = host.map_value(MapType::HttpResponseHeaders, ":status")?;
+        let status = status.and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok()).unwrap_or(0);
+        Ok(*self.status.insert(status))
     }
 
     /// Runs `judge` with the caller: the one the identity stage established in this pass, else [`with_caller`].

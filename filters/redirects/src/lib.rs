@@ -173,8 +173,7 @@ impl HttpStage for Redirects {
     }
 
     fn on_response_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
-        let status = host.map_value(MapType::HttpResponseHeaders, ":status")?;
-        let status = status.and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok()).unwrap_or(0);
+        let status = request.response_status(host)?;
         if !redirect::is_redirect(status) {
             return Ok(Step::Continue);
         }

@@ -1,9 +1,12 @@
 //! `egress-lab up --policy FILE [--listen 127.0.0.1:PORT]`: a local egress gateway (a real Envoy with the suite)
-//! in front of demo upstreams, until SIGINT/SIGTERM. Builds nothing: run `make build` first (`make run` does).
+//! that resolves destinations by DNS like the production one, through a DNS server of its own whose zone points the
+//! policy's hosts at local demo upstreams, until SIGINT/SIGTERM. Builds nothing: run `make build` first (`make run`
+//! does).
 //! `egress-lab compose-config [--out FILE]`: the same gateway's bootstrap for `docker-compose.yaml`.
 
-use egress_core::{HttpRequest, Policy};
+use egress_core::{HttpRequest, Policy, PolicyDocument};
 use egress_harness::compose::{compose_config_yaml, CONFIG_FILE, SIGNING_KEY_ENV};
+use egress_harness::echo::UPSTREAM_PORTS;
 use egress_harness::pki::Error;
 use egress_harness::{load_audit, load_identity, load_policy, Lab, LabOptions};
 use std::net::SocketAddr;
@@ -14,7 +17,18 @@ use std::time::Duration;
 const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--audit FILE] [--listen 127.0.0.1:10000]
        egress-lab compose-config [--out FILE]
 
-up: starts Envoy with the egress filter suite on the policy, plus demo upstreams that every allowed host routes to.
+up: starts Envoy with the egress filter suite on the policy, a DNS server and demo upstreams. As the production
+gateway does, Envoy resolves each allowed destination by DNS (its dynamic forward proxy) and connects to the answer,
+on the request's port (80 without one; 443 for TLS passthrough). Here it asks only the lab's DNS server (127.0.0.1),
+whose zone maps the host patterns of each rule of the policy to a local upstream host, 127.X.Y.Z (an inner `*`, as in
+ec2.*.amazonaws.com, becomes the wildcard after it: *.amazonaws.com). The upstream hosts answer with what they
+received, plain HTTP or TLS, on ports 80, 443, 8080, 8081 and 8443. A name outside the zone does not resolve:
+503, `dns_resolution_failure` in the access log. An IP literal is not resolved and reaches nothing: the lab's upstream
+connections leave from 127.0.0.1, so anything off loopback fails (503). Resolved addresses are vetted as in
+production (docs/policy.md: Resolved addresses): a name answered with a private, loopback or metadata address is
+refused with `x-egress-denied-reason: resolved_address_not_allowed`; the upstream hosts' loopback block is open to
+everyone.
+`up` prints the zone.
 Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
 The redirects filter always runs (before the allow-list on requests, on the same policy). With --identity, the workload
 identity filter runs first; a signing key named by its `signing.keyEnv` is made
@@ -120,12 +134,14 @@ fn run(args: &Args) -> Result<(), Error> {
     let host_env = vec![(SIGNING_KEY_ENV.to_string(), signing_key.clone())];
     let identity_json = args.identity.as_deref().map(|path| load_identity(path, &host_env)).transpose()?;
     let audit_json = args.audit.as_deref().map(load_audit).transpose()?;
+    let names = zone_of(&serde_json::from_str(&policy_json)?);
     let options = LabOptions {
         identity_json,
         audit_json,
         host_env,
         redirects: true,
         listen: args.listen,
+        zone: names.iter().map(|name| (name.entry.clone(), name.host)).collect(),
         ..LabOptions::new(policy_json)
     };
     let mut lab = Lab::start(&options)?;
@@ -136,21 +152,78 @@ fn run(args: &Args) -> Result<(), Error> {
         lab.pki.write_files(&lab.files, name, &lab.client_cert(Some(id))?)?;
     }
     println!(
-        "egress-lab ready: http={} (forward proxy, CONNECT) tls={} (TLS passthrough by SNI) mtls={} (client certificate required) admin={} policy={}",
+        "egress-lab ready: http={} (forward proxy, CONNECT) tls={} (TLS passthrough by SNI) mtls={} (client certificate required) admin={} dns={} policy={} (fingerprint {})",
         lab.http(),
         lab.tls(),
         lab.mtls(),
         lab.envoy.admin(),
-        args.policy.display()
+        lab.dns.addr(),
+        args.policy.display(),
+        policy.fingerprint(),
     );
-    print_tries(&lab, &policy);
+    println!(
+        "Run directory: {} (envoy.json, envoy.log, the access log); certificates and keys: {}",
+        lab.envoy.dir().display(),
+        lab.files.display()
+    );
+    print_zone(&lab, &names);
+    let key_id = options.identity_json.as_deref().and_then(|json| {
+        let config: serde_json::Value = serde_json::from_str(json).ok()?;
+        config["signing"]["keyId"].as_str().map(str::to_string)
+    });
+    print_tries(&lab, &policy, key_id.as_deref());
     wait_for_shutdown(&mut lab)?;
     println!("egress-lab: stopping");
     Ok(())
 }
 
+/// One name of the lab's zone, and where it comes from.
+struct ZoneName {
+    /// The zone entry: a host pattern of the policy, or the wildcard standing for one with an inner `*`.
+    entry: String,
+    /// The pattern of the policy it stands for.
+    pattern: String,
+    rule: String,
+    /// The upstream host that answers for it: one per rule with hosts.
+    host: usize,
+}
+
+/// The zone of the lab: every host pattern of the policy's rules, each rule's on an upstream host of its own (so the
+/// echo's `upstream` tells the rules apart). DNS wildcards stand only for leading labels, so a pattern with an inner
+/// `*` (`ec2.*.amazonaws.com`) becomes the wildcard on what follows its last `*` (`*.amazonaws.com`); the policy
+/// still decides which of those names pass. Deny-list hosts are not added: they never reach DNS.
+fn zone_of(policy: &PolicyDocument) -> Vec<ZoneName> {
+    let rules = policy.rules.iter().filter_map(|rule| Some((rule.name.as_str(), rule.hosts.as_deref()?)));
+    let mut names = Vec::new();
+    for (host, (rule, patterns)) in rules.enumerate() {
+        for pattern in patterns {
+            let entry = match pattern.rfind("*.") {
+                Some(star) if star > 0 => format!("*.{}", pattern.get(star + 2..).unwrap_or_default()),
+                _ => pattern.clone(),
+            };
+            names.push(ZoneName { entry, pattern: pattern.clone(), rule: rule.to_string(), host });
+        }
+    }
+    names
+}
+
+fn print_zone(lab: &Lab, names: &[ZoneName]) {
+    println!(
+        "\nDNS zone of the gateway (dns={}; other names: NXDOMAIN, so a 503 `dns_resolution_failure`):",
+        lab.dns.addr()
+    );
+    for name in names {
+        let upstream = lab.upstream(name.host).map(|ip| ip.to_string()).unwrap_or_default();
+        let stands_for = if name.entry == name.pattern { String::new() } else { format!(", for {}", name.pattern) };
+        println!("  {:<28} -> {upstream}    # rule {}{stands_for}", name.entry, name.rule);
+    }
+    println!(
+        "Each upstream host answers with what it received (`upstream` says which host), on ports {UPSTREAM_PORTS:?}."
+    );
+}
+
 /// A few curl lines for the policy at hand, each with the outcome the policy engine predicts.
-fn print_tries(lab: &Lab, policy: &Policy) {
+fn print_tries(lab: &Lab, policy: &Policy, key_id: Option<&str>) {
     let (http, tls, mtls) = (lab.http(), lab.tls(), lab.mtls());
     let ca = lab.files.join("ca.crt");
     let ca = ca.display();
@@ -188,10 +261,12 @@ fn print_tries(lab: &Lab, policy: &Policy) {
         dir = lab.files.display()
     );
     println!("  curl -s http://{}/stats?filter=wasmcustom    # decisions counted", lab.envoy.admin());
-    println!(
-        "\nSigned identity assertions (when the identity filter signs): key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id <kid> --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers",
-        dir = lab.files.display()
-    );
+    if let Some(key_id) = key_id {
+        println!(
+            "\nSigned identity assertions: key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id {key_id} --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers",
+            dir = lab.files.display()
+        );
+    }
     println!(
         "\nAudit events (with --audit): cargo run -q -p egressctl -- audit top-denied {log}    # or redirects, would-deny\n  \
          grep -o '{{\"schema\":\"egress-audit/v1\".*}}' {log} | jq    # the events themselves",

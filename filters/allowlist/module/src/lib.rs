@@ -20,7 +20,7 @@ fn build(setup: &Setup<'_>) -> Result<Pipeline, String> {
         egress_allowlist::declare_properties()?;
     }
     let stage = Rc::new(AllowList::new(setup.host, Rc::clone(&policy), setup.layer)?);
-    let pipeline = Pipeline::new(format!("{} rules, mode {:?}", policy.rule_count(), policy.mode()));
+    let pipeline = Pipeline::new(policy.summary());
     Ok(match setup.layer {
         Layer::Http => pipeline.http(stage),
         Layer::Tls => pipeline.tls(stage),

@@ -12,8 +12,8 @@ fn build(setup: &Setup<'_>) -> Result<Pipeline, String> {
     let policy = Policy::from_json(&config::plugin_config()?).map_err(|errors| errors.to_string())?;
     egress_redirects::declare_properties()?;
     let description = match policy.follow_route_hops() {
-        Some(hops) => format!("following redirects up to {hops} hops"),
-        None => "following redirects off".to_string(),
+        Some(hops) => format!("policy of {}, following redirects up to {hops} hops", policy.summary()),
+        None => format!("policy of {}, following redirects off", policy.summary()),
     };
     let stage = Redirects::new(setup.host, Rc::new(policy))?;
     Ok(Pipeline::new(description).http(Rc::new(stage)))

@@ -1,0 +1,66 @@
+//! The fuzz targets' bodies, one module per target (`fuzz_targets/<name>.rs` hands libFuzzer's input to
+//! `<name>::run`). Kept in a library so that `tests/corpus.rs` replays the committed corpora through the very same
+//! functions as plain unit tests (no libFuzzer, no sanitizer): that is what CI runs (`make fuzz-smoke`).
+//!
+//! Each `run` panics on a broken property or a disagreement with its oracle (a well-kept library that defines the
+//! truth: `serde_json`, `url`, `x509-parser`, `prost`); every deliberate difference is written where it is allowed.
+
+// Fuzz code states its properties with assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod assertion;
+pub mod audit_log;
+pub mod authority;
+pub mod certificate;
+pub mod cidr;
+pub mod decision;
+pub mod json;
+pub mod otlp;
+pub mod path;
+pub mod policy;
+pub mod records;
+pub mod redirect;
+pub mod xfcc;
+
+/// A target's body: panics when a property or an oracle fails for `data`.
+pub type Run = fn(&[u8]);
+
+/// Every target, by name, for the corpus replay.
+pub const TARGETS: &[(&str, Run)] = &[
+    ("assertion", assertion::run),
+    ("audit_log", audit_log::run),
+    ("authority", authority::run),
+    ("certificate", certificate::run),
+    ("cidr", cidr::run),
+    ("decision", decision::run),
+    ("json", json::run),
+    ("otlp", otlp::run),
+    ("path", path::run),
+    ("policy", policy::run),
+    ("records", records::run),
+    ("redirect", redirect::run),
+    ("xfcc", xfcc::run),
+];
+
+/// The input as text; most parsers take `&str` (their callers hold header values or configuration strings).
+pub(crate) fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// The first byte (a selector for the input's mode) and the rest.
+pub(crate) fn selector(data: &[u8]) -> (u8, &[u8]) {
+    match data.split_first() {
+        Some((&first, rest)) => (first, rest),
+        None => (0, data),
+    }
+}
+
+/// Whether a `serde_json` value holds a number that is not an integer (the filters' reader refuses them all).
+pub(crate) fn has_float(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) => n.is_f64(),
+        serde_json::Value::Array(items) => items.iter().any(has_float),
+        serde_json::Value::Object(members) => members.values().any(has_float),
+        _ => false,
+    }
+}
