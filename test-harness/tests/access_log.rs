@@ -23,6 +23,11 @@ const POLICY: &str = r#"{
 }"#;
 /// Anonymous callers pass without identity headers; tunnels are allowed so a TLS-passthrough connection is vetted
 /// by the allow-list (and logged) rather than closed by the identity stage.
+/// The fingerprint every decision record of `policy` carries.
+fn fingerprint(policy: &str) -> String {
+    egress_core::Policy::from_json(policy.as_bytes()).unwrap().fingerprint().to_string()
+}
+
 const IDENTITY: &str = r#"{"onMissing": "anonymous", "tunnels": "allow"}"#;
 const SLEEP: &str = "spiffe://cluster.local/ns/app/sa/sleep";
 
@@ -145,7 +150,7 @@ fn envoys_own_access_log_carries_decision_identity_and_redirects_without_the_aud
     assert_eq!(
         allowed["decision"],
         json!({"action": "allow", "reason": "allowed", "rule": "sleep-only",
-               "destination": "internal.example:443", "mode": "enforce"})
+               "destination": "internal.example:443", "mode": "enforce", "policy": fingerprint(POLICY)})
     );
     assert_eq!(allowed["identity"], json!({"source": "mtls", "id": SLEEP}));
     assert_eq!((allowed["source_principal"].as_str(), allowed["code"].as_u64()), (Some(SLEEP), Some(200)));
@@ -156,7 +161,7 @@ fn envoys_own_access_log_carries_decision_identity_and_redirects_without_the_aud
     assert_eq!(
         denied["decision"],
         json!({"action": "deny", "reason": "host_not_allowed", "rule": null,
-               "destination": "example.com:80", "mode": "enforce"})
+               "destination": "example.com:80", "mode": "enforce", "policy": fingerprint(POLICY)})
     );
     assert_eq!(denied["identity"], json!({"source": "none", "id": null}));
     assert_eq!((denied["code"].as_u64(), denied["authority"].as_str()), (Some(403), Some("example.com")));

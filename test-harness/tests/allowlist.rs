@@ -92,7 +92,8 @@ fn allowed_hosts_reach_the_upstream_and_others_get_a_403_with_the_reason() {
     assert_eq!(
         denied_line["decision"],
         serde_json::json!({"action": "deny", "reason": "host_not_allowed", "rule": null,
-                           "destination": "example.com:80", "mode": "enforce"})
+                           "destination": "example.com:80", "mode": "enforce",
+                           "policy": egress_core::Policy::from_json(POLICY.as_bytes()).unwrap().fingerprint().to_string()})
     );
     let allowed_line = log.iter().find(|l| l["authority"] == "httpbin.org").expect("access log line");
     let decision = &allowed_line["decision"];

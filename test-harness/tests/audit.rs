@@ -77,7 +77,8 @@ fn events_describe_each_request_and_redact_what_they_must() {
     assert_eq!(allowed["kind"], "http");
     assert_eq!(
         allowed["decision"],
-        json!({"action": "allow", "reason": "allowed", "rule": "httpbin", "mode": "enforce"})
+        json!({"action": "allow", "reason": "allowed", "rule": "httpbin", "mode": "enforce",
+               "policy": egress_core::Policy::from_json(POLICY.as_bytes()).unwrap().fingerprint().to_string()})
     );
     assert_eq!(
         (allowed["destination"]["host"].as_str(), allowed["destination"]["port"].as_u64()),
@@ -139,7 +140,8 @@ fn report_mode_events_say_what_would_have_been_denied() {
     let events = collector.wait_for_events(1, Duration::from_secs(10));
     assert_eq!(
         events[0]["decision"],
-        json!({"action": "report-deny", "reason": "host_not_allowed", "rule": null, "mode": "report"})
+        json!({"action": "report-deny", "reason": "host_not_allowed", "rule": null, "mode": "report",
+               "policy": egress_core::Policy::from_json(report.as_bytes()).unwrap().fingerprint().to_string()})
     );
     let with_query = Collector::start().unwrap();
     let gateway =
