@@ -1473,6 +1473,25 @@ fn vm_growth(
     worst
 }
 
+/// The end of warm-up: a vertical line at `x`, in the legend.
+fn warm_up_line(
+    chart: &mut ChartContext<
+        '_,
+        BitMapBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    x: f64,
+    y_max: f64,
+) -> Result<(), Error> {
+    let style = BLACK.mix(0.6).stroke_width(2);
+    chart
+        .draw_series(LineSeries::new([(x, 0.0), (x, y_max)], style))
+        .map_err(|e| e.to_string())?
+        .label("end of warm-up")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    Ok(())
+}
+
 /// A line of the plot: its legend, its colour, its value in a sample.
 type Series = (&'static str, RGBColor, fn(&Sample) -> u64);
 
@@ -1512,9 +1531,7 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         if let Some(w) = warm_x {
-            chart
-                .draw_series(LineSeries::new([(w, 0.0), (w, y_max)], RGBColor(150, 150, 150)))
-                .map_err(|e| e.to_string())?;
+            warm_up_line(&mut chart, w, y_max)?;
         }
         chart
             .configure_series_labels()
@@ -1533,11 +1550,28 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(|e| e.to_string())?;
         chart.configure_mesh().x_desc("requests (thousands)").y_desc("KiB").draw().map_err(|e| e.to_string())?;
-        for (i, (start, label)) in r.vms.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+        // In colour the VM of each module that serves the requests (`#1`, the worker's), with its resident pages;
+        // the others (the main thread's copy, the base VM) in grey, memory only: they stay as configured.
+        let mut colours = 0;
+        let mut others = false;
+        for (start, label) in &r.vms {
             let points = |pick: fn(&Memory) -> u64| {
                 load.iter().filter_map(|s| s.vm(*start).map(|vm| (x(s), kib(pick(vm))))).collect::<Vec<_>>()
             };
+            if !label.ends_with("#1") {
+                let grey = RGBColor(170, 170, 170);
+                let series =
+                    chart.draw_series(LineSeries::new(points(|vm| vm.bytes), grey)).map_err(|e| e.to_string())?;
+                if !others {
+                    others = true;
+                    series
+                        .label("the other VMs (main thread, base)")
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+                }
+                continue;
+            }
+            let color = Palette99::pick(colours).to_rgba();
+            colours += 1;
             chart
                 .draw_series(LineSeries::new(points(|vm| vm.bytes), color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
@@ -1546,9 +1580,7 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
             chart.draw_series(LineSeries::new(points(|vm| vm.resident), color.mix(0.4))).map_err(|e| e.to_string())?;
         }
         if let Some(w) = warm_x {
-            chart
-                .draw_series(LineSeries::new([(w, 0.0), (w, y_max)], RGBColor(150, 150, 150)))
-                .map_err(|e| e.to_string())?;
+            warm_up_line(&mut chart, w, y_max)?;
         }
         chart
             .configure_series_labels()

@@ -11,7 +11,8 @@
 //!   to `serde_json` (it skips them without its recursion limit or surrogate checks).
 //! - NDJSON: no response body is read (`None`).
 
-use egress_core::otlp::{self, Encoding, Rejected};
+use egress_core::audit::Encoding;
+use egress_core::otlp::{self, Rejected};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct ExportLogsServiceResponse {

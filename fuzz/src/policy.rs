@@ -8,7 +8,7 @@
 //!
 //! Oracles:
 //! - the derived `Deserialize` of the document types, which the hand-written reader promises to match, run by our
-//!   path-tracking deserializer (`from_json_with_path`): the same document, or problems at the same field paths
+//!   path-tracking deserializer (`json::from_slice`): the same document, or problems at the same field paths
 //!   (the stream reports every problem of a document, the derived `Deserialize` its first; a syntax error comes
 //!   first in a tree read whole, in document order in the stream);
 //! - the same derived `Deserialize` run by `serde_json`: the same acceptance and the same document. Deliberate
@@ -22,9 +22,9 @@
 //! the same paths under `policy`.
 
 use egress_core::audit::AuditDocument;
-use egress_core::policy::from_json_with_path;
+use egress_core::json::from_slice;
 use egress_core::suite::SuiteConfig;
-use egress_core::workload::IdentityDocument;
+use egress_core::identity::IdentityDocument;
 use egress_core::{ConfigError, ConfigErrors, Policy, PolicyDocument};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,7 +44,7 @@ pub fn run(data: &[u8]) {
 
 fn policy(json: &[u8], chunk: usize) {
     let streamed = PolicyDocument::from_json(json);
-    let derived = from_json_with_path::<PolicyDocument>(json);
+    let derived = from_slice::<PolicyDocument>(json);
     match (&streamed, &derived) {
         (Ok(_), Ok(_)) => assert_eq!(debug(&streamed), debug(&derived), "the streaming reader and the derived differ"),
         // The stream reports every problem, in document order (a syntax error ends it); the derived `Deserialize`
@@ -105,11 +105,11 @@ fn suite(json: &[u8]) {
 
 /// A document read whole by the path-tracking deserializer, against `serde_json`.
 fn document<T: DeserializeOwned + Serialize + Debug>(json: &[u8]) {
-    let ours = from_json_with_path::<T>(json);
+    let ours = from_slice::<T>(json);
     against_serde_json(json, &ours);
     if let Ok(document) = &ours {
         let printed = serde_json::to_string(document).unwrap();
-        assert_eq!(debug(&from_json_with_path::<T>(printed.as_bytes())), debug(&ours), "printed as {printed}");
+        assert_eq!(debug(&from_slice::<T>(printed.as_bytes())), debug(&ours), "printed as {printed}");
     }
 }
 

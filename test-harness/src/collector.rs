@@ -43,6 +43,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 
 use crate::pki::Error;
+pub use egress_core::audit::Encoding;
 
 /// How long a rebind after [`Mode::Down`] keeps retrying before giving up. With `SO_REUSEADDR` the first attempt
 /// normally succeeds; retries only cover a port that something else briefly holds.
@@ -85,38 +86,15 @@ pub enum Mode {
     Discard,
 }
 
-/// How a batch was encoded, from its `content-type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    /// OTLP/HTTP, binary protobuf (`application/x-protobuf`).
-    Protobuf,
-    /// OTLP/HTTP, the protobuf JSON mapping (`application/json`).
-    Json,
-    /// One event per line (any other `content-type`, or none).
-    Ndjson,
-}
-
-impl Encoding {
-    /// The encoding of a request with these headers: by the media type of `content-type`, parameters ignored.
-    pub fn of(headers: &HeaderMap) -> Encoding {
-        let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
-        let media_type = content_type.split(';').next().unwrap_or_default().trim();
-        if media_type.eq_ignore_ascii_case("application/x-protobuf") {
-            Encoding::Protobuf
-        } else if media_type.eq_ignore_ascii_case("application/json") {
-            Encoding::Json
-        } else {
-            Encoding::Ndjson
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Protobuf => "application/x-protobuf",
-            Encoding::Json => "application/json",
-            Encoding::Ndjson => "application/x-ndjson",
-        }
-    }
+/// How a batch was encoded, from the media type of its `content-type` (parameters ignored): what the audit stage
+/// writes ([`Encoding::content_type`]), NDJSON for anything else or nothing.
+pub fn encoding_of(headers: &HeaderMap) -> Encoding {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    [Encoding::Protobuf, Encoding::Json]
+        .into_iter()
+        .find(|encoding| media_type.eq_ignore_ascii_case(encoding.content_type()))
+        .unwrap_or(Encoding::Ndjson)
 }
 
 /// One received event with everything its batch said about it. For NDJSON only `body`, `body_text` and `encoding`
@@ -415,7 +393,7 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Respo
         return Ok(answer(StatusCode::METHOD_NOT_ALLOWED));
     }
     lock(&shared.received).requests += 1;
-    let encoding = Encoding::of(request.headers());
+    let encoding = encoding_of(request.headers());
     if *lock(&shared.mode) == Mode::Discard {
         // Counted frame by frame and dropped: no buffer, no copy, no parsing.
         let (bytes, complete) = drain(request.into_body()).await;

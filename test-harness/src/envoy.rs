@@ -148,14 +148,24 @@ pub fn install_wheel(version: &str) -> Result<PathBuf, Error> {
     }
 }
 
-/// A private, fresh directory for one run (config, admin address, logs, certificates).
+/// A private (mode 700), fresh directory for one run (config, admin address, logs, certificates and keys).
 pub fn run_dir() -> Result<PathBuf, Error> {
+    use std::os::unix::fs::PermissionsExt;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir =
         env::temp_dir().join(format!("egress-lab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+/// Removes a run directory that is done with, unless `EGRESS_KEEP_RUNS` is set (or a test is failing: its files
+/// are what explains the failure).
+pub fn remove_run_dir(dir: &Path) {
+    if !thread::panicking() && env::var_os("EGRESS_KEEP_RUNS").is_none() {
+        let _ = fs::remove_dir_all(dir);
+    }
 }
 
 /// A running Envoy. Dropping it stops it.
@@ -169,7 +179,12 @@ pub struct Envoy {
 impl Envoy {
     /// Writes `bootstrap`, starts Envoy, waits for `/ready`, and reads back the listeners' real addresses.
     pub fn start(launcher: &Launcher, bootstrap: &Value) -> Result<Envoy, Error> {
-        let dir = run_dir()?;
+        Envoy::start_in(launcher, bootstrap, run_dir()?)
+    }
+
+    /// [`Envoy::start`] in the run directory `dir` (from [`run_dir`]), which the Envoy owns from now on: it is
+    /// removed when the Envoy stops, or fails to start.
+    pub fn start_in(launcher: &Launcher, bootstrap: &Value, dir: PathBuf) -> Result<Envoy, Error> {
         let config = dir.join("envoy.json");
         fs::write(&config, serde_json::to_string_pretty(bootstrap)?)?;
         let log = fs::File::create(dir.join("envoy.log"))?;
@@ -198,7 +213,7 @@ impl Envoy {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                return Err(format!("Envoy exited ({status}) before it was ready:\n{}", self.log_tail(60)).into());
+                return Err(format!("Envoy exited ({status}) before it was ready: {}", self.why_not_ready()).into());
             }
             if let Some(admin) = fs::read_to_string(admin_path).ok().and_then(|s| s.trim().parse().ok()) {
                 self.admin = admin;
@@ -208,7 +223,7 @@ impl Envoy {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("Envoy not ready after {READY_TIMEOUT:?}:\n{}", self.log_tail(60)).into())
+        Err(format!("Envoy not ready after {READY_TIMEOUT:?}: {}", self.why_not_ready()).into())
     }
 
     fn read_listeners(&self) -> Result<HashMap<String, SocketAddr>, Error> {
@@ -268,6 +283,18 @@ impl Envoy {
         fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
 
+    /// What Envoy said was wrong: its critical and error lines (the last lines of its log when it said nothing).
+    fn why_not_ready(&self) -> String {
+        let log = self.log();
+        let said: Vec<&str> =
+            log.lines().filter(|line| line.contains("][critical][") || line.contains("][error][")).collect();
+        let mut why = if said.is_empty() { self.log_tail(20) } else { said.join("\n") };
+        if log.contains("Address already in use") || log.contains("cannot bind") {
+            why.push_str("\na listener's port is taken: choose other ports (egress-lab --listen 127.0.0.1:PORT, make run LISTEN=127.0.0.1:PORT; the TLS and mTLS listeners take the next two)");
+        }
+        why
+    }
+
     fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
         let all: Vec<&str> = log.lines().collect();
@@ -297,8 +324,6 @@ impl Drop for Envoy {
         let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !thread::panicking() && env::var_os("EGRESS_KEEP_RUNS").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        remove_run_dir(&self.dir);
     }
 }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod collector;
 pub mod compose;
+pub mod demo;
 pub mod dns;
 pub mod ecds;
 pub mod echo;
@@ -20,8 +21,8 @@ pub mod rotel;
 use bootstrap::{AddressVetting, Gateway, MtlsFiles, PathNormalization, Resolver, Routing};
 use dns::{Dns, Zone};
 use echo::Echo;
+use egress_core::identity::IdentityConfig;
 use egress_core::resolved::AddressPolicy;
-use egress_core::workload::IdentityConfig;
 use egress_core::Policy;
 use egressctl::config::{self, Kind};
 use envoy::{Envoy, Launcher};
@@ -369,17 +370,24 @@ pub struct Lab {
     /// (Envoy uses it from its next refresh, within [`Resolver::lab`]'s second).
     pub dns: Dns,
     pub pki: TestPki,
-    /// Certificates and keys written for Envoy and for curl.
+    /// The run directory: Envoy's configuration and log, the access log, the certificates and keys written for Envoy
+    /// and for curl (mode 700; keys 600).
     pub files: PathBuf,
     /// The plugins' ECDS resources, with [`ecds::Delivery::Ecds`] (under `files`).
     pub ecds: Option<ecds::Ecds>,
 }
 
 impl Lab {
+    /// Starts the upstreams, the DNS server and Envoy, in one run directory ([`Lab::files`]): removed when the lab
+    /// stops, or fails to start.
     pub fn start(options: &LabOptions) -> Result<Lab, Error> {
+        let files = envoy::run_dir()?;
+        Lab::start_in(options, files.clone()).inspect_err(|_| envoy::remove_run_dir(&files))
+    }
+
+    fn start_in(options: &LabOptions, files: PathBuf) -> Result<Lab, Error> {
         let pki = TestPki::new()?;
         let (echo, dns) = start_upstreams(&pki, &options.zone)?;
-        let files = envoy::run_dir()?;
         let ca = pki.write_ca(&files)?;
         let gateway_cert = pki.issue_server_with_uri(&["egress-gateway", "localhost"], GATEWAY_SPIFFE_ID)?;
         let (cert, key) = pki.write_files(&files, "gateway", &gateway_cert)?;
@@ -400,7 +408,7 @@ impl Lab {
             Some(ecds) => ecds.render(&gateway, &routing)?,
             None => gateway.render_with(&routing),
         };
-        let envoy = Envoy::start(&launcher, &bootstrap)?;
+        let envoy = Envoy::start_in(&launcher, &bootstrap, files.clone())?;
         Ok(Lab { envoy, echo, dns, pki, files, ecds })
     }
 

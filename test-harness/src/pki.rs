@@ -137,7 +137,7 @@ impl TestPki {
         let cert_path = dir.join(format!("{name}.crt"));
         let key_path = dir.join(format!("{name}.key"));
         fs::write(&cert_path, &ck.cert_pem)?;
-        fs::write(&key_path, &ck.key_pem)?;
+        write_private(&key_path, ck.key_pem.as_bytes())?;
         Ok((cert_path, key_path))
     }
 
@@ -246,6 +246,13 @@ impl ResolvesServerCert for IssueForSni {
             }
         }
     }
+}
+
+/// Writes a file only its owner can read (mode 600): private keys, signing keys.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(contents)
 }
 
 #[cfg(test)]

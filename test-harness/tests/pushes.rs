@@ -24,6 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use egress_core::audit::AuditConfig;
 use egress_core::fingerprint::Fingerprint;
 use egress_core::Policy;
 use egress_harness::client::{self, Response};
@@ -355,6 +356,9 @@ fn the_fingerprint_gauges_and_every_record_name_the_policy_that_serves_and_a_ref
     assert_eq!(served(&lab, false), serving(POLICY_A));
     assert_eq!(served(&lab, true), serving(POLICY_A));
     assert_recorded_as(&lab, "/first", POLICY_A);
+    // The audit configuration serves by its own fingerprint.
+    let audit = AuditConfig::from_json(AUDIT_LOG.as_bytes()).expect("a valid audit configuration").fingerprint();
+    assert_eq!(lab.envoy.stat("wasmcustom.egress_audit_config_fingerprint"), Some(audit.gauge()));
 
     // A good push: once it is applied the HTTP gauges name it (each VM sets them as it compiles the policy), the
     // TLS ones stay with their own plugin's policy; the module logs the fingerprint it configured.

@@ -10,8 +10,9 @@
 
 pub mod shipper;
 
+use egress_core::audit::Encoding;
 use egress_core::audit::{AuditConfig, EventKind, Observed};
-use egress_core::otlp::{self, Encoding};
+use egress_core::otlp;
 use egress_core::redirect::HopState;
 use egress_core::resolved;
 use egress_core::state::{self, DecisionRecord, IdentityRecord, ToJson};
@@ -93,11 +94,16 @@ pub struct Audit {
     /// a property).
     http_facts: Option<Attributes>,
     tls_facts: Option<Attributes>,
+    /// Every batch is written here: one buffer for the life of the worker ([`otlp::batch`]).
+    batch_buffer: RefCell<Vec<u8>>,
 }
 
 impl Audit {
+    /// The stage, its metrics defined, and the gauge that says which configuration serves:
+    /// `egress_audit_config_fingerprint` (the fingerprint's first 48 bits), set here, at configure time.
     pub fn new(host: &dyn Host, config: AuditConfig) -> Result<Audit, String> {
         let metrics = Metrics::define(host)?;
+        Gauge::define(host, "egress_audit_config_fingerprint")?.record(host, config.fingerprint().gauge());
         let node = string(host, &["xds", "node", "id"]);
         let shipper = config.collector.as_ref().map(|collector| {
             let limits = Limits {
@@ -114,7 +120,8 @@ impl Audit {
             service_name: config.collector.as_ref().map(|c| c.service_name.clone()).unwrap_or_default(),
             instance_id: node.clone(),
         };
-        Ok(Audit { config, metrics, shipper, node, resource, http_facts, tls_facts })
+        let batch_buffer = RefCell::new(Vec::new());
+        Ok(Audit { config, metrics, shipper, node, resource, http_facts, tls_facts, batch_buffer })
     }
 
     /// The values of `facts` (a batch when it was prepared, else one property read each), in order.
@@ -132,8 +139,7 @@ impl Audit {
 
     /// What the log line says was configured.
     pub fn describe(&self) -> String {
-        let collector = self.config.collector.as_ref().map(|c| c.cluster.as_str());
-        format!("audit log {}, collector {collector:?}", self.config.log)
+        format!("audit {}", self.config.summary())
     }
 
     fn emit(&self, host: &dyn Host, observed: Observed) {
@@ -196,8 +202,15 @@ impl Audit {
         let mut shipper = shipper.borrow_mut();
         let now = now_ms(host);
         if let Some(records) = shipper.next_batch(now) {
-            let body = otlp::batch(collector.encoding, &self.resource, records);
-            let body = if collector.gzip { gzip(&body) } else { body };
+            let mut body = self.batch_buffer.borrow_mut();
+            otlp::batch(collector.encoding, &self.resource, records, &mut body);
+            let gzipped;
+            let body: &[u8] = if collector.gzip {
+                gzipped = gzip(&body);
+                &gzipped
+            } else {
+                &body
+            };
             let mut headers = vec![
                 (":method", "POST"),
                 (":path", collector.path.as_str()),
@@ -208,7 +221,7 @@ impl Audit {
                 headers.push(("content-encoding", "gzip"));
             }
             let timeout = Duration::from_millis(u64::from(collector.timeout_ms));
-            match host.dispatch_http_call(&collector.cluster, &headers, &body, timeout) {
+            match host.dispatch_http_call(&collector.cluster, &headers, body, timeout) {
                 Ok(token) => shipper.dispatched(token),
                 Err(status) => {
                     host.log(
@@ -466,6 +479,15 @@ mod tests {
     fn log_one(audit: &Audit, host: &FakeHost) {
         let mut request = Request::new(Some(0));
         HttpStage::on_log(audit, host, &mut request).unwrap();
+    }
+
+    #[test]
+    fn the_serving_configuration_is_a_gauge() {
+        let host = FakeHost::new();
+        let stage = audit(&host, r#"{"cluster":"otel","authority":"collector"}"#);
+        let fingerprint = stage.config.fingerprint();
+        assert_eq!(host.metric("egress_audit_config_fingerprint"), i64::try_from(fingerprint.gauge()).ok());
+        assert!(stage.describe().ends_with(&format!("fingerprint {fingerprint}")), "{}", stage.describe());
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Shipper {
         if !full && !due {
             return None;
         }
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(self.limits.batch_max_events.min(self.queue.len()));
         let mut bytes = 0;
         while let Some(record) = self.queue.front() {
             let size = record.len();

@@ -2,9 +2,9 @@
 //! (`egressctl validate`), and asked what they decide (`egressctl explain`).
 
 use egress_core::audit::AuditConfig;
+use egress_core::identity::IdentityConfig;
 use egress_core::redirect::{self, BaseRequest};
 use egress_core::suite::SuiteConfig;
-use egress_core::workload::IdentityConfig;
 use egress_core::{Action, ConfigErrors, Decision, HttpRequest, Policy, SpiffeId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -93,72 +93,78 @@ impl Checked {
                 let follow = policy.follow_route_hops().map_or("off".to_string(), |hops| format!("up to {hops} hops"));
                 format!("valid policy: {}, following redirects {follow}", policy.summary())
             }
-            Checked::Identity(config) => format!("valid identity configuration (onMissing {:?})", config.on_missing),
+            Checked::Identity(config) => format!("valid identity configuration: {}", config.summary()),
             Checked::Suite(config) => format!("valid suite configuration: {}", config.describe()),
-            Checked::Audit(config) => {
-                format!("valid audit configuration (collector: {})", config.collector.is_some())
-            }
+            Checked::Audit(config) => format!("valid audit configuration: {}", config.summary()),
         }
     }
 }
 
-/// Validates the suite's Istio resources in `path` (a file of YAML documents, or a directory of them, as
-/// `egressctl render` writes them) before they are applied: every `WasmPlugin` and `TrafficExtension` of one of
-/// the suite's plugins (by `pluginName`) has its `pluginConfig` checked by the code of the filter that will read it,
-/// each problem located as `<file>: <Kind> <namespace>/<name>: spec.pluginConfig.<field path>`. Other resources are
-/// passed over. `Ok` lists what was checked; `Err` every problem (and is also what a file without any of the
-/// suite's plugins gives: nothing was checked).
-pub fn validate_manifests(path: &Path) -> Result<String, Vec<String>> {
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| vec![format!("{}: {e}", path.display())])?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|file| file.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
+/// The largest object etcd stores: its `--max-request-bytes`, 1.5 MiB by default. The API server refuses to
+/// write a larger one.
+pub const ETCD_OBJECT_MAX: usize = 1_572_864;
+/// What the API server adds to an object before it stores it (uid, timestamps, `managedFields`…), kept free.
+pub const API_SERVER_HEADROOM: usize = 8 * 1024;
+/// The annotations client-side `kubectl apply` can write: it copies the whole object into one.
+pub const CLIENT_SIDE_APPLY_MAX: usize = 262_144;
+
+/// Validates the suite's Istio resources in `paths` (files of YAML documents, or directories of them, as
+/// `egressctl render` writes them) before they are applied:
+/// - every `WasmPlugin` and `TrafficExtension` of one of the suite's plugins (by `pluginName`) has its
+///   `pluginConfig` checked by the code of the filter that will read it, each problem located as
+///   `<file>: <Kind> <namespace>/<name>: spec.pluginConfig.<field path>`;
+/// - every resource is measured as the API server stores it (compact JSON): one that etcd would refuse
+///   ([`ETCD_OBJECT_MAX`], less [`API_SERVER_HEADROOM`]) is a problem; one too large for client-side `kubectl
+///   apply` ([`CLIENT_SIDE_APPLY_MAX`]) is named in the output, to be applied server-side.
+///
+/// `Ok` lists what was checked; `Err` every problem (and is also what paths without any of the suite's plugins
+/// give: nothing was checked that could be refused by a gateway).
+pub fn validate_manifests(paths: &[&Path]) -> Result<String, Vec<String>> {
     let (mut checked, mut problems) = (Vec::new(), Vec::new());
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
-        for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            let value = match serde_yaml_ng::Value::deserialize(document) {
-                Ok(value) => value,
+    let mut plugins = 0;
+    for path in paths {
+        let files = match manifest_files(path) {
+            Ok(files) => files,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        for file in &files {
+            let text = match std::fs::read_to_string(file) {
+                Ok(text) => text,
                 Err(e) => {
                     problems.push(format!("{}: {e}", file.display()));
-                    break;
-                }
-            };
-            let Some(plugin) = Plugin::of(&value) else { continue };
-            let shown = format!("{}: {} {}/{}", file.display(), plugin.kind, plugin.namespace, plugin.name);
-            let Some(kind) = crate::render::config_kind(&plugin.plugin_name) else {
-                problems.push(format!("{shown}: pluginName `{}` is none of the suite's root ids", plugin.plugin_name));
-                continue;
-            };
-            let json = match plugin.config.map(to_json).transpose() {
-                Ok(json) => json.unwrap_or_default(),
-                Err(e) => {
-                    problems.push(format!("{shown}: {}: {e}", plugin.config_at));
                     continue;
                 }
             };
-            match check_located(kind, &json) {
-                Ok(valid) => checked.push(format!("{shown}: {}", valid.summary())),
-                Err(errors) => problems.extend(errors.0.iter().map(|error| {
-                    let at = match error.path.as_str() {
-                        "(document)" => plugin.config_at.to_string(),
-                        path if path.starts_with('[') => format!("{}{path}", plugin.config_at),
-                        path => format!("{}.{path}", plugin.config_at),
-                    };
-                    format!("{shown}: {at}: {}", error.message)
-                })),
+            for document in serde_yaml_ng::Deserializer::from_str(&text) {
+                let value = match serde_yaml_ng::Value::deserialize(document) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", file.display()));
+                        break;
+                    }
+                };
+                if value.is_null() {
+                    continue;
+                }
+                let resource = Resource::of(&value);
+                let shown = format!("{}: {} {}/{}", file.display(), resource.kind, resource.namespace, resource.name);
+                match check_size(&value) {
+                    Ok(None) => {}
+                    Ok(Some(note)) => checked.push(format!("{shown}: {note}")),
+                    Err(problem) => problems.push(format!("{shown}: {problem}")),
+                }
+                let Some(plugin) = Plugin::of(&value) else { continue };
+                plugins += 1;
+                check_plugin(&plugin, &shown, &mut checked, &mut problems);
             }
         }
     }
-    if checked.is_empty() && problems.is_empty() {
-        problems.push(format!("{}: no WasmPlugin or TrafficExtension of the suite to check", path.display()));
+    if plugins == 0 && problems.is_empty() {
+        let shown: Vec<String> = paths.iter().map(|path| path.display().to_string()).collect();
+        problems.push(format!("{}: no WasmPlugin or TrafficExtension of the suite to check", shown.join(", ")));
     }
     if problems.is_empty() {
         Ok(checked.join("\n"))
@@ -167,11 +173,87 @@ pub fn validate_manifests(path: &Path) -> Result<String, Vec<String>> {
     }
 }
 
-/// One of the resources that carry a plugin configuration.
-struct Plugin<'v> {
-    kind: &'static str,
+/// The file `path`, or the `.yaml`/`.yml` files of the directory `path`, sorted.
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| file.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Whether the API server can store `resource` (as compact JSON, what it writes to etcd): `Err` when etcd would
+/// refuse it, a note when client-side `kubectl apply` would.
+fn check_size(resource: &serde_yaml_ng::Value) -> Result<Option<String>, String> {
+    let size = to_json(resource)?.len();
+    let limit = ETCD_OBJECT_MAX - API_SERVER_HEADROOM;
+    if size > limit {
+        return Err(format!(
+            "{size} bytes as JSON: etcd refuses objects over {ETCD_OBJECT_MAX} bytes (its --max-request-bytes), \
+             and the API server adds metadata: keep it under {limit} (a smaller policy: wildcards, not lists of names)"
+        ));
+    }
+    Ok((size > CLIENT_SIDE_APPLY_MAX).then(|| {
+        format!(
+            "{size} bytes as JSON: apply it with `kubectl apply --server-side` (client-side apply copies it into an \
+             annotation, and annotations hold at most {CLIENT_SIDE_APPLY_MAX} bytes)"
+        )
+    }))
+}
+
+/// Checks one plugin's configuration with the code of the filter that will read it.
+fn check_plugin(plugin: &Plugin<'_>, shown: &str, checked: &mut Vec<String>, problems: &mut Vec<String>) {
+    let Some(kind) = crate::render::config_kind(&plugin.plugin_name) else {
+        problems.push(format!("{shown}: pluginName `{}` is none of the suite's root ids", plugin.plugin_name));
+        return;
+    };
+    let json = match plugin.config.map(to_json).transpose() {
+        Ok(json) => json.unwrap_or_default(),
+        Err(e) => {
+            problems.push(format!("{shown}: {}: {e}", plugin.config_at));
+            return;
+        }
+    };
+    match check_located(kind, &json) {
+        Ok(valid) => checked.push(format!("{shown}: {}", valid.summary())),
+        Err(errors) => problems.extend(errors.0.iter().map(|error| {
+            let at = match error.path.as_str() {
+                "(document)" => plugin.config_at.to_string(),
+                path if path.starts_with('[') => format!("{}{path}", plugin.config_at),
+                path => format!("{}.{path}", plugin.config_at),
+            };
+            format!("{shown}: {at}: {}", error.message)
+        })),
+    }
+}
+
+/// Any Kubernetes resource, by what names it.
+struct Resource {
+    kind: String,
     namespace: String,
     name: String,
+}
+
+impl Resource {
+    fn of(resource: &serde_yaml_ng::Value) -> Resource {
+        let text =
+            |value: Option<&serde_yaml_ng::Value>| value.and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let metadata = resource.get("metadata");
+        Resource {
+            kind: text(resource.get("kind")),
+            namespace: text(metadata.and_then(|m| m.get("namespace"))),
+            name: text(metadata.and_then(|m| m.get("name"))),
+        }
+    }
+}
+
+/// One of the resources that carry a plugin configuration.
+struct Plugin<'v> {
     plugin_name: String,
     /// Where its configuration is: `spec.pluginConfig` (WasmPlugin) or `spec.wasm.pluginConfig` (TrafficExtension).
     config_at: &'static str,
@@ -180,19 +262,13 @@ struct Plugin<'v> {
 
 impl<'v> Plugin<'v> {
     fn of(resource: &'v serde_yaml_ng::Value) -> Option<Plugin<'v>> {
-        let (kind, wasm, config_at) = match resource.get("kind")?.as_str()? {
-            "WasmPlugin" => ("WasmPlugin", resource.get("spec")?, "spec.pluginConfig"),
-            "TrafficExtension" => ("TrafficExtension", resource.get("spec")?.get("wasm")?, "spec.wasm.pluginConfig"),
+        let (wasm, config_at) = match resource.get("kind")?.as_str()? {
+            "WasmPlugin" => (resource.get("spec")?, "spec.pluginConfig"),
+            "TrafficExtension" => (resource.get("spec")?.get("wasm")?, "spec.wasm.pluginConfig"),
             _ => return None,
         };
-        let text =
-            |value: Option<&serde_yaml_ng::Value>| value.and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let metadata = resource.get("metadata");
         Some(Plugin {
-            kind,
-            namespace: text(metadata.and_then(|m| m.get("namespace"))),
-            name: text(metadata.and_then(|m| m.get("name"))),
-            plugin_name: text(wasm.get("pluginName")),
+            plugin_name: wasm.get("pluginName").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             config_at,
             config: wasm.get("pluginConfig").filter(|config| !config.is_null()),
         })

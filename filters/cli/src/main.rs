@@ -57,9 +57,10 @@ or `skopeo copy oci:DIR:TAG docker://REPO:TAG`.
 validate checks a configuration file (YAML or JSON) exactly as its filter does when Envoy configures it, and
 names the field path of every problem (e.g. `rules[2].hosts[0]`); a valid policy is shown with its fingerprint, the
 one the gateway logs, exports (egress_allowlist_policy_fingerprint) and records in every decision. `validate
-manifests` checks the suite's rendered Istio resources (files or directories of WasmPlugin and TrafficExtension
-YAML) the same way, each problem at `<Kind> <namespace>/<name>: spec.pluginConfig.<path>`: run it in CI before
-`kubectl apply`. Exit 0 when valid, 1 when not.
+manifests` checks the suite's rendered Istio resources (files or directories of YAML) the same way, each problem
+at `<Kind> <namespace>/<name>: spec.pluginConfig.<path>`, and measures every resource as etcd stores it (refused
+over 1.5 MiB, less room for the API server's metadata; over 256 KiB, a note to apply it server-side): run it in CI
+before `kubectl apply`, on every directory you apply. Exit 0 when valid, 1 when not.
 
 explain tells what the policy decides for one request and why: the destination as the filter normalises it,
 the caller, the deciding rule or the reason for a denial. URL is http(s)://host[:port]/path, or tls://sni:port
@@ -176,12 +177,10 @@ fn validate(args: &[String]) -> Result<Verdict, Usage> {
         if paths.is_empty() {
             return Err(Usage(format!("validate manifests needs a file or directory\n\n{USAGE}")));
         }
-        let results: Vec<_> = paths.iter().map(|path| config::validate_manifests(Path::new(path))).collect();
-        let problems: Vec<String> = results.iter().filter_map(|r| r.as_ref().err()).flatten().cloned().collect();
-        return Ok(if problems.is_empty() {
-            Verdict::Valid(results.into_iter().filter_map(Result::ok).collect::<Vec<_>>().join("\n"))
-        } else {
-            Verdict::Invalid(problems.join("\n"))
+        let paths: Vec<&Path> = paths.iter().map(Path::new).collect();
+        return Ok(match config::validate_manifests(&paths) {
+            Ok(checked) => Verdict::Valid(checked),
+            Err(problems) => Verdict::Invalid(problems.join("\n")),
         });
     }
     let [kind, file] = args else { return Err(Usage(format!("validate needs a kind and a file\n\n{USAGE}"))) };

@@ -21,8 +21,8 @@
 //! cache filter of newer Envoys that closes it).
 
 use egress_core::cidr::Cidr;
-use egress_core::identity::StringMatch;
 use egress_core::resolved::{AddressPolicy, Callers};
+use egress_core::spiffe::StringMatch;
 use egress_core::Mode;
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -3,8 +3,11 @@
 //! Versioned (`schema: "egress-audit/v1"`); `schemas/egress-audit-v1.schema.json` is generated from these types
 //! (`egressctl audit schema`) and a test fails when they drift apart.
 
+use crate::config_error::{ConfigError, ConfigErrors};
+use crate::fingerprint::{Fingerprint, Fingerprinter};
+use crate::json::from_slice;
 use crate::json::Object;
-use crate::policy::{from_json_with_path, ConfigError, ConfigErrors};
+pub use crate::state::RedirectHop;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -121,21 +124,6 @@ pub struct Decision {
     /// resolved address fell in, e.g. `10.0.0.0/8 (private)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase")]
-pub struct RedirectHop {
-    /// `null` for hops the gateway followed (their 3xx never reaches a filter).
-    pub status: Option<u16>,
-    /// The target without its query.
-    pub location: Option<String>,
-    /// `allow` | `deny` | `report-deny` | `bounce`.
-    pub action: String,
-    pub reason: String,
-    #[serde(default)]
-    pub followed: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -277,11 +265,11 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn encoding(self) -> crate::otlp::Encoding {
+    pub fn encoding(self) -> Encoding {
         match self {
-            Format::OtlpProtobuf => crate::otlp::Encoding::Protobuf,
-            Format::OtlpJson => crate::otlp::Encoding::Json,
-            Format::Ndjson => crate::otlp::Encoding::Ndjson,
+            Format::OtlpProtobuf => Encoding::Protobuf,
+            Format::OtlpJson => Encoding::Json,
+            Format::Ndjson => Encoding::Ndjson,
         }
     }
 }
@@ -317,13 +305,34 @@ impl CollectorDocument {
     }
 }
 
+/// How a batch is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// OTLP/HTTP, binary protobuf (what every OTLP receiver must accept).
+    Protobuf,
+    /// OTLP/HTTP, the protobuf JSON mapping.
+    Json,
+    /// One event per line, for plain HTTP log inputs.
+    Ndjson,
+}
+
+impl Encoding {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+            Encoding::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
 /// The collector sink, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Collector {
     pub cluster: String,
     pub authority: String,
     pub path: String,
-    pub encoding: crate::otlp::Encoding,
+    pub encoding: Encoding,
     pub gzip: bool,
     pub service_name: String,
     pub batch_max_events: u32,
@@ -340,6 +349,45 @@ pub struct AuditConfig {
     pub headers: Vec<String>,
     pub log: bool,
     pub collector: Option<Collector>,
+    /// Of the configuration as compiled ([`crate::fingerprint`]).
+    fingerprint: Fingerprint,
+}
+
+/// The compiled values (header names lowercased, defaults filled in), in field order.
+fn fingerprint(include_query: bool, headers: &[String], log: bool, collector: Option<&Collector>) -> Fingerprint {
+    let mut fingerprint = Fingerprinter::new("audit");
+    fingerprint.value("includeQuery", include_query);
+    fingerprint.list("headers", Some(headers));
+    fingerprint.value("log", log);
+    match collector {
+        None => fingerprint.text("collector", "-"),
+        Some(Collector {
+            cluster,
+            authority,
+            path,
+            encoding,
+            gzip,
+            service_name,
+            batch_max_events,
+            batch_max_bytes,
+            flush_interval_ms,
+            queue_max_events,
+            timeout_ms,
+        }) => {
+            fingerprint.text("collector.cluster", cluster);
+            fingerprint.text("collector.authority", authority);
+            fingerprint.text("collector.path", path);
+            fingerprint.value("collector.format", format_args!("{encoding:?}"));
+            fingerprint.value("collector.gzip", gzip);
+            fingerprint.text("collector.serviceName", service_name);
+            fingerprint.value("collector.batchMaxEvents", batch_max_events);
+            fingerprint.value("collector.batchMaxBytes", batch_max_bytes);
+            fingerprint.value("collector.flushIntervalMs", flush_interval_ms);
+            fingerprint.value("collector.queueMaxEvents", queue_max_events);
+            fingerprint.value("collector.timeoutMs", timeout_ms);
+        }
+    }
+    fingerprint.finish()
 }
 
 impl AuditConfig {
@@ -347,7 +395,7 @@ impl AuditConfig {
     // optimises for size (this crate's hot path stays at opt-level "s"); parsing a configuration is cold.
     #[inline]
     pub fn from_json(json: &[u8]) -> Result<AuditConfig, ConfigErrors> {
-        AuditConfig::compile(from_json_with_path(json)?)
+        AuditConfig::compile(from_slice(json)?)
     }
 
     /// Validates a document, collecting every problem with its path.
@@ -420,7 +468,21 @@ impl AuditConfig {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector })
+        let fingerprint = fingerprint(doc.include_query, &headers, doc.log, collector.as_ref());
+        Ok(AuditConfig { include_query: doc.include_query, headers, log: doc.log, collector, fingerprint })
+    }
+
+    /// Which audit configuration this is ([`crate::fingerprint`]).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// `log true, collector Protobuf to outbound|4318||collector, fingerprint 9f2c04e1b7a3d580`: what a module logs
+    /// when configured.
+    pub fn summary(&self) -> String {
+        let collector =
+            self.collector.as_ref().map_or("none".to_string(), |c| format!("{:?} to {}", c.encoding, c.cluster));
+        format!("log {}, collector {collector}, fingerprint {}", self.log, self.fingerprint)
     }
 
     /// Builds the event, applying redaction: the query only when configured, only the named headers. The observed
@@ -641,45 +703,6 @@ impl RedirectHop {
             .bool("followed", self.followed);
         out.push_str(&hop.finish());
     }
-
-    /// The chain the redirects stage publishes (`egress.redirects`), read as its `Deserialize` reads it (a test holds
-    /// them together): `None` when it is not such a chain.
-    // `inline`: compiled into the calling module, optimised for size; read once per redirected request.
-    #[inline]
-    pub fn list_from_json(json: &str) -> Option<Vec<RedirectHop>> {
-        const FIELDS: &[&str] = &["status", "location", "action", "reason", "followed"];
-        let hop = |reader: &mut crate::json::Reader<'_>, path: &crate::json::Path<'_>| {
-            let mut hop = RedirectHop::default();
-            let RedirectHop { status, location, action, reason, followed } = &mut hop;
-            let seen = reader.members(path, "struct RedirectHop", FIELDS, false, &mut |reader, field, at| {
-                match field {
-                    0 => {
-                        *status = reader
-                            .optional(|reader| reader.uint(at))?
-                            .map(|n| {
-                                u16::try_from(n).map_err(|_| {
-                                    <crate::json::Error as serde::de::Error>::invalid_value(
-                                        serde::de::Unexpected::Unsigned(n),
-                                        &"u16",
-                                    )
-                                })
-                            })
-                            .transpose()?
-                    }
-                    1 => *location = reader.optional(|reader| reader.string(at))?,
-                    2 => *action = reader.string(at)?,
-                    3 => *reason = reader.string(at)?,
-                    _ => *followed = reader.boolean(at)?,
-                }
-                Ok(())
-            })?;
-            for field in [2, 3] {
-                crate::json::require(seen, field, FIELDS, path)?;
-            }
-            Ok(hop)
-        };
-        crate::json::read(&mut json.as_bytes(), |reader, path| reader.list(path, hop)).ok()
-    }
 }
 
 /// `2026-11-21T12:00:00.123Z` from Unix milliseconds (proleptic Gregorian, UTC).
@@ -707,7 +730,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::Encoding;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -720,6 +742,44 @@ mod tests {
 
     fn config(json: &str) -> AuditConfig {
         AuditConfig::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_is_of_the_compiled_values_and_follows_each_of_them() {
+        let collector = r#""cluster":"otel","authority":"collector:4318""#;
+        let base = config(&format!(r#"{{"headers":["User-Agent"],"collector":{{{collector}}}}}"#)).fingerprint();
+        let same = [
+            format!(r#"{{"collector":{{{collector},"path":"/v1/logs"}},"headers":["user-agent"],"log":true}}"#),
+            format!(
+                r#"{{"headers":["user-agent"],"collector":{{{collector},"format":"otlp-protobuf","batchMaxEvents":100}}}}"#
+            ),
+        ];
+        for json in &same {
+            assert_eq!(config(json).fingerprint(), base, "{json}");
+        }
+        let changed = [
+            format!(r#"{{"headers":["user-agent"],"includeQuery":true,"collector":{{{collector}}}}}"#),
+            format!(r#"{{"headers":["user-agent","x-b3"],"collector":{{{collector}}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"log":false,"collector":{{{collector}}}}}"#),
+            r#"{"headers":["user-agent"]}"#.to_string(),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"format":"otlp-json"}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"compression":"gzip"}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"path":"/logs"}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"serviceName":"gw"}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"batchMaxEvents":10}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"batchMaxBytes":2048}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"flushIntervalMs":100}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"queueMaxEvents":500}}}}"#),
+            format!(r#"{{"headers":["user-agent"],"collector":{{{collector},"timeoutMs":100}}}}"#),
+            r#"{"headers":["user-agent"],"collector":{"cluster":"otel2","authority":"collector:4318"}}"#.to_string(),
+            r#"{"headers":["user-agent"],"collector":{"cluster":"otel","authority":"other:4318"}}"#.to_string(),
+        ];
+        let mut seen = vec![base];
+        for json in &changed {
+            let fingerprint = config(json).fingerprint();
+            assert!(!seen.contains(&fingerprint), "{json}");
+            seen.push(fingerprint);
+        }
     }
 
     fn observed() -> Observed {

@@ -1,10 +1,10 @@
 //! Evaluating a request against a policy: typed decisions with a machine reason and the rule involved.
 
 use crate::authority::{Authority, Host, Malformed};
-use crate::identity::SpiffeId;
 use crate::json::Object;
 use crate::path::{self, Ambiguity};
 use crate::policy::{Mode, Policy, Rule};
+use crate::spiffe::SpiffeId;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::fmt;
@@ -403,6 +403,37 @@ mod tests {
       ],
       "deny": {"hosts": ["metadata.google.internal", "*.evil.httpbin.org"], "cidrs": ["169.254.0.0/16", "203.0.113.66/32"]}
     }"#;
+
+    #[test]
+    fn large_policies_keep_every_rule_and_name() {
+        let rules: Vec<String> = (0..5000)
+            .map(|i| match i % 3 {
+                0 => format!(r#"{{"name":"r{i}","hosts":["h{i}.example.com","shared.example.com"]}}"#),
+                1 => format!(r#"{{"name":"r{i}","hosts":["*.z{i}.example.net"],"ports":[443]}}"#),
+                _ => format!(r#"{{"name":"r{i}","hosts":["ec2.*.r{i}.aws.com"]}}"#),
+            })
+            .collect();
+        let policy = Policy::from_json(format!(r#"{{"rules":[{}]}}"#, rules.join(",")).as_bytes()).unwrap();
+        assert_eq!(policy.rule_count(), 5000);
+        let rule = |host: &str| {
+            let request =
+                HttpRequest { authority: host, scheme: "https", method: "GET", path: None, caller: Caller::ANONYMOUS };
+            policy.evaluate_http(&request).rule.map(str::to_string)
+        };
+        assert_eq!(rule("h3999.example.com").as_deref(), Some("r3999"));
+        assert_eq!(rule("shared.example.com").as_deref(), Some("r0"));
+        assert_eq!(rule("a.b.z4000.example.net").as_deref(), Some("r4000"));
+        assert_eq!(rule("ec2.x.r4997.aws.com").as_deref(), Some("r4997"));
+        assert_eq!(rule("ec2.x.r4998.aws.com"), None);
+        assert_eq!(rule("h3998.example.com"), None);
+        for i in [0, 1, 4999] {
+            assert_eq!(policy.rule_name(i), Some(format!("r{i}").as_str()));
+        }
+
+        let duplicate = format!(r#"{{"rules":[{},{{"name":"r4321","cidrs":["10.0.0.0/8"]}}]}}"#, rules.join(","));
+        let err = Policy::from_json(duplicate.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "rules[5000].name: duplicate rule name `r4321`");
+    }
 
     #[test]
     fn allows_what_a_rule_matches_fully() {

@@ -2,14 +2,119 @@
 //! [`Policy::from_json`](crate::Policy::from_json) and [`Policy::from_reader`](crate::Policy::from_reader)) parse,
 //! straight from the JSON as it streams in ([`stream`] hands each rule over as soon as it is read, so a policy is
 //! compiled rule by rule and never whole in memory). The derived `Deserialize` of these types stays the reference
-//! (YAML, `from_json_with_path`); the tests below hold this reader to it: the same documents, the same errors at
+//! (YAML, `json::from_slice`); the tests below hold this reader to it: the same documents, the same errors at
 //! the same paths. A field added to a document is a compile error here (the destructuring patterns) until it is
 //! read.
 
+use crate::config_error::ConfigErrors;
 use crate::json::{self, Error, Path, Reader, Source};
-use crate::policy::{
-    ConfigErrors, DenyDocument, Mode, PolicyDocument, RedirectsDocument, RuleDocument, RuleRedirectsDocument,
-};
+use serde::{Deserialize, Serialize};
+
+/// `enforce` blocks what the policy denies; `report` lets it through and records `report-deny`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+/// The policy as written (YAML for local runs, JSON as a WasmPlugin `pluginConfig`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyDocument {
+    #[serde(default)]
+    pub mode: Mode,
+    pub rules: Vec<RuleDocument>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<DenyDocument>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<RedirectsDocument>,
+}
+
+/// How 3xx responses are handled (the redirect filter; the allow-list ignores it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectsDocument {
+    /// Follow allowed redirects at the gateway; off by default (then they are only vetted).
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default = "RedirectsDocument::default_max_hops")]
+    pub max_hops: i64,
+    /// Status of the reply that replaces a refused redirect.
+    #[serde(default = "RedirectsDocument::default_deny_status")]
+    pub deny_status: i64,
+    /// Hosts the gateway originates TLS for: `https://` Locations to them are rewritten to `http://`, so clients
+    /// follow through the gateway (istio#44881), and `http://` to them is no downgrade.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub originate_tls: Vec<String>,
+}
+
+impl RedirectsDocument {
+    fn default_max_hops() -> i64 {
+        5
+    }
+    fn default_deny_status() -> i64 {
+        403
+    }
+}
+
+impl Default for RedirectsDocument {
+    fn default() -> Self {
+        RedirectsDocument {
+            follow: false,
+            max_hops: Self::default_max_hops(),
+            deny_status: Self::default_deny_status(),
+            originate_tls: Vec::new(),
+        }
+    }
+}
+
+/// A rule's own redirect settings; they apply to redirects whose target this rule allows.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleRedirectsDocument {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hops: Option<i64>,
+    /// Allow an `https` → `http` redirect to this rule's hosts.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// One allow rule. Absent fields match anything; present fields must all match.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleDocument {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principals: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidrs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<RuleRedirectsDocument>,
+}
+
+/// Destinations refused whatever the rules say.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DenyDocument {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+}
 
 impl PolicyDocument {
     /// Parses a JSON policy document; errors name their field path (`rules[2].hosts[0]: …`).
@@ -154,14 +259,14 @@ fn read_deny(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<DenyDocument, E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::from_json_with_path;
+
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// The hand-written reader and the derived `Deserialize` (through the path-tracking deserializer) agree.
     fn same(json: &str) -> String {
         let by_hand = PolicyDocument::from_json(json.as_bytes()).map(|doc| format!("{doc:?}"));
-        let by_serde = from_json_with_path::<PolicyDocument>(json.as_bytes()).map(|doc| format!("{doc:?}"));
+        let by_serde = json::from_slice::<PolicyDocument>(json.as_bytes()).map(|doc| format!("{doc:?}"));
         assert_eq!(by_hand, by_serde, "{json}");
         match by_hand {
             Ok(doc) => doc,

@@ -14,29 +14,8 @@
 //! `common/v1/common.proto`, `resource/v1/resource.proto` (field numbers below), and its JSON mapping (lowerCamelCase
 //! names, 64-bit integers as decimal strings, enums as numbers). The tests decode what is written here with `prost`.
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Encoding};
 use crate::json::{push_string, Object};
-
-/// How a batch is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    /// OTLP/HTTP, binary protobuf (what every OTLP receiver must accept).
-    Protobuf,
-    /// OTLP/HTTP, the protobuf JSON mapping.
-    Json,
-    /// One event per line, for plain HTTP log inputs.
-    Ndjson,
-}
-
-impl Encoding {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Protobuf => "application/x-protobuf",
-            Encoding::Json => "application/json",
-            Encoding::Ndjson => "application/x-ndjson",
-        }
-    }
-}
 
 /// The scope every record is emitted under.
 pub const SCOPE_NAME: &str = "egress-audit";
@@ -131,53 +110,56 @@ pub fn record(encoding: Encoding, event: &AuditEvent, json: &str, time_unix_ms: 
     }
 }
 
-/// The request body for `records` (each as [`record`] wrote it, all of one encoding).
-pub fn batch(encoding: Encoding, resource: &Resource, records: &[Vec<u8>]) -> Vec<u8> {
+/// The request body for `records` (each as [`record`] wrote it, all of one encoding), written into `out` (cleared
+/// first). The caller keeps `out` from batch to batch: a batch is the largest allocation of the audit stage, and
+/// writing every one into the same buffer keeps the worker's Wasm heap from fragmenting (and growing) under them.
+pub fn batch(encoding: Encoding, resource: &Resource, records: &[Vec<u8>], out: &mut Vec<u8>) {
+    out.clear();
     let payload: usize = records.iter().map(|r| r.len() + 6).sum();
+    out.reserve(payload + 256);
     match encoding {
         Encoding::Ndjson => {
-            let mut out = Vec::with_capacity(payload);
             for record in records {
                 out.extend_from_slice(record);
                 out.push(b'\n');
             }
-            out
         }
         Encoding::Protobuf => {
             // ExportLogsServiceRequest { resource_logs = 1: ResourceLogs { resource = 1, scope_logs = 2: ScopeLogs
-            // { scope = 1, log_records = 2 } } }. Records are already encoded: only their frames are written here.
-            let mut scope_logs = Proto::with_capacity(payload + 64);
-            scope_logs.message(1, |scope| {
-                scope.string(1, SCOPE_NAME);
-                scope.string(2, SCOPE_VERSION);
-            });
-            for record in records {
-                scope_logs.bytes(2, record);
+            // { scope = 1, log_records = 2 } } }. Records are already encoded: only their frames are written here,
+            // each length computed before its message is, so the body is written once, front to back.
+            let mut scope = Proto::with_capacity(64);
+            scope.string(1, SCOPE_NAME);
+            scope.string(2, SCOPE_VERSION);
+            let mut resource_message = Proto::with_capacity(128);
+            for (key, value) in resource_attributes(resource) {
+                resource_message.message(1, |kv| key_value(kv, key, value));
             }
-            let mut resource_logs = Proto::with_capacity(scope_logs.0.len() + 128);
-            resource_logs.message(1, |r| {
-                for (key, value) in resource_attributes(resource) {
-                    r.message(1, |kv| key_value(kv, key, value));
-                }
-            });
-            resource_logs.bytes(2, &scope_logs.0);
-            let mut request = Proto::with_capacity(resource_logs.0.len() + 8);
-            request.bytes(1, &resource_logs.0);
-            request.0
+            let scope_logs = framed(scope.0.len()) + records.iter().map(|r| framed(r.len())).sum::<usize>();
+            let resource_logs = framed(resource_message.0.len()) + framed(scope_logs);
+            let mut request = Proto(std::mem::take(out));
+            request.head(1, resource_logs);
+            request.bytes(1, &resource_message.0);
+            request.head(2, scope_logs);
+            request.bytes(1, &scope.0);
+            for record in records {
+                request.bytes(2, record);
+            }
+            *out = request.0;
         }
         Encoding::Json => {
-            let mut out = String::with_capacity(payload + 256);
-            out.push_str("{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
+            let mut head = String::with_capacity(256);
+            head.push_str("{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
             for (i, (key, value)) in resource_attributes(resource).into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    head.push(',');
                 }
-                json_key_value(&mut out, key, value);
+                json_key_value(&mut head, key, value);
             }
-            out.push_str("]},\"scopeLogs\":[{\"scope\":");
-            out.push_str(&Object::new().str("name", SCOPE_NAME).str("version", SCOPE_VERSION).finish());
-            out.push_str(",\"logRecords\":[");
-            let mut out = out.into_bytes();
+            head.push_str("]},\"scopeLogs\":[{\"scope\":");
+            head.push_str(&Object::new().str("name", SCOPE_NAME).str("version", SCOPE_VERSION).finish());
+            head.push_str(",\"logRecords\":[");
+            out.extend_from_slice(head.as_bytes());
             for (i, record) in records.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -185,9 +167,17 @@ pub fn batch(encoding: Encoding, resource: &Resource, records: &[Vec<u8>]) -> Ve
                 out.extend_from_slice(record);
             }
             out.extend_from_slice(b"]}]}]}");
-            out
         }
     }
+}
+
+/// The size of a length-delimited field of `len` bytes with a one-byte key (fields 1 to 15).
+fn framed(len: usize) -> usize {
+    let mut varint = 1;
+    while len >> (7 * varint) != 0 {
+        varint += 1;
+    }
+    1 + varint + len
 }
 
 fn resource_attributes(resource: &Resource) -> Vec<(&'static str, Value<'_>)> {
@@ -369,9 +359,14 @@ impl Proto {
     }
 
     fn bytes(&mut self, field: u64, value: &[u8]) {
-        self.key(field, 2);
-        self.varint(value.len() as u64);
+        self.head(field, value.len());
         self.0.extend_from_slice(value);
+    }
+
+    /// The key and length of a length-delimited field whose `len` bytes follow.
+    fn head(&mut self, field: u64, len: usize) {
+        self.key(field, 2);
+        self.varint(len as u64);
     }
 
     fn string(&mut self, field: u64, value: &str) {
@@ -519,6 +514,17 @@ mod tests {
 
     const TIME_MS: u64 = 1_795_000_000_123;
 
+    /// The batch body for `records`, written into a buffer that held a larger batch before (as the audit stage's
+    /// does): nothing of the earlier one may remain.
+    fn body_of(encoding: Encoding, records: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = vec![0xAB; 70_000];
+        batch(encoding, &resource(), records, &mut out);
+        let written = out.clone();
+        batch(encoding, &resource(), records, &mut out);
+        assert_eq!(out, written, "the same records, the same body");
+        out
+    }
+
     fn resource() -> Resource {
         Resource { service_name: "egress-gateway".into(), instance_id: Some("router~pod".into()) }
     }
@@ -532,7 +538,7 @@ mod tests {
         let events = [event("allow", &[]), event("deny", &[]), event("allow", &["deny"])];
         let records: Vec<Vec<u8>> =
             events.iter().map(|e| record(Encoding::Protobuf, e, &e.to_json(), TIME_MS)).collect();
-        let body = batch(Encoding::Protobuf, &resource(), &records);
+        let body = body_of(Encoding::Protobuf, &records);
         let request = reference::ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
         let resource_logs = &request.resource_logs[0];
         let resource: Vec<(String, reference::Any)> = resource_logs
@@ -587,7 +593,7 @@ mod tests {
     fn json_batches_follow_the_protobuf_json_mapping() {
         let events = [event("allow", &[]), event("report-deny", &[])];
         let records: Vec<Vec<u8>> = events.iter().map(|e| record(Encoding::Json, e, &e.to_json(), TIME_MS)).collect();
-        let body = batch(Encoding::Json, &resource(), &records);
+        let body = body_of(Encoding::Json, &records);
         let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let resource_logs = &request["resourceLogs"][0];
         assert_eq!(
@@ -611,7 +617,7 @@ mod tests {
     fn ndjson_batches_are_lines() {
         let events = [event("allow", &[]), event("deny", &[])];
         let records: Vec<Vec<u8>> = events.iter().map(|e| record(Encoding::Ndjson, e, &e.to_json(), TIME_MS)).collect();
-        let body = String::from_utf8(batch(Encoding::Ndjson, &resource(), &records)).unwrap();
+        let body = String::from_utf8(body_of(Encoding::Ndjson, &records)).unwrap();
         let lines: Vec<AuditEvent> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines, events);
         assert!(body.ends_with('\n'));

@@ -4,191 +4,15 @@
 //! every problem is reported with its field path (`rules[1].hosts[2]: ...`).
 
 use crate::cidr::{Cidr, CidrIndex};
+use crate::config_error::{ConfigError, ConfigErrors};
+pub use crate::documents::{
+    DenyDocument, Mode, PolicyDocument, RedirectsDocument, RuleDocument, RuleRedirectsDocument,
+};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::hosts::{HostIndex, HostPattern};
-use crate::identity::StringMatch;
+use crate::spiffe::StringMatch;
 use crate::table::{self, Table};
-use serde::{Deserialize, Serialize};
-use std::fmt::{self, Write as _};
-
-/// `enforce` blocks what the policy denies; `report` lets it through and records `report-deny`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Report,
-}
-
-/// The policy as written (YAML for local runs, JSON as a WasmPlugin `pluginConfig`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicyDocument {
-    #[serde(default)]
-    pub mode: Mode,
-    pub rules: Vec<RuleDocument>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deny: Option<DenyDocument>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirects: Option<RedirectsDocument>,
-}
-
-/// How 3xx responses are handled (the redirect filter; the allow-list ignores it).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RedirectsDocument {
-    /// Follow allowed redirects at the gateway; off by default (then they are only vetted).
-    #[serde(default)]
-    pub follow: bool,
-    #[serde(default = "RedirectsDocument::default_max_hops")]
-    pub max_hops: i64,
-    /// Status of the reply that replaces a refused redirect.
-    #[serde(default = "RedirectsDocument::default_deny_status")]
-    pub deny_status: i64,
-    /// Hosts the gateway originates TLS for: `https://` Locations to them are rewritten to `http://`, so clients
-    /// follow through the gateway (istio#44881), and `http://` to them is no downgrade.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub originate_tls: Vec<String>,
-}
-
-impl RedirectsDocument {
-    fn default_max_hops() -> i64 {
-        5
-    }
-    fn default_deny_status() -> i64 {
-        403
-    }
-}
-
-impl Default for RedirectsDocument {
-    fn default() -> Self {
-        RedirectsDocument {
-            follow: false,
-            max_hops: Self::default_max_hops(),
-            deny_status: Self::default_deny_status(),
-            originate_tls: Vec::new(),
-        }
-    }
-}
-
-/// A rule's own redirect settings; they apply to redirects whose target this rule allows.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RuleRedirectsDocument {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub follow: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_hops: Option<i64>,
-    /// Allow an `https` → `http` redirect to this rule's hosts.
-    #[serde(default)]
-    pub allow_downgrade: bool,
-}
-
-/// One allow rule. Absent fields match anything; present fields must all match.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RuleDocument {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hosts: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<i64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub methods: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paths: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principals: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespaces: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidrs: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirects: Option<RuleRedirectsDocument>,
-}
-
-/// Destinations refused whatever the rules say.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DenyDocument {
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    #[serde(default)]
-    pub cidrs: Vec<String>,
-}
-
-/// One configuration problem, located by its field path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    /// A problem at `path`; a value the message quotes (between backquotes) or a key of the path longer than
-    /// [`QUOTED_MAX`] bytes is cut, so that a 10 MB value does not come back in full in every line that reports it.
-    pub fn new(path: String, message: String) -> ConfigError {
-        ConfigError { path: shorten(path, '.', false), message: shorten(message, '`', true) }
-    }
-}
-
-/// The most of a quoted value a message repeats.
-pub const QUOTED_MAX: usize = 64;
-
-/// `text` with each part between `separator`s (only the quoted ones, every other part, when `quoted_only`) longer
-/// than [`QUOTED_MAX`] cut to its start, `…` and its length.
-fn shorten(text: String, separator: char, quoted_only: bool) -> String {
-    let long = |(i, part): &(usize, &str)| part.len() > QUOTED_MAX && (!quoted_only || i % 2 == 1);
-    if text.len() <= QUOTED_MAX || !text.split(separator).enumerate().any(|part| long(&part)) {
-        return text;
-    }
-    let mut out = String::with_capacity(QUOTED_MAX * 4);
-    for (i, part) in text.split(separator).enumerate() {
-        if i > 0 {
-            out.push(separator);
-        }
-        if long(&(i, part)) {
-            // Cut to QUOTED_MAX in all, so that cutting again changes nothing.
-            let tail = format!("… ({} bytes)", part.len());
-            let mut end = QUOTED_MAX.saturating_sub(tail.len());
-            while !part.is_char_boundary(end) {
-                end -= 1;
-            }
-            out.push_str(part.get(..end).unwrap_or_default());
-            out.push_str(&tail);
-        } else {
-            out.push_str(part);
-        }
-    }
-    out
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a policy (validation does not stop at the first).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            let separator = if i == 0 { "" } else { "; " };
-            write!(f, "{separator}{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Parses a JSON document into `T`, naming the field path of the first type error (see [`crate::json`]).
-pub fn from_json_with_path<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigErrors> {
-    crate::json::from_slice(json)
-}
+use std::fmt::Write as _;
 
 /// A path pattern: `/headers` exact, `/status/*` any path starting with `/status/`. Patterns are kept in the normal
 /// form requests are matched in (see [`crate::path`]), and a pattern no unambiguous request could match is refused.
@@ -867,7 +691,7 @@ mod tests {
         for json in same {
             assert_eq!(fingerprint(json), base, "{json}");
         }
-        let doc: PolicyDocument = from_json_with_path(same[0].as_bytes()).unwrap();
+        let doc: PolicyDocument = crate::json::from_slice(same[0].as_bytes()).unwrap();
         assert_eq!(Policy::compile(&doc).unwrap().fingerprint(), base);
         // Any value that can change a decision changes it.
         let different = [
@@ -937,7 +761,8 @@ mod tests {
                 "redirects":{"follow":true,"originateTls":["a.com"]}}"#,
         ];
         for json in cases {
-            let compiled = from_json_with_path::<PolicyDocument>(json.as_bytes()).and_then(|doc| Policy::compile(&doc));
+            let compiled =
+                crate::json::from_slice::<PolicyDocument>(json.as_bytes()).and_then(|doc| Policy::compile(&doc));
             let streamed = Policy::from_json(json.as_bytes());
             let summary = |p: Result<Policy, ConfigErrors>| p.map(|p| (p.rule_count(), p.mode()));
             let (compiled, streamed) = (summary(compiled), summary(streamed));
@@ -978,42 +803,6 @@ mod tests {
             let err = Policy::from_buf_reader(&mut reader).unwrap_err();
             assert_eq!(err.to_string(), "(document): expected `,` or `]` at line 3 column 3", "chunks of {capacity}");
         }
-    }
-
-    #[test]
-    fn large_policies_keep_every_rule_and_name() {
-        let rules: Vec<String> = (0..5000)
-            .map(|i| match i % 3 {
-                0 => format!(r#"{{"name":"r{i}","hosts":["h{i}.example.com","shared.example.com"]}}"#),
-                1 => format!(r#"{{"name":"r{i}","hosts":["*.z{i}.example.net"],"ports":[443]}}"#),
-                _ => format!(r#"{{"name":"r{i}","hosts":["ec2.*.r{i}.aws.com"]}}"#),
-            })
-            .collect();
-        let policy = Policy::from_json(format!(r#"{{"rules":[{}]}}"#, rules.join(",")).as_bytes()).unwrap();
-        assert_eq!(policy.rule_count(), 5000);
-        let rule = |host: &str| {
-            let request = crate::HttpRequest {
-                authority: host,
-                scheme: "https",
-                method: "GET",
-                path: None,
-                caller: crate::Caller::ANONYMOUS,
-            };
-            policy.evaluate_http(&request).rule.map(str::to_string)
-        };
-        assert_eq!(rule("h3999.example.com").as_deref(), Some("r3999"));
-        assert_eq!(rule("shared.example.com").as_deref(), Some("r0"));
-        assert_eq!(rule("a.b.z4000.example.net").as_deref(), Some("r4000"));
-        assert_eq!(rule("ec2.x.r4997.aws.com").as_deref(), Some("r4997"));
-        assert_eq!(rule("ec2.x.r4998.aws.com"), None);
-        assert_eq!(rule("h3998.example.com"), None);
-        for i in [0, 1, 4999] {
-            assert_eq!(policy.rule_name(i), Some(format!("r{i}").as_str()));
-        }
-
-        let duplicate = format!(r#"{{"rules":[{},{{"name":"r4321","cidrs":["10.0.0.0/8"]}}]}}"#, rules.join(","));
-        let err = Policy::from_json(duplicate.as_bytes()).unwrap_err();
-        assert_eq!(err.to_string(), "rules[5000].name: duplicate rule name `r4321`");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! that configuration must decide, and [`AddressPolicy::vet`] is its reference, which the tests hold it to.
 
 use crate::cidr::Cidr;
-use crate::identity::{SpiffeId, StringMatch};
-use crate::policy::{ConfigError, ConfigErrors, PolicyDocument};
+use crate::config_error::{ConfigError, ConfigErrors};
+use crate::policy::PolicyDocument;
+use crate::spiffe::{SpiffeId, StringMatch};
 use std::net::IpAddr;
 
 /// A special-purpose range and why it is refused.
@@ -212,7 +213,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn policy(json: &str) -> AddressPolicy {
-        let doc: PolicyDocument = crate::policy::from_json_with_path(json.as_bytes()).unwrap();
+        let doc: PolicyDocument = crate::json::from_slice(json.as_bytes()).unwrap();
         AddressPolicy::of(&doc).unwrap()
     }
 
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_reported_with_their_path() {
-        let doc: PolicyDocument = crate::policy::from_json_with_path(
+        let doc: PolicyDocument = crate::json::from_slice(
             br#"{"rules": [{"name": "x", "cidrs": ["10.0.0.1/8"]}], "deny": {"cidrs": ["nope"]}}"#,
         )
         .unwrap();

@@ -16,8 +16,8 @@ pub const DECISION: &str = "egress.decision";
 /// instead of reading the peer certificate itself (so a caller forwarded by a trusted hop is judged as that caller).
 pub const IDENTITY: &str = "egress.identity";
 
-/// The redirects of this request, as a JSON array of hops, oldest first:
-/// `[{"status":302,"location":"https://host:443/path","action":"allow","reason":"allowed"}]` — `location` is the
+/// The redirects of this request, as a JSON array of [`RedirectHop`]s, oldest first:
+/// `[{"action":"allow","location":"https://host:443/path","reason":"allowed","status":302}]` — `location` is the
 /// resolved target without its query (queries often carry tokens), `null` when it could not be resolved; `action`
 /// is `allow` | `deny` | `report-deny` | `bounce` (handed back to the client); `reason` a redirect reason code;
 /// `followed` is true for hops the gateway sent itself (their 3xx never reach a filter, so `status` is `null`).
@@ -57,6 +57,23 @@ pub struct IdentityRecord<S> {
     pub id: Option<S>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+/// One hop of the [`REDIRECTS`] chain: written by the redirects stage ([`ToJson`], [`append_hop`]), read back by
+/// the audit stage ([`RedirectHop::list_from_json`]) into its event.
+pub struct RedirectHop {
+    /// `null` for hops the gateway followed (their 3xx never reaches a filter).
+    pub status: Option<u16>,
+    /// The target without its query.
+    pub location: Option<String>,
+    /// `allow` | `deny` | `report-deny` | `bounce`.
+    pub action: String,
+    pub reason: String,
+    #[serde(default)]
+    pub followed: bool,
+}
+
 /// A record as the JSON it is published as, written without serde (the modules link no serializer); a test holds
 /// each to what its `Serialize` writes.
 pub trait ToJson {
@@ -90,6 +107,70 @@ impl<S: AsRef<str>> ToJson for DecisionRecord<S> {
 impl<S: AsRef<str>> ToJson for IdentityRecord<S> {
     fn to_json(&self) -> String {
         Object::new().str("source", self.source.as_ref()).opt_str("id", self.id.as_ref().map(AsRef::as_ref)).finish()
+    }
+}
+
+/// Members in sorted order (as `serde_json::json!` wrote them), `followed` only when true.
+impl ToJson for RedirectHop {
+    fn to_json(&self) -> String {
+        let RedirectHop { status, location, action, reason, followed } = self;
+        let object = Object::new().str("action", action);
+        let object = if *followed { object.bool("followed", true) } else { object };
+        object
+            .opt_str("location", location.as_deref())
+            .str("reason", reason)
+            .opt_uint("status", status.map(u64::from))
+            .finish()
+    }
+}
+
+impl RedirectHop {
+    /// The chain the redirects stage publishes (`egress.redirects`), read as its `Deserialize` reads it (a test holds
+    /// them together): `None` when it is not such a chain.
+    // `inline`: compiled into the calling module, optimised for size; read once per redirected request.
+    #[inline]
+    pub fn list_from_json(json: &str) -> Option<Vec<RedirectHop>> {
+        const FIELDS: &[&str] = &["status", "location", "action", "reason", "followed"];
+        let hop = |reader: &mut crate::json::Reader<'_>, path: &crate::json::Path<'_>| {
+            let mut hop = RedirectHop::default();
+            let RedirectHop { status, location, action, reason, followed } = &mut hop;
+            let seen = reader.members(path, "struct RedirectHop", FIELDS, false, &mut |reader, field, at| {
+                match field {
+                    0 => {
+                        *status = reader
+                            .optional(|reader| reader.uint(at))?
+                            .map(|n| {
+                                u16::try_from(n).map_err(|_| {
+                                    <crate::json::Error as serde::de::Error>::invalid_value(
+                                        serde::de::Unexpected::Unsigned(n),
+                                        &"u16",
+                                    )
+                                })
+                            })
+                            .transpose()?
+                    }
+                    1 => *location = reader.optional(|reader| reader.string(at))?,
+                    2 => *action = reader.string(at)?,
+                    3 => *reason = reader.string(at)?,
+                    _ => *followed = reader.boolean(at)?,
+                }
+                Ok(())
+            })?;
+            for field in [2, 3] {
+                crate::json::require(seen, field, FIELDS, path)?;
+            }
+            Ok(hop)
+        };
+        crate::json::read(&mut json.as_bytes(), |reader, path| reader.list(path, hop)).ok()
+    }
+}
+
+/// The [`REDIRECTS`] chain `chain` (as published so far; anything but a chain is replaced) with `hop` appended.
+pub fn append_hop(chain: Option<&str>, hop: &RedirectHop) -> String {
+    let hop = hop.to_json();
+    match chain.and_then(|c| c.strip_suffix(']')) {
+        Some(head) if head.starts_with("[{") => format!("{head},{hop}]"),
+        _ => format!("[{hop}]"),
     }
 }
 
@@ -159,6 +240,29 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn the_redirect_chain_is_written_and_read_back_hop_by_hop() {
+        let sent = RedirectHop {
+            status: Some(302),
+            location: Some("http://a.example:80/x".into()),
+            action: "allow".into(),
+            reason: "allowed".into(),
+            followed: false,
+        };
+        let refused = RedirectHop {
+            status: None,
+            location: None,
+            action: "deny".into(),
+            reason: "deny_listed".into(),
+            followed: true,
+        };
+        let chain = append_hop(None, &sent);
+        assert_eq!(chain, r#"[{"action":"allow","location":"http://a.example:80/x","reason":"allowed","status":302}]"#);
+        let chain = append_hop(Some(&chain), &refused);
+        assert_eq!(RedirectHop::list_from_json(&chain), Some(vec![sent.clone(), refused]));
+        assert_eq!(append_hop(Some("not a chain"), &sent), append_hop(None, &sent), "anything else is replaced");
+    }
 
     #[test]
     fn records_round_trip_as_compact_json() {

@@ -9,9 +9,10 @@
 //! is reported, with its field path under the section (`policy.rules[3].hosts[0]`, `identity.signing.keyEnv`).
 
 use crate::audit::{AuditConfig, AuditDocument};
+use crate::config_error::{ConfigError, ConfigErrors};
+use crate::identity::{IdentityConfig, IdentityDocument};
 use crate::json::{self, Error, Path, Source};
-use crate::policy::{ConfigError, ConfigErrors, Policy};
-use crate::workload::{IdentityConfig, IdentityDocument};
+use crate::policy::Policy;
 use std::rc::Rc;
 
 /// The sections, in the order of the stages they configure.
@@ -90,10 +91,10 @@ impl SuiteConfig {
             stages.push(format!("policy of {}", policy.summary()));
         }
         if let Some(identity) = &self.identity {
-            stages.push(format!("identity (onMissing {:?}, tunnels {:?})", identity.on_missing, identity.tunnels));
+            stages.push(format!("identity ({})", identity.summary()));
         }
         if let Some(audit) = &self.audit {
-            stages.push(format!("audit (log {}, collector {})", audit.log, audit.collector.is_some()));
+            stages.push(format!("audit ({})", audit.summary()));
         }
         stages.join(", ")
     }

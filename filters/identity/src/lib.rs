@@ -1,4 +1,4 @@
-//! The workload identity stage: glue between the host and `egress_core::workload`. First in the chain.
+//! The workload identity stage: glue between the host and `egress_core::identity`. First in the chain.
 //!
 //! HTTP, for every request: remove every client-supplied copy of the identity headers and of XFCC, in any spelling a
 //! server reads as the same name (`x_workload_identity` is `HTTP_X_WORKLOAD_IDENTITY` to CGI), from the headers and
@@ -13,10 +13,10 @@
 //! and the audit event show why.
 
 use egress_core::assertion::Claims;
+use egress_core::identity::{Caller, DenyReason, IdentityConfig, Via, XFCC_HEADER};
 use egress_core::state::{self, DecisionRecord, IdentityRecord};
-use egress_core::workload::{Caller, DenyReason, IdentityConfig, Via, XFCC_HEADER};
 use egress_core::xfcc;
-use egress_proxy::{self as proxy, Connection, Counter, Host, HttpStage, Request, Step, TlsStage};
+use egress_proxy::{self as proxy, Connection, Counter, Gauge, Host, HttpStage, Request, Step, TlsStage};
 use proxy_wasm::types::{LogLevel, MapType, Status};
 use std::rc::Rc;
 
@@ -60,7 +60,10 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The stage, its counters defined, and the gauge that says which configuration serves:
+    /// `egress_identity_config_fingerprint` (the fingerprint's first 48 bits), set here, at configure time.
     pub fn new(host: &dyn Host, config: Rc<IdentityConfig>) -> Result<Identity, String> {
+        Gauge::define(host, "egress_identity_config_fingerprint")?.record(host, config.fingerprint().gauge());
         Ok(Identity { config, metrics: Metrics::define(host)? })
     }
 
@@ -242,6 +245,15 @@ mod tests {
     fn mtls(host: FakeHost, uri: &str) -> FakeHost {
         host.with_property(&["connection", "uri_san_peer_certificate"], uri.as_bytes())
             .with_property(&["connection", "mtls"], &[1])
+    }
+
+    #[test]
+    fn the_serving_configuration_is_a_gauge() {
+        let host = FakeHost::new();
+        let json = r#"{"onMissing":"anonymous"}"#;
+        stage(&host, json);
+        let fingerprint = IdentityConfig::from_json(json.as_bytes(), |_| None).unwrap().fingerprint();
+        assert_eq!(host.metric("egress_identity_config_fingerprint"), i64::try_from(fingerprint.gauge()).ok());
     }
 
     #[test]

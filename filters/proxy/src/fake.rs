@@ -82,6 +82,16 @@ impl FakeHost {
         self
     }
 
+    /// Replaces the request's headers (a next request on the same host: a followed redirect's hop).
+    pub fn set_request(&self, headers: &[(&str, &str)]) {
+        self.state.borrow_mut().request_headers = pairs(headers);
+    }
+
+    /// Replaces the response's headers.
+    pub fn set_response(&self, headers: &[(&str, &str)]) {
+        self.state.borrow_mut().response_headers = pairs(headers);
+    }
+
     pub fn with_property(self, path: &[&str], value: &[u8]) -> FakeHost {
         self.set(path, value);
         self

@@ -3,8 +3,8 @@
 //! same getters fall back to what the filter before it published to filter state.
 
 use crate::host::{HeaderMap, Host};
+use egress_core::identity::Peer;
 use egress_core::state::{self, DecisionRecord, IdentityRecord};
-use egress_core::workload::Peer;
 use egress_core::{Caller, SpiffeId};
 use proxy_wasm::types::{MapType, Status};
 

@@ -14,7 +14,8 @@
 use egress_core::headers::is_alias;
 use egress_core::json::Object;
 use egress_core::redirect::{self, FollowedHop, HopState, Target, Vetted};
-use egress_core::{state, Action, Policy};
+use egress_core::state::{self, RedirectHop};
+use egress_core::{Action, Policy};
 use egress_proxy::{self as proxy, Counter, Host, HttpStage, Request, Step};
 use proxy_wasm::types::{MapType, Status};
 use std::rc::Rc;
@@ -98,7 +99,7 @@ impl Redirects {
             policy.judge_followed_hop(&state, &line.base(), hops, caller)
         })?;
         // The hop goes into the chain (and the kept decision into the state) before any reply is sent.
-        let keep = |host: &dyn Host, request: &mut Request, state: &HopState, record: &str| {
+        let keep = |host: &dyn Host, request: &mut Request, state: &HopState, record: &RedirectHop| {
             if kept_decision {
                 proxy::publish_record(host, state::REDIRECT_HOPS, state)?;
             }
@@ -220,24 +221,16 @@ impl HttpStage for Redirects {
     }
 }
 
-/// Appends one hop record (a JSON object) to the request-long chain in filter state, a JSON array only this stage
-/// writes; anything else there is replaced.
-fn append_hop(host: &dyn Host, request: &mut Request, record: &str) -> Result<(), Status> {
+/// Appends one hop to the request-long chain in filter state ([`state::append_hop`]).
+fn append_hop(host: &dyn Host, request: &mut Request, hop: &RedirectHop) -> Result<(), Status> {
     request.redirected = Some(true);
     let chain = proxy::property_string(host, &[state::REDIRECTS])?;
-    let chain = match chain.as_deref().and_then(|c| c.strip_suffix(']')) {
-        Some(head) if head.starts_with("[{") => format!("{head},{record}]"),
-        _ => format!("[{record}]"),
-    };
-    host.set_property(state::REDIRECTS, chain.as_bytes())
+    host.set_property(state::REDIRECTS, state::append_hop(chain.as_deref(), hop).as_bytes())
 }
 
-/// One hop of the chain published to filter state (`egress_core::state::REDIRECTS`, read back by the audit stage
-/// as `egress_core::audit::RedirectHop`). Members in sorted order, as `serde_json::json!` wrote them.
-fn record(action: &str, followed: bool, location: Option<&str>, reason: &str, status: Option<u16>) -> String {
-    let object = Object::new().str("action", action);
-    let object = if followed { object.bool("followed", true) } else { object };
-    object.opt_str("location", location).str("reason", reason).opt_uint("status", status.map(u64::from)).finish()
+/// A hop of the chain.
+fn record(action: &str, followed: bool, location: Option<String>, reason: &str, status: Option<u16>) -> RedirectHop {
+    RedirectHop { status, location, action: action.into(), reason: reason.into(), followed }
 }
 
 /// The reply when a redirect is refused for the hop count.
@@ -251,15 +244,15 @@ fn vetted_reason(vetted: &Vetted<'_>) -> &'static str {
 
 /// A hop Envoy was following (sent when `followed`, else refused or handed back): its 3xx never reached a filter,
 /// so the status is unknown.
-fn followed_record(vetted: &Vetted<'_>, action: &str, followed: bool) -> String {
+fn followed_record(vetted: &Vetted<'_>, action: &str, followed: bool) -> RedirectHop {
     let location = vetted.target.as_ref().map(|t| t.url_without_query());
-    record(action, followed, location.as_deref(), vetted_reason(vetted), None)
+    record(action, followed, location, vetted_reason(vetted), None)
 }
 
 /// One vetted 3xx of the chain.
-fn hop_record(status: u16, vetted: &Vetted<'_>) -> String {
+fn hop_record(status: u16, vetted: &Vetted<'_>) -> RedirectHop {
     let location = vetted.target.as_ref().map(|t| t.url_without_query());
-    record(vetted.action.as_str(), false, location.as_deref(), vetted_reason(vetted), Some(status))
+    record(vetted.action.as_str(), false, location, vetted_reason(vetted), Some(status))
 }
 
 #[cfg(test)]

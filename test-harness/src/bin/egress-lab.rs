@@ -4,11 +4,11 @@
 //! does).
 //! `egress-lab compose-config [--out FILE]`: the same gateway's bootstrap for `docker-compose.yaml`.
 
-use egress_core::{HttpRequest, Policy, PolicyDocument};
-use egress_harness::compose::{compose_config_yaml, CONFIG_FILE, SIGNING_KEY_ENV};
+use egress_harness::compose::{compose_config_yaml, CONFIG_FILE};
+use egress_harness::demo::{Demo, DemoOptions, SIGNING_KEY_ENV};
 use egress_harness::echo::UPSTREAM_PORTS;
 use egress_harness::pki::Error;
-use egress_harness::{load_audit, load_identity, load_policy, Lab, LabOptions};
+use egress_harness::Lab;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -127,30 +127,14 @@ fn compose_config(out: Option<&Path>) -> Result<(), Error> {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    let policy_json = load_policy(&args.policy)?;
-    let policy = Policy::from_json(policy_json.as_bytes())?;
-    // The signing key lives only in Envoy's environment (as a Secret-fed env var would) and in one local file.
-    let signing_key = random_hex_key()?;
-    let host_env = vec![(SIGNING_KEY_ENV.to_string(), signing_key.clone())];
-    let identity_json = args.identity.as_deref().map(|path| load_identity(path, &host_env)).transpose()?;
-    let audit_json = args.audit.as_deref().map(load_audit).transpose()?;
-    let names = zone_of(&serde_json::from_str(&policy_json)?);
-    let options = LabOptions {
-        identity_json,
-        audit_json,
-        host_env,
-        redirects: true,
+    let options = DemoOptions {
+        policy: args.policy.clone(),
+        identity: args.identity.clone(),
+        audit: args.audit.clone(),
         listen: args.listen,
-        zone: names.iter().map(|name| (name.entry.clone(), name.host)).collect(),
-        ..LabOptions::new(policy_json)
     };
-    let mut lab = Lab::start(&options)?;
-    std::fs::write(lab.files.join("signing.key"), &signing_key)?;
-    let workloads =
-        [("sleep", "spiffe://cluster.local/ns/app/sa/sleep"), ("billing", "spiffe://cluster.local/ns/billing/sa/api")];
-    for (name, id) in workloads {
-        lab.pki.write_files(&lab.files, name, &lab.client_cert(Some(id))?)?;
-    }
+    let mut demo = Demo::start(&options)?;
+    let lab = &demo.lab;
     println!(
         "egress-lab ready: http={} (forward proxy, CONNECT) tls={} (TLS passthrough by SNI) mtls={} (client certificate required) admin={} dns={} policy={} (fingerprint {})",
         lab.http(),
@@ -159,60 +143,26 @@ fn run(args: &Args) -> Result<(), Error> {
         lab.envoy.admin(),
         lab.dns.addr(),
         args.policy.display(),
-        policy.fingerprint(),
+        demo.policy.fingerprint(),
     );
     println!(
-        "Run directory: {} (envoy.json, envoy.log, the access log); certificates and keys: {}",
-        lab.envoy.dir().display(),
+        "Run directory: {} (envoy.json, envoy.log, access.log, certificates and keys; removed when the lab stops, kept with EGRESS_KEEP_RUNS=1)",
         lab.files.display()
     );
-    print_zone(&lab, &names);
-    let key_id = options.identity_json.as_deref().and_then(|json| {
-        let config: serde_json::Value = serde_json::from_str(json).ok()?;
-        config["signing"]["keyId"].as_str().map(str::to_string)
-    });
-    print_tries(&lab, &policy, key_id.as_deref());
-    wait_for_shutdown(&mut lab)?;
+    print_zone(&demo);
+    print_tries(&demo)?;
+    wait_for_shutdown(&mut demo.lab)?;
     println!("egress-lab: stopping");
     Ok(())
 }
 
-/// One name of the lab's zone, and where it comes from.
-struct ZoneName {
-    /// The zone entry: a host pattern of the policy, or the wildcard standing for one with an inner `*`.
-    entry: String,
-    /// The pattern of the policy it stands for.
-    pattern: String,
-    rule: String,
-    /// The upstream host that answers for it: one per rule with hosts.
-    host: usize,
-}
-
-/// The zone of the lab: every host pattern of the policy's rules, each rule's on an upstream host of its own (so the
-/// echo's `upstream` tells the rules apart). DNS wildcards stand only for leading labels, so a pattern with an inner
-/// `*` (`ec2.*.amazonaws.com`) becomes the wildcard on what follows its last `*` (`*.amazonaws.com`); the policy
-/// still decides which of those names pass. Deny-list hosts are not added: they never reach DNS.
-fn zone_of(policy: &PolicyDocument) -> Vec<ZoneName> {
-    let rules = policy.rules.iter().filter_map(|rule| Some((rule.name.as_str(), rule.hosts.as_deref()?)));
-    let mut names = Vec::new();
-    for (host, (rule, patterns)) in rules.enumerate() {
-        for pattern in patterns {
-            let entry = match pattern.rfind("*.") {
-                Some(star) if star > 0 => format!("*.{}", pattern.get(star + 2..).unwrap_or_default()),
-                _ => pattern.clone(),
-            };
-            names.push(ZoneName { entry, pattern: pattern.clone(), rule: rule.to_string(), host });
-        }
-    }
-    names
-}
-
-fn print_zone(lab: &Lab, names: &[ZoneName]) {
+fn print_zone(demo: &Demo) {
+    let lab = &demo.lab;
     println!(
         "\nDNS zone of the gateway (dns={}; other names: NXDOMAIN, so a 503 `dns_resolution_failure`):",
         lab.dns.addr()
     );
-    for name in names {
+    for name in &demo.names {
         let upstream = lab.upstream(name.host).map(|ip| ip.to_string()).unwrap_or_default();
         let stands_for = if name.entry == name.pattern { String::new() } else { format!(", for {}", name.pattern) };
         println!("  {:<28} -> {upstream}    # rule {}{stands_for}", name.entry, name.rule);
@@ -222,48 +172,17 @@ fn print_zone(lab: &Lab, names: &[ZoneName]) {
     );
 }
 
-/// A few curl lines for the policy at hand, each with the outcome the policy engine predicts.
-fn print_tries(lab: &Lab, policy: &Policy, key_id: Option<&str>) {
-    let (http, tls, mtls) = (lab.http(), lab.tls(), lab.mtls());
-    let ca = lab.files.join("ca.crt");
-    let ca = ca.display();
-    let expect = |host: &str, method: &str| {
-        let request = HttpRequest {
-            authority: host,
-            scheme: "http",
-            method,
-            path: Some("/headers"),
-            caller: egress_core::Caller::ANONYMOUS,
-        };
-        let decision = policy.evaluate_http(&request);
-        match decision.rule {
-            Some(rule) if decision.action.proceeds() => format!("{} (rule {rule})", decision.action.as_str()),
-            _ => format!("{} ({})", decision.action.as_str(), decision.reason),
-        }
-    };
-    println!("\nTry (outcomes as this policy decides them):");
-    for host in ["httpbin.org", "eu.httpbin.org", "www.example.com", "169.254.169.254"] {
-        println!("  curl -si -x http://{http} http://{host}/headers    # {}", expect(host, "GET"));
+/// The suggested requests, each with the outcome the suite's stages compute for it on this lab.
+fn print_tries(demo: &Demo) -> Result<(), Error> {
+    let lab = &demo.lab;
+    println!("\nTry (each outcome computed by the suite's stages on this policy and identity configuration):");
+    for try_ in demo.tries()? {
+        println!("  {}\n      => {}", try_.command, try_.outcome);
     }
-    println!(
-        "  curl -si -p -x http://{http} http://httpbin.org/headers    # CONNECT httpbin.org:80: {}",
-        expect("httpbin.org:80", "CONNECT")
-    );
-    let follow =
-        if policy.follow_route_hops().is_some() { "followed at the gateway" } else { "vetted, passed to curl" };
-    println!("  curl -si -x http://{http} 'http://httpbin.org/redirect-to?url=http://eu.httpbin.org/get'    # redirect {follow}");
-    println!("  curl -si -x http://{http} 'http://httpbin.org/redirect-to?url=http://169.254.169.254/'    # redirect refused (deny_listed)");
-    println!(
-        "  curl -si --cacert {ca} --connect-to httpbin.org:443:{tls} https://httpbin.org/headers    # TLS passthrough, SNI httpbin.org"
-    );
-    println!(
-        "  curl -si --cacert {ca} --cert {dir}/billing.crt --key {dir}/billing.key --connect-to egress-gateway:443:{mtls} -H 'Host: api.stripe.com' https://egress-gateway/headers    # as spiffe://cluster.local/ns/billing/sa/api",
-        dir = lab.files.display()
-    );
     println!("  curl -s http://{}/stats?filter=wasmcustom    # decisions counted", lab.envoy.admin());
-    if let Some(key_id) = key_id {
+    if let Some(key_id) = &demo.key_id {
         println!(
-            "\nSigned identity assertions: key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id {key_id} --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers",
+            "\nSigned identity assertions: key in {dir}/signing.key; an upstream checks one with\n  cargo run -q -p egressctl -- verify-assertion --key-file {dir}/signing.key --key-id {key_id} --assertion '<x-workload-assertion>' --identity <x-workload-identity> --method GET --authority api.stripe.com --path /headers\nEnvoy reads the key from its environment: to run {dir}/envoy.json yourself (lab stopped, EGRESS_KEEP_RUNS=1), {SIGNING_KEY_ENV}=$(cat {dir}/signing.key) envoy -c {dir}/envoy.json",
             dir = lab.files.display()
         );
     }
@@ -273,14 +192,7 @@ fn print_tries(lab: &Lab, policy: &Policy, key_id: Option<&str>) {
         log = lab.envoy.dir().join("envoy.log").display()
     );
     println!("\nCtrl-C stops the gateway.");
-}
-
-/// 32 random bytes from the OS, hex-encoded: a fresh HMAC key for each lab.
-fn random_hex_key() -> Result<String, Error> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(())
 }
 
 /// Blocks until SIGINT or SIGTERM; fails if Envoy dies first.

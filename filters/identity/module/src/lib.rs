@@ -2,7 +2,7 @@
 //! `egress-identity-tls` (network: refuses TLS passthrough unless tunnels are allowed). Its plugin configuration is
 //! the identity configuration; the signing key comes from the VM's environment (`signing.keyEnv`).
 
-use egress_core::workload::IdentityConfig;
+use egress_core::identity::IdentityConfig;
 use egress_identity::{Identity, ROOT_ID, TLS_ROOT_ID};
 use egress_proxy::{config, Layer, Module, Pipeline, Setup};
 use std::rc::Rc;
@@ -14,8 +14,7 @@ fn build(setup: &Setup<'_>) -> Result<Pipeline, String> {
     let json = config::plugin_config()?;
     let identity =
         IdentityConfig::from_json(&json, |var| std::env::var(var).ok()).map_err(|errors| errors.to_string())?;
-    let signing = identity.signer.as_ref().map_or("off".to_string(), |s| format!("key id {}", s.key_id));
-    let description = format!("onMissing {:?}, tunnels {:?}, signing {signing}", identity.on_missing, identity.tunnels);
+    let description = identity.summary();
     let stage = Rc::new(Identity::new(setup.host, Rc::new(identity))?);
     let pipeline = Pipeline::new(description);
     Ok(match setup.layer {
