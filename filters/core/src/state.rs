@@ -57,11 +57,12 @@ pub struct IdentityRecord<S> {
     pub id: Option<S>,
 }
 
+// Written by the redirects stage (`ToJson`, `append_hop`) into the `egress.redirects` chain, read back by the audit
+// stage (`RedirectHop::list_from_json`) into its event; the doc comment below is the JSON Schema's description.
+/// One redirect of the request: a 3xx the gateway vetted, or a hop it followed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
-/// One hop of the [`REDIRECTS`] chain: written by the redirects stage ([`ToJson`], [`append_hop`]), read back by
-/// the audit stage ([`RedirectHop::list_from_json`]) into its event.
 pub struct RedirectHop {
     /// `null` for hops the gateway followed (their 3xx never reaches a filter).
     pub status: Option<u16>,
