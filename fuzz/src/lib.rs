@@ -56,6 +56,59 @@ pub(crate) fn selector(data: &[u8]) -> (u8, &[u8]) {
 }
 
 /// Whether a `serde_json` value holds a number that is not an integer (the filters' reader refuses them all).
+/// Whether `json` (which `serde_json` reads) holds a float anywhere, members a later duplicate key replaces included:
+/// `serde_json::Value` keeps the last of repeated keys, where our reader judges every value it reads.
+pub(crate) fn has_float_anywhere(json: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Floats;
+    impl<'de> DeserializeSeed<'de> for Floats {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Floats {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while let Some(float) = items.next_element_seed(Floats)? {
+                found |= float;
+            }
+            Ok(found)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while members.next_key::<IgnoredAny>()?.is_some() {
+                found |= members.next_value_seed(Floats)?;
+            }
+            Ok(found)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    Floats.deserialize(&mut deserializer).unwrap_or(false)
+}
+
 pub(crate) fn has_float(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::Number(n) => n.is_f64(),

@@ -22,9 +22,9 @@
 //! the same paths under `policy`.
 
 use egress_core::audit::AuditDocument;
+use egress_core::identity::IdentityDocument;
 use egress_core::json::from_slice;
 use egress_core::suite::SuiteConfig;
-use egress_core::identity::IdentityDocument;
 use egress_core::{ConfigError, ConfigErrors, Policy, PolicyDocument};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
