@@ -156,15 +156,6 @@ pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, Locatio
         }
         None => (base.scheme.to_ascii_lowercase(), location.strip_prefix("//")),
     };
-    // `.%2e` is `..` to a browser (WHATWG) and an ordinary segment to RFC 3986 and curl: the same Location would
-    // reach two targets, so it reaches none.
-    let reference_path = match rest {
-        Some(rest) => rest.find(['/', '?']).map_or("", |end| &rest[end..]),
-        None => location,
-    };
-    if has_escaped_dot_segment(reference_path) {
-        return Err(LocationError::Malformed);
-    }
     let (authority, path) = match rest {
         Some(rest) => {
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -177,6 +168,12 @@ pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, Locatio
         }
         None => (base.authority, merge(base.path, location)),
     };
+    // `.%2e` is `..` to a browser (WHATWG) and an ordinary segment to RFC 3986 and curl: the same Location would
+    // reach two targets, so it reaches none. Checked on the merged path: a relative Location takes the base's
+    // directory as it is, and a target must be its own normal form.
+    if has_escaped_dot_segment(&path) {
+        return Err(LocationError::Malformed);
+    }
     let authority = Authority::parse(authority).map_err(|_| LocationError::Malformed)?;
     Ok(Target { scheme, authority, path: remove_dot_segments_keep_query(&path) })
 }
@@ -747,6 +744,13 @@ mod tests {
         for fine in ["/x/%2ex/y", "/x/a%2e/y", "/x?q=/%2e%2e/", "/x/%252e%252e/y"] {
             assert!(resolve(&BASE, fine).is_ok(), "{fine}");
         }
+        // A relative Location against a base path that has one (Envoy passes it on): the target would carry it, and
+        // its own URL could not be followed. Found by the same target once the Location alone was checked.
+        let base = BaseRequest { path: "/publicUb/%2e./!//b/me", ..BASE };
+        for relative in [".&/b", "x", "?q", ""] {
+            assert_eq!(resolve(&base, relative), Err(LocationError::Malformed), "{relative:?}");
+        }
+        assert!(resolve(&base, "/x").is_ok(), "an absolute path does not take the base's");
     }
 
     #[test]
