@@ -1474,21 +1474,53 @@ fn vm_growth(
 }
 
 /// The end of warm-up: a vertical line at `x`, in the legend.
-fn warm_up_line(
-    chart: &mut ChartContext<
-        '_,
-        BitMapBackend<'_>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    x: f64,
-    y_max: f64,
-) -> Result<(), Error> {
+fn warm_up_line(chart: &mut Chart<'_>, x: f64, y_max: f64) -> Result<(), Error> {
     let style = BLACK.mix(0.6).stroke_width(2);
     chart
         .draw_series(LineSeries::new([(x, 0.0), (x, y_max)], style))
         .map_err(|e| e.to_string())?
         .label("end of warm-up")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    Ok(())
+}
+
+/// A chart of the plot, its axes drawn: requests (thousands) against `y_desc`.
+type Chart<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+fn panel<'a>(
+    area: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    x_max: f64,
+    y_max: f64,
+) -> Result<Chart<'a>, Error> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("requests (thousands)").y_desc(y_desc).draw().map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// The end of warm-up, if it is in the chart, and the legend.
+fn finish(chart: &mut Chart<'_>, warm_x: Option<f64>, y_max: f64) -> Result<(), Error> {
+    if let Some(w) = warm_x {
+        warm_up_line(chart, w, y_max)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -1515,14 +1547,7 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
         let envoy_series: [Series; 2] =
             [("Envoy RSS", BLUE, |s| s.rss), ("tcmalloc heap", RGBColor(230, 126, 34), |s| s.heap_size)];
         let y_max = load.iter().map(|s| mib(s.rss.max(s.heap_size))).fold(1.0, f64::max) * 1.2;
-        let mut chart = ChartBuilder::on(left)
-            .caption(format!("Envoy {version}, {name}: memory (MiB)"), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("requests (thousands)").y_desc("MiB").draw().map_err(|e| e.to_string())?;
+        let mut chart = panel(left, &format!("Envoy {version}, {name}: memory (MiB)"), "MiB", x_max, y_max)?;
         for (label, color, pick) in envoy_series {
             chart
                 .draw_series(LineSeries::new(load.iter().map(|s| (x(s), mib(pick(s)))), color.stroke_width(2)))
@@ -1530,26 +1555,11 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
-        if let Some(w) = warm_x {
-            warm_up_line(&mut chart, w, y_max)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        finish(&mut chart, warm_x, y_max)?;
 
         let y_max = load.iter().flat_map(|s| s.vms.iter().map(|vm| kib(vm.bytes))).fold(1.0, f64::max) * 1.2;
-        let mut chart = ChartBuilder::on(right)
-            .caption(format!("{name}: Wasm VMs, linear memory (solid) and resident (light), KiB"), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("requests (thousands)").y_desc("KiB").draw().map_err(|e| e.to_string())?;
+        let caption = format!("{name}: Wasm VMs, linear memory (solid) and resident (light), KiB");
+        let mut chart = panel(right, &caption, "KiB", x_max, y_max)?;
         // In colour the VM of each module that serves the requests (`#1`, the worker's), with its resident pages;
         // the others (the main thread's copy, the base VM) in grey, memory only: they stay as configured.
         let mut colours = 0;
@@ -1579,16 +1589,7 @@ fn plot(results: &[ChainResult], version: &str, warmup: u64, path: &Path) -> Res
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             chart.draw_series(LineSeries::new(points(|vm| vm.resident), color.mix(0.4))).map_err(|e| e.to_string())?;
         }
-        if let Some(w) = warm_x {
-            warm_up_line(&mut chart, w, y_max)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        finish(&mut chart, warm_x, y_max)?;
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())

@@ -30,6 +30,11 @@ pub use crate::compose::SIGNING_KEY_ENV;
 pub const WORKLOADS: [(&str, &str); 2] =
     [("sleep", "spiffe://cluster.local/ns/app/sa/sleep"), ("billing", "spiffe://cluster.local/ns/billing/sa/api")];
 
+/// The SPIFFE ID of one of [`WORKLOADS`].
+fn workload_id(name: &str) -> Option<&'static str> {
+    WORKLOADS.iter().find(|(workload, _)| *workload == name).map(|(_, id)| *id)
+}
+
 /// What `egress-lab up` is given.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -124,7 +129,7 @@ impl Demo {
             Send::Http { method, host, path } => self.predict_http(method, host, Some(path), None),
             Send::Connect { authority, .. } => self.predict_http("CONNECT", authority, None, None),
             Send::Mtls { workload, host, path } => {
-                let id = WORKLOADS.iter().find(|(name, _)| name == workload).map(|(_, id)| *id);
+                let id = workload_id(workload);
                 self.predict_http("GET", host, Some(path), id)
             }
             Send::Tls { sni } => self.predict_tls(sni),
@@ -370,7 +375,7 @@ impl Try {
                 Err(_) => (None, None),
             },
             Send::Mtls { workload, host, path } => {
-                let id = WORKLOADS.iter().find(|(name, _)| name == workload).map(|(_, id)| *id);
+                let id = workload_id(workload);
                 seen(lab.mtls_get(&lab.client_cert(id)?, host, path)?)
             }
         })
