@@ -20,6 +20,7 @@ mod report;
 mod scenarios;
 mod soak;
 
+use clap::{Parser, Subcommand};
 use egress_harness::collector::{Collector, Mode};
 use egress_harness::echo::Echo;
 use egress_harness::envoy::{self, Envoy, Launcher};
@@ -40,11 +41,39 @@ const PATH: &str = "/status/200";
 const ENVOY_CORE: usize = 0;
 const LOAD_CORE: usize = 1;
 
+/// What the suite costs in a real Envoy, side by side with no filter, an empty Wasm filter, RBAC and Lua.
+#[derive(Debug, Parser)]
+#[command(name = "egress-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    bench: Args,
+    #[command(subcommand)]
+    soak: Option<Soak>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Soak {
+    /// The soak test (`make soak`): both chains under paced load with audit shipping; memory flat, counters and
+    /// audit deliveries exact.
+    Soak(soak::Args),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
-    rounds: usize,
-    seconds: u32,
+    /// Every scenario briefly (under 3 minutes): one round of one second.
+    #[arg(long)]
     quick: bool,
-    out: PathBuf,
+    /// Rounds; each figure is the median over them.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Seconds per run of a round.
+    #[arg(long, value_name = "S", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: u32,
+    /// Where results.md and chart.png go (default: bench/results).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Every figure as JSON, here.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
@@ -58,49 +87,38 @@ impl Args {
         }
     }
 
+    fn rounds(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.rounds as usize
+        }
+    }
+
+    fn seconds(&self) -> u32 {
+        if self.quick {
+            1
+        } else {
+            self.seconds
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| envoy::workspace_root().join("bench/results"))
+    }
+
     /// How long each paced latency run lasts.
     fn latency_run(&self) -> Duration {
-        Duration::from_secs(if self.quick { 2 } else { u64::from(self.seconds) + 1 })
+        Duration::from_secs(if self.quick { 2 } else { u64::from(self.seconds()) + 1 })
     }
-}
-
-const USAGE: &str = "egress-bench [--quick] [--rounds N] [--seconds S] [--out DIR] [--json FILE]";
-
-fn parse_args() -> Result<Args, String> {
-    let mut args =
-        Args { rounds: 3, seconds: 4, quick: false, out: envoy::workspace_root().join("bench/results"), json: None };
-    let mut rest = std::env::args().skip(1);
-    while let Some(flag) = rest.next() {
-        if flag == "--quick" {
-            args.quick = true;
-            args.rounds = 1;
-            args.seconds = 1;
-            continue;
-        }
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_string());
-        }
-        let value = rest.next().ok_or(format!("{flag} needs a value ({USAGE})"))?;
-        match flag.as_str() {
-            "--rounds" => args.rounds = value.parse().map_err(|_| format!("--rounds {value}: not a number"))?,
-            "--seconds" => args.seconds = value.parse().map_err(|_| format!("--seconds {value}: not a number"))?,
-            "--out" => args.out = PathBuf::from(value),
-            "--json" => args.json = Some(PathBuf::from(value)),
-            _ => return Err(format!("unknown argument {flag} ({USAGE})")),
-        }
-    }
-    if args.rounds == 0 || args.seconds == 0 {
-        return Err("--rounds and --seconds must be at least 1".into());
-    }
-    Ok(args)
 }
 
 fn main() -> ExitCode {
-    // `egress-bench soak [flags]` (`make soak`): the soak test, with flags of its own.
-    if std::env::args().nth(1).as_deref() == Some("soak") {
-        return soak::main(std::env::args().skip(2));
+    let cli = Cli::parse();
+    if let Some(Soak::Soak(args)) = &cli.soak {
+        return soak::main(args);
     }
-    match parse_args().map_err(Error::from).and_then(|args| run(&args)) {
+    match run(&cli.bench) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egress-bench: {e}");
@@ -164,7 +182,7 @@ fn run(args: &Args) -> Result<(), Error> {
     let policy_path = envoy::workspace_root().join("examples/policy.yaml");
     let policy: Value = serde_json::from_str(&load_policy(&policy_path)?)?;
     let saturate = |envoy: &Envoy, host: &str, expect: Expect| {
-        load::saturate(envoy.listener("egress_http"), host, PATH, args.seconds, expect, Some(LOAD_CORE))
+        load::saturate(envoy.listener("egress_http"), host, PATH, args.seconds(), expect, Some(LOAD_CORE))
     };
 
     // Side by side: every scenario runs at once, idle but for the one under load.
@@ -176,8 +194,8 @@ fn run(args: &Args) -> Result<(), Error> {
         let calls = calls::per_request(scenario, &policy, HOST, PATH)?;
         measured.push(Measured { echo, direct, row: Row { scenario, calls, ..Row::default() } });
     }
-    for round in 1..=args.rounds {
-        eprintln!("throughput and CPU, round {round}/{}", args.rounds);
+    for round in 1..=args.rounds() {
+        eprintln!("throughput and CPU, round {round}/{}", args.rounds());
         for m in &mut measured {
             m.row.echo.push(saturate(&m.echo, HOST, Expect::Success)?.rate);
             let mut rate = 0.0;
@@ -194,8 +212,8 @@ fn run(args: &Args) -> Result<(), Error> {
     // an idle worker and no scenario reports queueing.
     let slowest = measured.iter().map(|m| m.row.direct.median()).fold(f64::INFINITY, f64::min);
     let rate = (slowest / 3.0).clamp(100.0, 2_000.0).round();
-    for round in 1..=args.rounds {
-        eprintln!("paced latency at {rate} req/s, round {round}/{}", args.rounds);
+    for round in 1..=args.rounds() {
+        eprintln!("paced latency at {rate} req/s, round {round}/{}", args.rounds());
         for m in &mut measured {
             let plan = paced::Plan {
                 target: m.direct.listener("egress_http"),
@@ -236,8 +254,8 @@ fn run(args: &Args) -> Result<(), Error> {
         );
         scaling.push((rules, allowlist, rbac, Scaling { rules, memory, suite_memory, ..Scaling::default() }));
     }
-    for round in 1..=args.rounds {
-        eprintln!("scaling round {round}/{}", args.rounds);
+    for round in 1..=args.rounds() {
+        eprintln!("scaling round {round}/{}", args.rounds());
         for (rules, allowlist, rbac, result) in &mut scaling {
             let hit = scenarios::generated_hit(*rules);
             let miss = scenarios::GENERATED_MISS;
@@ -270,8 +288,8 @@ fn run(args: &Args) -> Result<(), Error> {
 
     let results = Results {
         envoy_version: envoy::version(),
-        rounds: args.rounds,
-        seconds: args.seconds,
+        rounds: args.rounds(),
+        seconds: args.seconds(),
         quick: args.quick,
         rows,
         latency: Latency { rate, seconds: args.latency_run().as_secs() },
@@ -279,15 +297,16 @@ fn run(args: &Args) -> Result<(), Error> {
         modules,
         elapsed: started.elapsed(),
     };
-    std::fs::create_dir_all(&args.out)?;
+    let out = args.out();
+    std::fs::create_dir_all(&out)?;
     let markdown = results.markdown();
-    std::fs::write(args.out.join("results.md"), &markdown)?;
-    report::chart(&results, &args.out.join("chart.png"))?;
+    std::fs::write(out.join("results.md"), &markdown)?;
+    report::chart(&results, &out.join("chart.png"))?;
     if let Some(json) = &args.json {
         std::fs::write(json, serde_json::to_string_pretty(&results.json())?)?;
     }
     println!("{markdown}");
-    eprintln!("written: {} and chart.png", args.out.join("results.md").display());
+    eprintln!("written: {} and chart.png", out.join("results.md").display());
     collector.shutdown();
     echo.shutdown();
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -316,4 +335,20 @@ fn access_log_lines(targets: &Targets) -> Result<usize, Error> {
         return Err("suite-accesslog: the access log is empty".into());
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let quick = Cli::try_parse_from(["egress-bench", "--quick", "--rounds", "5"]).unwrap().bench;
+        assert_eq!((quick.rounds(), quick.seconds()), (1, 1), "--quick wins");
+        let soak = Cli::try_parse_from(["egress-bench", "soak", "--chains", "suite", "--requests", "20000"]).unwrap();
+        assert!(matches!(soak.soak, Some(Soak::Soak(_))));
+        assert!(Cli::try_parse_from(["egress-bench", "--quick", "soak"]).is_err(), "bench flags are not soak's");
+    }
 }

@@ -74,13 +74,8 @@ const WASM_PAGE: u64 = 64 * 1024;
 /// How much of a module's first data segment identifies the module in a VM's memory.
 const SEGMENT_PROBE: usize = 64 * 1024;
 
-const USAGE: &str = "egress-bench soak [--requests N] [--rate R] [--warmup N] [--samples N] [--connections N]
-                   [--chains suite,wasmplugins] [--envoy PATH] [--out DIR]
-Defaults: --requests $SOAK_REQUESTS or 1000000, --rate $SOAK_RATE or 2200 (req/s), --warmup a tenth of the requests,
---samples 100, --connections 8, both chains, Envoy $ENVOY_BIN (else as the harness finds it), --out bench/results/soak.";
-
 /// A chain of the manifests, as `make test-integration` names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Chain {
     Suite,
     Wasmplugins,
@@ -101,88 +96,73 @@ impl Chain {
             Chain::Wasmplugins => Scenario::SuiteSeparate,
         }
     }
-
-    fn parse(id: &str) -> Result<Chain, String> {
-        [Chain::Suite, Chain::Wasmplugins]
-            .into_iter()
-            .find(|chain| chain.id() == id)
-            .ok_or_else(|| format!("unknown chain {id} (suite, wasmplugins)"))
-    }
 }
 
-struct Args {
+/// `make soak`: both chains under paced load with audit shipping; memory flat, counters and deliveries exact.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Requests per chain.
+    #[arg(long, value_name = "N", env = "SOAK_REQUESTS", default_value_t = DEFAULT_REQUESTS)]
     requests: u64,
+    /// Requests per second, paced (open loop).
+    #[arg(long, value_name = "R", env = "SOAK_RATE", default_value_t = DEFAULT_RATE)]
     rate: f64,
-    warmup: u64,
+    /// Requests before the memory baseline is taken (default: a tenth of --requests).
+    #[arg(long, value_name = "N")]
+    warmup: Option<u64>,
+    /// Segments, each ending with a memory and counter sample.
+    #[arg(long, value_name = "N", default_value_t = 100)]
     samples: u64,
+    #[arg(long, value_name = "N", default_value_t = 8)]
     connections: usize,
+    #[arg(long, value_delimiter = ',', default_value = "suite,wasmplugins")]
     chains: Vec<Chain>,
+    /// The Envoy binary (default: $ENVOY_BIN, else as the harness finds it).
+    #[arg(long, value_name = "PATH")]
     envoy: Option<PathBuf>,
-    out: PathBuf,
+    /// Results go to DIR/envoy-<version>/ (default: bench/results/soak).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
-fn parse_args(mut rest: impl Iterator<Item = String>) -> Result<Args, String> {
-    let number = |name: &str, value: &str| value.parse::<u64>().map_err(|_| format!("{name} {value}: not a number"));
-    let from_env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-    let requests = match from_env("SOAK_REQUESTS") {
-        Some(value) => number("SOAK_REQUESTS", &value)?,
-        None => DEFAULT_REQUESTS,
-    };
-    let rate = match from_env("SOAK_RATE") {
-        Some(value) => value.parse().map_err(|_| format!("SOAK_RATE {value}: not a number"))?,
-        None => DEFAULT_RATE,
-    };
-    let mut args = Args {
-        requests,
-        rate,
-        warmup: 0,
-        samples: 100,
-        connections: 8,
-        chains: vec![Chain::Suite, Chain::Wasmplugins],
-        envoy: None,
-        out: envoy::workspace_root().join("bench/results/soak"),
-    };
-    let mut warmup = None;
-    while let Some(flag) = rest.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.into());
+impl Args {
+    /// What clap cannot check alone: the values together.
+    fn check(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.rate > 0.0) || self.samples == 0 || self.connections == 0 {
+            return Err("--rate, --samples and --connections must be positive".into());
         }
-        let value = rest.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--requests" => args.requests = number(&flag, &value)?,
-            "--rate" => args.rate = value.parse().map_err(|_| format!("--rate {value}: not a number"))?,
-            "--warmup" => warmup = Some(number(&flag, &value)?),
-            "--samples" => args.samples = number(&flag, &value)?,
-            "--connections" => args.connections = number(&flag, &value)? as usize,
-            "--chains" => args.chains = value.split(',').map(Chain::parse).collect::<Result<_, _>>()?,
-            "--envoy" => args.envoy = Some(PathBuf::from(value)),
-            "--out" => args.out = PathBuf::from(value),
-            _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
+        // Each segment opens its connections with one request each before its timed ones.
+        if self.requests / self.samples <= self.connections as u64 {
+            return Err(format!(
+                "{} requests in {} samples leave no more than {} requests per sample: too few for {} connections",
+                self.requests,
+                self.samples,
+                self.requests / self.samples,
+                self.connections
+            ));
         }
+        if self.warmup() >= self.requests {
+            return Err("--warmup must be below --requests".into());
+        }
+        Ok(())
     }
-    args.warmup = warmup.unwrap_or(args.requests / 10);
-    if !(args.rate.is_finite() && args.rate > 0.0) || args.samples == 0 || args.connections == 0 {
-        return Err("--rate, --samples and --connections must be positive".into());
+
+    fn warmup(&self) -> u64 {
+        self.warmup.unwrap_or(self.requests / 10)
     }
-    // Each segment opens its connections with one request each before its timed ones.
-    if args.requests / args.samples <= args.connections as u64 {
-        return Err(format!(
-            "{} requests in {} samples leave no more than {} requests per sample: too few for {} connections",
-            args.requests,
-            args.samples,
-            args.requests / args.samples,
-            args.connections
-        ));
+
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| envoy::workspace_root().join("bench/results/soak"))
     }
-    if args.warmup >= args.requests || args.chains.is_empty() {
-        return Err("--warmup must be below --requests, and --chains name one chain at least".into());
-    }
-    Ok(args)
 }
 
-/// `egress-bench soak [flags]`: success only if every property held on every chain.
-pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
-    let outcome = parse_args(args).map_err(Error::from).and_then(|args| run(&args));
+/// `egress-bench soak [flags]`: success only if every property held on every chain; exit 2 on a usage error.
+pub fn main(args: &Args) -> ExitCode {
+    if let Err(usage) = args.check() {
+        eprintln!("soak: {usage}");
+        return ExitCode::from(2);
+    }
+    let outcome = run(args);
     match outcome {
         Ok(failed) if failed.is_empty() => ExitCode::SUCCESS,
         Ok(failed) => {
@@ -334,14 +314,14 @@ fn run(args: &Args) -> Result<Vec<String>, Error> {
     let Some(version) = results.first().map(|r| r.version.clone()) else {
         return Ok(failed);
     };
-    let dir = args.out.join(format!("envoy-{version}"));
+    let dir = args.out().join(format!("envoy-{version}"));
     std::fs::create_dir_all(&dir)?;
     for result in &results {
         std::fs::write(dir.join(format!("{}.csv", result.chain.id())), result.csv())?;
     }
     let summary = summary(args, &version, &results);
     std::fs::write(dir.join("summary.md"), &summary)?;
-    plot(&results, &version, args.warmup, &dir.join("memory.png"))?;
+    plot(&results, &version, args.warmup(), &dir.join("memory.png"))?;
     println!("{summary}");
     eprintln!("soak: written {}: summary.md, memory.png, <chain>.csv", dir.display());
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -663,7 +643,7 @@ impl ChainResult {
             ok: failure.is_none() && requests == args.requests,
             detail: failure.unwrap_or_else(|| format!("{requests} requests, each answered as it must be")),
         });
-        let (Some(warm), Some(end)) = (self.warm(args.warmup), self.end()) else {
+        let (Some(warm), Some(end)) = (self.warm(args.warmup()), self.end()) else {
             checks.push(Check { name: "envoy-rss", ok: false, detail: "no sample after warm-up".into() });
             return checks;
         };
@@ -702,7 +682,7 @@ impl ChainResult {
                 format!("{label} {:.0} → {:.0} KiB ({g:+.2} %)", kib(from), kib(to))
             })
         };
-        let (queue_warm, queue_after) = self.queue_peaks(args.warmup);
+        let (queue_warm, queue_after) = self.queue_peaks(args.warmup());
         let resident = format!(
             "resident pages, largest growth: {}; audit queue deepest: {queue_warm} events during warm-up, \
              {queue_after} after",
@@ -1321,7 +1301,7 @@ fn summary(args: &Args, version: &str, results: &[ChainResult]) -> String {
         args.rate,
         args.connections,
         args.samples,
-        args.warmup
+        args.warmup()
     );
     out.push_str(
         "| chain | requests | rate (req/s) | duration | Envoy RSS after warm-up → end | VMs, largest growth: memory / resident | \
@@ -1329,7 +1309,7 @@ fn summary(args: &Args, version: &str, results: &[ChainResult]) -> String {
     );
     for r in results {
         let name = r.chain.scenario().name();
-        let (warm, end) = (r.warm(args.warmup), r.end());
+        let (warm, end) = (r.warm(args.warmup()), r.end());
         let rss = match (warm, end) {
             (Some(w), Some(e)) => format!("{:.1} → {:.1} MiB ({:+.2} %)", mib(w.rss), mib(e.rss), growth(w.rss, e.rss)),
             _ => "—".into(),
@@ -1405,7 +1385,7 @@ fn summary(args: &Args, version: &str, results: &[ChainResult]) -> String {
         for c in &r.checks {
             let _ = writeln!(out, "| `{}` | {} | {} |", c.name, if c.ok { "pass" } else { "**FAILED**" }, c.detail);
         }
-        let (Some(warm), Some(end)) = (r.warm(args.warmup), r.end()) else { continue };
+        let (Some(warm), Some(end)) = (r.warm(args.warmup()), r.end()) else { continue };
         let _ = writeln!(
             out,
             "\nMemory after warm-up ({} requests) and at the end (tcmalloc: bytes in use / heap):\n",
@@ -1426,7 +1406,7 @@ fn summary(args: &Args, version: &str, results: &[ChainResult]) -> String {
                 row(&mut out, &format!("VM {label}: resident"), a.resident, b.resident);
             }
         }
-        let (queue_warm, queue_after) = r.queue_peaks(args.warmup);
+        let (queue_warm, queue_after) = r.queue_peaks(args.warmup());
         let _ = writeln!(
             out,
             "\nThe audit queue, deepest seen (polled every {} ms): {queue_warm} events up to the end of warm-up, \

@@ -7,8 +7,9 @@
 //! connection is judged by its SNI as a CONNECT to that host and port is (the policy has no method-scoped rule that
 //! a CONNECT could match). Every local reply body is JSON.
 
-use egress_core::decision::{Caller, HttpRequest};
+use egress_core::decision::Caller;
 use egress_core::path;
+use egress_core::RequestLine;
 use egress_core::{Action, Authority};
 
 const METHODS: [&str; 5] = ["GET", "POST", "HEAD", "CONNECT", "DELETE"];
@@ -21,7 +22,7 @@ pub fn run(data: &[u8]) {
     let method = METHODS[usize::from(selector >> 1) % METHODS.len()];
     let policy = crate::redirect::policy();
     let evaluate = |authority: &str, path: &str| {
-        policy.evaluate_http(&HttpRequest { authority, scheme, method, path: Some(path), caller: Caller::ANONYMOUS })
+        policy.evaluate_http(&RequestLine { scheme, authority, method, path: Some(path) }, Caller::ANONYMOUS)
     };
     let decision = evaluate(authority, path);
     let body = decision.http_body();

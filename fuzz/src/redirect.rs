@@ -16,9 +16,10 @@
 //! we drop it, `url` keeps it. A base request whose path holds `\` or `%2e` is not compared: WHATWG reads them as
 //! `/` and `.` in the base too, where Envoy and RFC 3986 resolution take them as they are.
 
-use egress_core::decision::{Action, Caller, HttpRequest};
-use egress_core::redirect::{self, BaseRequest, HopState, Target};
+use egress_core::decision::{Action, Caller};
+use egress_core::redirect::{self, HopState, Target};
 use egress_core::Policy;
+use egress_core::RequestLine;
 use std::sync::OnceLock;
 
 const POLICY: &str = r#"{
@@ -52,7 +53,7 @@ pub fn run(data: &[u8]) {
     let scheme = if selector & 1 == 0 { "http" } else { "https" };
     let method = METHODS[usize::from(selector >> 1) % METHODS.len()];
     let status = STATUSES[usize::from(selector >> 3) % STATUSES.len()];
-    let base = BaseRequest { scheme, authority, path, method };
+    let base = RequestLine::new(scheme, authority, method, path);
 
     let resolved = redirect::resolve(&base, location);
     let vetted = policy().vet_redirect(&base, status, location, Caller::ANONYMOUS);
@@ -68,14 +69,14 @@ pub fn run(data: &[u8]) {
     // in its path. A relative target
     // copies the base's path, and no `Location` may hold these bytes, nor `\`: a base path with `\` resolves, but
     // its target's URL is not a `Location` we take (left as it is: see fuzz/README.md).
-    if !base.path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\' && b != b'#') {
+    if !base.path_or_empty().bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\' && b != b'#') {
         return;
     }
 
     // A normal form: the target's URL resolves to the target, against any base.
     let url = target.url();
     assert_eq!(redirect::resolve(&base, &url).as_ref(), Ok(&target), "{location:?} → {url:?}");
-    let elsewhere = BaseRequest { scheme: "https", authority: "other.example", path: "/", method };
+    let elsewhere = RequestLine::new("https", "other.example", method, "/");
     assert_eq!(redirect::resolve(&elsewhere, &url).as_ref(), Ok(&target), "{url:?} from elsewhere");
 
     // An allowed redirect is one whose follow-up request the allow-list allows.
@@ -86,21 +87,20 @@ pub fn run(data: &[u8]) {
         };
         let (first, other) = redirect::follow_methods(status, method);
         for method in std::iter::once(first).chain(other) {
-            let request = HttpRequest {
-                authority: &authority,
-                scheme: &target.scheme,
-                method,
-                path: Some(&target.path),
-                caller: Caller::ANONYMOUS,
-            };
-            assert_eq!(policy().evaluate_http(&request).action, Action::Allow, "{url} with {method}");
+            let request =
+                RequestLine { scheme: &target.scheme, authority: &authority, method, path: Some(&target.path) };
+            assert_eq!(
+                policy().evaluate_http(&request, Caller::ANONYMOUS).action,
+                Action::Allow,
+                "{url} with {method}"
+            );
         }
     }
 
     // The hop state the redirects filter keeps between followed hops.
     if let Ok(first) = Target::of_request(&base) {
         let mut state = HopState::start(&base, &first);
-        state.record(&BaseRequest { path: &target.path, ..base }, &target);
+        state.record(&RequestLine { path: Some(&target.path), ..base }, &target);
         let json = state.to_json();
         assert_eq!(json, serde_json::to_string(&state).unwrap());
         assert_eq!(HopState::from_json(&json), Some(state));
@@ -108,15 +108,20 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn against_url(base: &BaseRequest<'_>, location: &str, ours: &Target) {
-    let Ok(base_url) = url::Url::parse(&format!("{}://{}{}", base.scheme, base.authority, base.path)) else { return };
+fn against_url(base: &RequestLine<'_>, location: &str, ours: &Target) {
+    let Ok(base_url) = url::Url::parse(&format!("{}://{}{}", base.scheme, base.authority, base.path_or_empty())) else {
+        return;
+    };
     // A base path `url` reads otherwise than as it was sent: `\` is `/` to WHATWG (in http and https URLs) and `%2e`
     // a dot, where the request Envoy handled, and our resolution, take them as they are (as RFC 3986 does).
     // A base path with dot segments, too: WHATWG removes them from the base before resolving, RFC 3986 (and we)
     // only from the merged result (a browser never sends them; the gateway follows what it vetted).
-    let path_only = base.path.split('?').next().unwrap_or_default();
+    let path_only = base.path_or_empty().split('?').next().unwrap_or_default();
     let dots = path_only.split('/').any(|segment| segment == "." || segment == "..");
-    if !base.path.starts_with('/') || base.path.contains('\\') || base.path.to_ascii_lowercase().contains("%2e") || dots
+    if !base.path_or_empty().starts_with('/')
+        || base.path_or_empty().contains('\\')
+        || base.path_or_empty().to_ascii_lowercase().contains("%2e")
+        || dots
     {
         return;
     }
@@ -124,7 +129,7 @@ fn against_url(base: &BaseRequest<'_>, location: &str, ours: &Target) {
     // where the WHATWG standard as browsers implement it pops it (Node's `URL` agrees with us): not compared.
     let drive_letter =
         |s: &str| s.len() == 2 && s.as_bytes()[0].is_ascii_alphabetic() && b":|".contains(&s.as_bytes()[1]);
-    if location.split(['/', '?']).any(drive_letter) || base.path.split(['/', '?']).any(drive_letter) {
+    if location.split(['/', '?']).any(drive_letter) || base.path_or_empty().split(['/', '?']).any(drive_letter) {
         return;
     }
     let Ok(theirs) = base_url.join(location) else { return };

@@ -162,10 +162,11 @@ pub struct MtlsFiles {
 /// What a local gateway is made of.
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    /// Address of the plain HTTP listener; the TLS and mTLS listeners use the same IP.
+    /// Address of the plain HTTP listener; the mTLS listener uses the same IP.
     pub listen: SocketAddr,
-    /// Ports of the TLS-passthrough and mTLS listeners (0: any free port).
-    pub tls_port: u16,
+    /// Address of the TLS-passthrough listener (port 0: any free port).
+    pub tls_listen: SocketAddr,
+    /// Port of the mTLS listener (0: any free port).
     pub mtls_port: u16,
     /// HTTP filters, in chain order.
     pub http_plugins: Vec<DeployedPlugin>,
@@ -391,7 +392,7 @@ impl Gateway {
         filters.push(json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy}));
         json!({
             "name": TLS_LISTENER,
-            "address": socket(SocketAddr::new(self.listen.ip(), self.tls_port)),
+            "address": socket(self.tls_listen),
             "listener_filters": [{
                 "name": "envoy.filters.listener.tls_inspector",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},

@@ -30,7 +30,7 @@ pub const CONTAINER_WASM_DIR: &str = "/etc/envoy/wasm";
 /// The demo upstream: the compose service name and the port go-httpbin listens on.
 pub const UPSTREAM_HOST: &str = "httpbin";
 pub const UPSTREAM_PORT: u16 = 8080;
-/// The plain HTTP listener; TLS passthrough takes the next port, as with `make run`.
+/// The plain HTTP listener; TLS passthrough takes the next port (published as it is by docker-compose).
 pub const HTTP_PORT: u16 = 10000;
 pub const ADMIN_PORT: u16 = 9901;
 /// The variable the example identity configuration reads its signing key from; `docker-compose.yaml` passes it to

@@ -218,13 +218,21 @@ impl Echo {
         Ok(address)
     }
 
-    /// The upstream hosts ([`Echo::start_hosts`], [`Echo::add_host`]), in order; empty for [`Echo::start`].
     /// The loopback block 127.X.Y.0/24 this `Echo` claimed ([`Echo::start_hosts`]): every host it has or will add.
     pub fn block(&self) -> Option<egress_core::cidr::Cidr> {
         let [a, b, c] = self.block.as_ref()?.prefix;
         Some(egress_core::cidr::Cidr::from_parts(IpAddr::from([a, b, c, 0]), 24))
     }
 
+    /// The address of the block kept for the gateway (127.X.Y.254): no upstream host takes it and no other lab
+    /// holds the block, so the gateway can listen on a production port there (TLS passthrough on 443), as a real
+    /// egress gateway's Service does. `None` for [`Echo::start`].
+    pub fn gateway_address(&self) -> Option<IpAddr> {
+        let [a, b, c] = self.block.as_ref()?.prefix;
+        Some(IpAddr::from([a, b, c, GATEWAY_HOST]))
+    }
+
+    /// The upstream hosts ([`Echo::start_hosts`], [`Echo::add_host`]), in order; empty for [`Echo::start`].
     pub fn hosts(&self) -> Vec<IpAddr> {
         self.block
             .as_ref()
@@ -329,13 +337,17 @@ fn claim_block() -> Result<([u8; 3], Vec<std::net::TcpListener>), Error> {
 }
 
 /// The next address of block `prefix` after `hosts` whose ports are all free, and its listeners.
+/// The last byte of the block's address kept for the gateway's own listeners ([`Echo::gateway_address`]); upstream
+/// hosts take the ones below.
+const GATEWAY_HOST: u8 = 254;
+
 fn bind_next_host(prefix: [u8; 3], hosts: &[IpAddr]) -> Result<(IpAddr, Vec<std::net::TcpListener>), Error> {
     let last = hosts.iter().filter_map(|host| match host {
         IpAddr::V4(v4) => Some(v4.octets()[3]),
         IpAddr::V6(_) => None,
     });
     let [a, b, c] = prefix;
-    for d in last.max().unwrap_or(0).saturating_add(1)..=254 {
+    for d in last.max().unwrap_or(0).saturating_add(1)..GATEWAY_HOST {
         let host = IpAddr::from([a, b, c, d]);
         match bind_host(host) {
             Ok(listeners) => return Ok((host, listeners)),

@@ -126,7 +126,7 @@ fn gateway(options: &LabOptions, echo_http: SocketAddr, echo_https: SocketAddr) 
     let next_port = |offset: u16| if listen.port() == 0 { 0 } else { listen.port().saturating_add(offset) };
     Ok(Gateway {
         listen,
-        tls_port: next_port(1),
+        tls_listen: SocketAddr::new(listen.ip(), next_port(1)),
         mtls_port: next_port(2),
         http_plugins,
         tls_plugins,
@@ -393,6 +393,10 @@ impl Lab {
         let (cert, key) = pki.write_files(&files, "gateway", &gateway_cert)?;
         let mut gateway = gateway(options, echo.http_addr(), echo.https_addr())?;
         gateway.mtls = Some(MtlsFiles { ca, cert, key });
+        // TLS passthrough on port 443, as clients dial it: the port the allow-list judges and audit events record.
+        if let Some(address) = echo.gateway_address() {
+            gateway.tls_listen = SocketAddr::new(address, 443);
+        }
         gateway.access_log = files.join("access.log");
         let mut launcher = Launcher::find()?;
         launcher.env.extend(options.host_env.iter().cloned());

@@ -261,6 +261,28 @@ fn http2_requests_are_vetted_like_http1() {
     assert_denied(&deny_listed, "deny_listed");
 }
 
+/// The lab's passthrough listener is on port 443, as a gateway's Service is: a rule's `ports` is judged against the
+/// port clients dial, and the access log records it.
+#[test]
+fn tls_passthrough_is_judged_on_the_port_clients_dial() {
+    let lab = lab_with(
+        r#"{"rules":[{"name":"on-443","hosts":["a.wild.example"],"ports":[443]},
+                     {"name":"on-8443","hosts":["b.wild.example"],"ports":[8443]}]}"#,
+    );
+    assert_eq!(lab.tls().port(), 443);
+    let ca = lab.pki.ca_pem();
+    let allowed = client::tls_get(lab.tls(), Some("a.wild.example"), ca, "a.wild.example", "/headers").unwrap();
+    assert_eq!(allowed.json()["tls"]["sni"], "a.wild.example");
+    assert!(client::tls_get(lab.tls(), Some("b.wild.example"), ca, "b.wild.example", "/").is_err(), "not on 8443");
+    let log = access_log(&lab, 2);
+    let decisions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|l| (l["decision"]["reason"].as_str().unwrap_or(""), l["decision"]["rule"].as_str().unwrap_or("")))
+        .collect();
+    assert!(decisions.contains(&("allowed", "on-443")), "{decisions:?}");
+    assert!(decisions.contains(&("port_not_allowed", "on-8443")), "{decisions:?}");
+}
+
 #[test]
 fn tls_passthrough_is_vetted_by_sni_and_closed_without_one() {
     let lab = lab();

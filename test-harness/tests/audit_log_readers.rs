@@ -3,7 +3,7 @@
 //! Envoy (`ENVOY_BIN`) and this chain (`EGRESS_MANIFESTS`: the fused suite by default) print them, in Envoy's default
 //! log format and in the two formats Istio's pilot-agent starts Envoy with (`--log-format`, text and `logAsJson`).
 //!
-//! The captured lines are printed (`-- --nocapture`): the reader's unit tests (`filters/cli/src/audit_log.rs`) carry
+//! The captured lines are printed (`-- --nocapture`): the reader's unit tests (`tools/egressctl/src/audit_log.rs`) carry
 //! some of them verbatim.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

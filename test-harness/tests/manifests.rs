@@ -449,7 +449,7 @@ fn the_telemetry_names_providers_the_mesh_configuration_defines_with_the_labs_fo
     // The lab's line: what the harness's bootstrap writes, but for the lab's `listener` field.
     let gateway = Gateway {
         listen: ([127, 0, 0, 1], 0).into(),
-        tls_port: 0,
+        tls_listen: ([127, 0, 0, 1], 0).into(),
         mtls_port: 0,
         http_plugins: Vec::new(),
         tls_plugins: Vec::new(),

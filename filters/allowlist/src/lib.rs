@@ -5,7 +5,7 @@
 
 use egress_core::resolved;
 use egress_core::state::{self, DecisionRecord};
-use egress_core::{Action, Decision, HttpRequest, Mode, Policy, Reason};
+use egress_core::{Action, Decision, Mode, Policy, Reason};
 use egress_proxy::{self as proxy, Connection, Counter, Gauge, Host, HttpStage, Layer, Request, Step, TlsStage};
 use proxy_wasm::types::{LogLevel, MapType, Status};
 use std::rc::Rc;
@@ -180,15 +180,7 @@ impl HttpStage for AllowList {
 
     fn on_request_headers(&self, host: &dyn Host, request: &mut Request) -> Result<Step, Status> {
         let line = request.facts.line(host)?;
-        let decision = Request::with_caller(&request.caller, host, |caller| {
-            self.policy.evaluate_http(&HttpRequest {
-                authority: &line.authority,
-                scheme: if line.scheme.is_empty() { "http" } else { &line.scheme },
-                method: &line.method,
-                path: line.path.as_deref(),
-                caller,
-            })
-        })?;
+        let decision = Request::with_caller(&request.caller, host, |caller| self.policy.evaluate_http(&line, caller))?;
         request.decision = Some(self.record(host, &decision)?);
         if decision.action.proceeds() {
             return Ok(Step::Continue);

@@ -4,7 +4,7 @@
 //! of several rounds; compare the columns within one run, on one machine.
 
 use egress_core::policy::{PolicyDocument, RuleDocument};
-use egress_core::{Caller, HttpRequest, Policy};
+use egress_core::{Caller, Policy, RequestLine};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -56,14 +56,8 @@ fn ns_per_lookup(policy: &Policy, hosts: &[String], want_allow: bool) -> f64 {
             let start = Instant::now();
             for i in 0..LOOKUPS {
                 let host = &hosts[i % hosts.len()];
-                let request = HttpRequest {
-                    authority: host,
-                    scheme: "https",
-                    method: "GET",
-                    path: Some("/"),
-                    caller: Caller::ANONYMOUS,
-                };
-                let decision = policy.evaluate_http(black_box(&request));
+                let request = RequestLine { scheme: "https", authority: host, method: "GET", path: Some("/") };
+                let decision = policy.evaluate_http(black_box(&request), Caller::ANONYMOUS);
                 assert_eq!(decision.action.proceeds(), want_allow, "{host}");
                 black_box(decision);
             }

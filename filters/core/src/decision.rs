@@ -4,6 +4,7 @@ use crate::authority::{Authority, Host, Malformed};
 use crate::json::Object;
 use crate::path::{self, Ambiguity};
 use crate::policy::{Mode, Policy, Rule};
+use crate::request::RequestLine;
 use crate::spiffe::SpiffeId;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -156,19 +157,6 @@ impl Decision<'_> {
     }
 }
 
-/// One HTTP request as the filter sees it (after Envoy's own parsing).
-#[derive(Clone, Copy, Debug)]
-pub struct HttpRequest<'a> {
-    /// `:authority` (HTTP/1 `Host`, or the authority of an absolute-form or CONNECT target).
-    pub authority: &'a str,
-    /// `:scheme`: `http` or `https`, for the default port.
-    pub scheme: &'a str,
-    pub method: &'a str,
-    /// `:path`, with query; absent for CONNECT.
-    pub path: Option<&'a str>,
-    pub caller: Caller<'a>,
-}
-
 /// The caller's verified SPIFFE identity, as far as rules need it. A filter pays host calls to read it and most
 /// requests match no identity-scoped rule, so it can be handed over as a lookup, run only if such a rule is tried
 /// (and then once per evaluation). A lookup that fails returns `None`: identity-scoped rules then refuse.
@@ -239,7 +227,7 @@ struct Target<'a> {
 
 impl Policy {
     /// Evaluates an HTTP request (including CONNECT, whose authority must carry a port).
-    pub fn evaluate_http(&self, request: &HttpRequest<'_>) -> Decision<'_> {
+    pub fn evaluate_http(&self, request: &RequestLine<'_>, caller: Caller<'_>) -> Decision<'_> {
         let authority = match Authority::parse(request.authority) {
             Ok(authority) => authority,
             Err(malformed) => return self.refuse(Reason::MalformedAuthority(malformed)),
@@ -251,8 +239,8 @@ impl Policy {
             (None, _, _) => 80,
         };
         let destination = Destination { host: authority.host, port };
-        let path = if request.method == "CONNECT" { None } else { request.path };
-        let target = Target { destination: &destination, method: Some(request.method), path, caller: request.caller };
+        let path = if request.is_tunnel() { None } else { request.path };
+        let target = Target { destination: &destination, method: Some(request.method), path, caller };
         let (reason, rule) = self.judge(&target);
         self.decide(reason, rule, Some(destination))
     }
@@ -379,13 +367,10 @@ mod tests {
     }
 
     fn get<'p>(policy: &'p Policy, authority: &str, path: &str) -> Decision<'p> {
-        policy.evaluate_http(&HttpRequest {
-            authority,
-            scheme: "http",
-            method: "GET",
-            path: Some(path),
-            caller: Caller::ANONYMOUS,
-        })
+        policy.evaluate_http(
+            &RequestLine { scheme: "http", authority, method: "GET", path: Some(path) },
+            Caller::ANONYMOUS,
+        )
     }
 
     fn reason(decision: &Decision<'_>) -> &'static str {
@@ -416,9 +401,8 @@ mod tests {
         let policy = Policy::from_json(format!(r#"{{"rules":[{}]}}"#, rules.join(",")).as_bytes()).unwrap();
         assert_eq!(policy.rule_count(), 5000);
         let rule = |host: &str| {
-            let request =
-                HttpRequest { authority: host, scheme: "https", method: "GET", path: None, caller: Caller::ANONYMOUS };
-            policy.evaluate_http(&request).rule.map(str::to_string)
+            let request = RequestLine { scheme: "https", authority: host, method: "GET", path: None };
+            policy.evaluate_http(&request, Caller::ANONYMOUS).rule.map(str::to_string)
         };
         assert_eq!(rule("h3999.example.com").as_deref(), Some("r3999"));
         assert_eq!(rule("shared.example.com").as_deref(), Some("r0"));
@@ -470,13 +454,10 @@ mod tests {
         assert_eq!(reason(&get(&p, "0x7f.1", "/")), "ip_literal_not_allowed");
         assert_eq!(reason(&get(&p, "[::1]", "/")), "ip_literal_not_allowed");
         assert_eq!(get(&p, "httpbin.org:8080", "/headers").rule, Some("httpbin"), "the rule that came closest");
-        let post = p.evaluate_http(&HttpRequest {
-            authority: "httpbin.org",
-            scheme: "http",
-            method: "POST",
-            path: Some("/headers"),
-            caller: Caller::ANONYMOUS,
-        });
+        let post = p.evaluate_http(
+            &RequestLine { scheme: "http", authority: "httpbin.org", method: "POST", path: Some("/headers") },
+            Caller::ANONYMOUS,
+        );
         assert_eq!(reason(&post), "method_not_allowed");
     }
 
@@ -551,13 +532,10 @@ mod tests {
         let sleep = SpiffeId::parse("spiffe://cluster.local/ns/app/sa/sleep").unwrap();
         let other = SpiffeId::parse("spiffe://cluster.local/ns/web/sa/sleep").unwrap();
         let eval = |host: &str, id: Option<&SpiffeId>| {
-            p.evaluate_http(&HttpRequest {
-                authority: host,
-                scheme: "https",
-                method: "GET",
-                path: Some("/"),
-                caller: id.into(),
-            })
+            p.evaluate_http(
+                &RequestLine { scheme: "https", authority: host, method: "GET", path: Some("/") },
+                id.into(),
+            )
             .reason
         };
         assert_eq!(eval("internal.example", Some(&sleep)), Reason::Allowed);
@@ -584,20 +562,17 @@ mod tests {
         let failing = || None;
         let eval = |host: &str, lookup: &dyn Fn() -> Option<SpiffeId>| {
             let caller = Caller::Lookup(lookup);
-            let request = HttpRequest { authority: host, scheme: "https", method: "GET", path: Some("/"), caller };
-            p.evaluate_http(&request).rule
+            let request = RequestLine { scheme: "https", authority: host, method: "GET", path: Some("/") };
+            p.evaluate_http(&request, caller).rule
         };
         assert_eq!(eval("open.example", &lookup), Some("open"));
         assert_eq!(lookups.get(), 0, "the first rule that lists the host needs no identity");
         assert_eq!(eval("x.example", &lookup), Some("app-ns"));
         assert_eq!(lookups.get(), 1, "two identity-scoped rules tried, one lookup");
-        let refused = p.evaluate_http(&HttpRequest {
-            authority: "x.example",
-            scheme: "https",
-            method: "GET",
-            path: Some("/"),
-            caller: Caller::Lookup(&failing),
-        });
+        let refused = p.evaluate_http(
+            &RequestLine { scheme: "https", authority: "x.example", method: "GET", path: Some("/") },
+            Caller::Lookup(&failing),
+        );
         assert_eq!(refused.reason, Reason::IdentityNotAllowed, "a failed lookup is no identity");
     }
 
@@ -606,13 +581,10 @@ mod tests {
         let p = policy(
             r#"{"rules":[{"name":"get-only","hosts":["a.com"],"methods":["GET"]},{"name":"any-post","hosts":["*.com"],"methods":["POST"]}]}"#,
         );
-        let post = p.evaluate_http(&HttpRequest {
-            authority: "a.com",
-            scheme: "http",
-            method: "POST",
-            path: Some("/"),
-            caller: Caller::ANONYMOUS,
-        });
+        let post = p.evaluate_http(
+            &RequestLine { scheme: "http", authority: "a.com", method: "POST", path: Some("/") },
+            Caller::ANONYMOUS,
+        );
         assert_eq!((post.action, post.rule), (Action::Allow, Some("any-post")));
     }
 
@@ -622,13 +594,10 @@ mod tests {
             r#"{"rules":[{"name":"tls","hosts":["httpbin.org"],"ports":[443]},{"name":"p","hosts":["p.org"],"paths":["/x"]}]}"#,
         );
         let connect = |authority| {
-            p.evaluate_http(&HttpRequest {
-                authority,
-                scheme: "http",
-                method: "CONNECT",
-                path: None,
-                caller: Caller::ANONYMOUS,
-            })
+            p.evaluate_http(
+                &RequestLine { scheme: "http", authority, method: "CONNECT", path: None },
+                Caller::ANONYMOUS,
+            )
         };
         assert_eq!(connect("httpbin.org:443").action, Action::Allow);
         assert_eq!(connect("httpbin.org:80").reason, Reason::PortNotAllowed);
@@ -681,13 +650,8 @@ mod tests {
             ]}"#,
         );
         let request = |method, authority| {
-            let d = p.evaluate_http(&HttpRequest {
-                authority,
-                scheme: "http",
-                method,
-                path: Some("/"),
-                caller: Caller::ANONYMOUS,
-            });
+            let d =
+                p.evaluate_http(&RequestLine { scheme: "http", authority, method, path: Some("/") }, Caller::ANONYMOUS);
             (d.reason, d.rule)
         };
         assert_eq!(request("GET", "api.example.com"), (Reason::Allowed, Some("r2")));

@@ -21,6 +21,7 @@ pub mod otlp;
 pub mod path;
 pub mod policy;
 pub mod redirect;
+pub mod request;
 pub mod resolved;
 pub mod spiffe;
 pub mod state;
@@ -30,7 +31,8 @@ pub mod xfcc;
 
 pub use authority::{Authority, Host, Malformed};
 pub use config_error::{ConfigError, ConfigErrors};
-pub use decision::{Action, Caller, Decision, Destination, HttpRequest, Reason};
+pub use decision::{Action, Caller, Decision, Destination, Reason};
 pub use documents::{Mode, PolicyDocument};
 pub use policy::Policy;
+pub use request::RequestLine;
 pub use spiffe::{SpiffeError, SpiffeId};

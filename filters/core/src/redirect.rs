@@ -6,9 +6,10 @@
 //! like any other. A backslash anywhere is refused: browsers read `/\evil.example` as `//evil.example`.
 
 use crate::authority::{Authority, Host};
-use crate::decision::{Action, Caller, Decision, HttpRequest, Reason};
+use crate::decision::{Action, Caller, Decision, Reason};
 use crate::json::{self, Object};
 use crate::policy::{Mode, Policy};
+use crate::request::RequestLine;
 use std::fmt::{self, Write as _};
 
 /// Whether a response with `status` and a `Location` sends clients elsewhere: every 3xx. RFC 9110 §15.4 names five
@@ -39,15 +40,6 @@ pub fn follow_methods(status: u16, method: &str) -> (&str, Option<&str>) {
         _ if method == "GET" || method == "HEAD" => (method, None),
         _ => (method, Some("GET")),
     }
-}
-
-/// The request that received the redirect, as the client sent it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BaseRequest<'a> {
-    pub scheme: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub method: &'a str,
 }
 
 /// A resolved redirect target.
@@ -88,13 +80,13 @@ impl Target {
 
 impl Target {
     /// The target a request itself names (a followed hop arrives as a request).
-    pub fn of_request(request: &BaseRequest<'_>) -> Result<Target, LocationError> {
+    pub fn of_request(request: &RequestLine<'_>) -> Result<Target, LocationError> {
         let scheme = request.scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
             return Err(LocationError::NonHttpScheme);
         }
         let authority = Authority::parse(request.authority).map_err(|_| LocationError::Malformed)?;
-        Ok(Target { scheme, authority, path: request.path.to_string() })
+        Ok(Target { scheme, authority, path: request.path_or_empty().to_string() })
     }
 }
 
@@ -139,7 +131,7 @@ impl LocationError {
 }
 
 /// Resolves `location` against `base`.
-pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, LocationError> {
+pub fn resolve(base: &RequestLine<'_>, location: &str) -> Result<Target, LocationError> {
     if location.is_empty() || location.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'\\') {
         return Err(LocationError::Malformed);
     }
@@ -166,7 +158,7 @@ pub fn resolve(base: &BaseRequest<'_>, location: &str) -> Result<Target, Locatio
             };
             (&rest[..end], path)
         }
-        None => (base.authority, merge(base.path, location)),
+        None => (base.authority, merge(base.path_or_empty(), location)),
     };
     // `.%2e` is `..` to a browser (WHATWG) and an ordinary segment to RFC 3986 and curl: the same Location would
     // reach two targets, so it reaches none. Checked on the merged path: a relative Location takes the base's
@@ -299,7 +291,7 @@ impl Vetted<'_> {
 impl Policy {
     /// Vets a redirect (`status`, `location`) received for `base`, for the same caller, for every method a client
     /// may follow it with ([`follow_methods`]).
-    pub fn vet_redirect(&self, base: &BaseRequest<'_>, status: u16, location: &str, caller: Caller<'_>) -> Vetted<'_> {
+    pub fn vet_redirect(&self, base: &RequestLine<'_>, status: u16, location: &str, caller: Caller<'_>) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
         let target = match resolve(base, location) {
             Ok(target) => target,
@@ -317,19 +309,16 @@ impl Policy {
     }
 
     /// Vets a resolved target reached from `base` with `method`: the policy, then the scheme change.
-    pub fn vet_target(&self, base: &BaseRequest<'_>, target: Target, method: &str, caller: Caller<'_>) -> Vetted<'_> {
+    pub fn vet_target(&self, base: &RequestLine<'_>, target: Target, method: &str, caller: Caller<'_>) -> Vetted<'_> {
         let refuse = |reason, target, decision| self.refused(reason, target, decision);
         let authority = match target.authority.port {
             Some(port) => format!("{}:{port}", target.authority.host),
             None => target.authority.host.to_string(),
         };
-        let decision = self.evaluate_http(&HttpRequest {
-            authority: &authority,
-            scheme: &target.scheme,
-            method,
-            path: Some(&target.path),
+        let decision = self.evaluate_http(
+            &RequestLine { scheme: &target.scheme, authority: &authority, method, path: Some(&target.path) },
             caller,
-        });
+        );
         if decision.action != Action::Allow {
             return refuse(RedirectReason::Policy(decision.reason), Some(target), Some(decision));
         }
@@ -371,7 +360,7 @@ impl Policy {
     }
 
     /// The scheme the request really went out with: `https` when the gateway originates TLS for its host.
-    fn effective_scheme<'a>(&self, base: &BaseRequest<'a>) -> &'a str {
+    fn effective_scheme<'a>(&self, base: &RequestLine<'a>) -> &'a str {
         match Authority::parse(base.authority) {
             Ok(authority) if self.originates_tls(&authority.host) => "https",
             _ => base.scheme,
@@ -419,7 +408,7 @@ pub struct HopState {
 
 impl HopState {
     /// The state after the first request.
-    pub fn start(request: &BaseRequest<'_>, target: &Target) -> HopState {
+    pub fn start(request: &RequestLine<'_>, target: &Target) -> HopState {
         let mut state = HopState { origin: target.origin(), ..HopState::default() };
         state.record(request, target);
         state.first = state.last.clone();
@@ -427,8 +416,8 @@ impl HopState {
     }
 
     /// Records a hop as the new "previous request".
-    pub fn record(&mut self, request: &BaseRequest<'_>, target: &Target) {
-        self.last = [request.scheme, request.authority, request.path, request.method].map(str::to_string);
+    pub fn record(&mut self, request: &RequestLine<'_>, target: &Target) {
+        self.last = [request.scheme, request.authority, request.path_or_empty(), request.method].map(str::to_string);
         self.visited.push(fingerprint(&target.url()));
     }
 
@@ -476,15 +465,15 @@ impl HopState {
         json::read(&mut json.as_bytes(), read).ok()
     }
 
-    fn last_request(&self) -> BaseRequest<'_> {
+    fn last_request(&self) -> RequestLine<'_> {
         let [scheme, authority, path, method] = &self.last;
-        BaseRequest { scheme, authority, path, method }
+        RequestLine::new(scheme, authority, method, path)
     }
 
     /// The client's request, which a followed chain is audited as.
-    pub fn first_request(&self) -> BaseRequest<'_> {
+    pub fn first_request(&self) -> RequestLine<'_> {
         let [scheme, authority, path, method] = &self.first;
-        BaseRequest { scheme, authority, path, method }
+        RequestLine::new(scheme, authority, method, path)
     }
 }
 
@@ -514,7 +503,7 @@ impl Policy {
     pub fn judge_followed_hop(
         &self,
         state: &HopState,
-        current: &BaseRequest<'_>,
+        current: &RequestLine<'_>,
         hops: u32,
         caller: Caller<'_>,
     ) -> FollowedHop<'_> {
@@ -557,8 +546,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    const BASE: BaseRequest<'static> =
-        BaseRequest { scheme: "http", authority: "httpbin.org", path: "/a/b/c?x=1", method: "GET" };
+    const BASE: RequestLine<'static> = RequestLine::new("http", "httpbin.org", "GET", "/a/b/c?x=1");
 
     fn url(location: &str) -> Result<String, LocationError> {
         resolve(&BASE, location).map(|t| t.url())
@@ -566,7 +554,7 @@ mod tests {
 
     #[test]
     fn a_refused_location_is_explained_by_what_is_wrong_with_it() {
-        let base = BaseRequest { scheme: "http", authority: "a.example", path: "/", method: "GET" };
+        let base = RequestLine::new("http", "a.example", "GET", "/");
         let cases = [
             ("http://user@httpbin.org/", "userinfo"),
             ("http://user:pass@httpbin.org/", "userinfo"),
@@ -607,7 +595,7 @@ mod tests {
     fn a_fragment_alone_is_the_base_itself() {
         assert_eq!(url("#c"), Ok("http://httpbin.org/a/b/c?x=1".into()));
         assert_eq!(url("#"), Ok("http://httpbin.org/a/b/c?x=1".into()));
-        let base = BaseRequest { path: "/public/a/../b", ..BASE };
+        let base = RequestLine { path: Some("/public/a/../b"), ..BASE };
         assert_eq!(resolve(&base, "#x").map(|t| t.url()), Ok("http://httpbin.org/public/b".into()));
         assert_eq!(url("?#c"), Ok("http://httpbin.org/a/b/c?".into()), "an empty query is a query");
     }
@@ -692,7 +680,7 @@ mod tests {
       "redirects": {"originateTls": ["*.httpbin.org", "httpbin.org"]}
     }"#;
 
-    fn vet<'p>(p: &'p Policy, base: BaseRequest<'_>, status: u16, location: &str) -> Vetted<'p> {
+    fn vet<'p>(p: &'p Policy, base: RequestLine<'_>, status: u16, location: &str) -> Vetted<'p> {
         p.vet_redirect(&base, status, location, Caller::ANONYMOUS)
     }
 
@@ -746,7 +734,7 @@ mod tests {
         }
         // A relative Location against a base path that has one (Envoy passes it on): the target would carry it, and
         // its own URL could not be followed. Found by the same target once the Location alone was checked.
-        let base = BaseRequest { path: "/publicUb/%2e./!//b/me", ..BASE };
+        let base = RequestLine { path: Some("/publicUb/%2e./!//b/me"), ..BASE };
         for relative in [".&/b", "x", "?q", ""] {
             assert_eq!(resolve(&base, relative), Err(LocationError::Malformed), "{relative:?}");
         }
@@ -756,7 +744,7 @@ mod tests {
     #[test]
     fn locations_cannot_walk_out_of_a_path_scoped_rule() {
         let p = policy(r#"{"rules":[{"name":"public","hosts":["api.example"],"paths":["/public/*"]}]}"#);
-        let base = BaseRequest { scheme: "https", authority: "api.example", path: "/public/a", method: "GET" };
+        let base = RequestLine::new("https", "api.example", "GET", "/public/a");
         for location in [
             "/public/%2e%2e;/private/x",
             "/public/..;/private/x",
@@ -773,7 +761,7 @@ mod tests {
         assert_eq!(code(&vet(&p, base, 302, "b/../c")), "allowed");
         let state = HopState::start(&base, &Target::of_request(&base).unwrap());
         let hop = |path| {
-            let current = BaseRequest { path, ..base };
+            let current = RequestLine { path: Some(path), ..base };
             match p.judge_followed_hop(&state, &current, 1, Caller::ANONYMOUS) {
                 FollowedHop::Refuse { reason, .. } => reason,
                 other => panic!("{path}: {other:?}"),
@@ -786,21 +774,21 @@ mod tests {
     #[test]
     fn the_follow_method_is_what_gets_vetted() {
         let p = policy(POLICY);
-        let post = BaseRequest { method: "POST", authority: "plain.httpbin.example", ..BASE };
+        let post = RequestLine { method: "POST", authority: "plain.httpbin.example", ..BASE };
         assert_eq!(code(&vet(&p, post, 303, "http://ro.example/")), "allowed", "303 follows with GET");
         assert_eq!(code(&vet(&p, post, 307, "http://ro.example/")), "method_not_allowed", "307 keeps POST");
         for status in [300, 301, 302, 305, 306, 399] {
             // Some clients keep POST, others turn it into GET: both must be allowed.
             assert_eq!(code(&vet(&p, post, status, "http://ro.example/")), "method_not_allowed", "{status}");
         }
-        let get = BaseRequest { method: "GET", ..post };
+        let get = RequestLine { method: "GET", ..post };
         assert_eq!(code(&vet(&p, get, 302, "http://ro.example/")), "allowed");
     }
 
     #[test]
     fn downgrades_need_a_rule_that_allows_them() {
         let p = policy(POLICY);
-        let https = BaseRequest { scheme: "https", authority: "api.other.example", ..BASE };
+        let https = RequestLine { scheme: "https", authority: "api.other.example", ..BASE };
         // The rule that allows the target (the first that matches, as everywhere) governs its redirect settings.
         let all = policy(
             r#"{"rules":[{"name":"legacy","hosts":["legacy.example"],"redirects":{"allowDowngrade":true}},{"name":"all","hosts":["*"]}]}"#,
@@ -810,7 +798,7 @@ mod tests {
         assert_eq!(code(&vet(&all, https, 301, "http://legacy.example/")), "allowed", "rule allows it");
         // For a host the gateway originates TLS for, the client-side http is not a downgrade.
         assert_eq!(code(&vet(&p, BASE, 301, "http://eu.httpbin.org/")), "allowed");
-        let originated = BaseRequest { scheme: "http", authority: "httpbin.org", ..BASE };
+        let originated = RequestLine { scheme: "http", authority: "httpbin.org", ..BASE };
         let legacy_all =
             policy(r#"{"rules":[{"name":"all","hosts":["*"]}],"redirects":{"originateTls":["httpbin.org"]}}"#);
         assert_eq!(
@@ -823,7 +811,7 @@ mod tests {
     #[test]
     fn report_mode_records_but_never_passes_malformed_locations() {
         let p = policy(r#"{"mode":"report","rules":[{"name":"a","hosts":["a.example"]}]}"#);
-        let base = BaseRequest { authority: "a.example", ..BASE };
+        let base = RequestLine { authority: "a.example", ..BASE };
         assert_eq!(vet(&p, base, 302, "http://b.example/").action, Action::ReportDeny);
         assert_eq!(vet(&p, base, 302, "gopher://b.example/").action, Action::ReportDeny);
         assert_eq!(vet(&p, base, 302, "http://u@b.example/").action, Action::Deny);
@@ -854,7 +842,7 @@ mod tests {
     }
 
     fn hop(p: &Policy, state: &HopState, scheme: &str, authority: &str, path: &str, hops: u32) -> String {
-        let current = BaseRequest { scheme, authority, path, method: "GET" };
+        let current = RequestLine::new(scheme, authority, "GET", path);
         match p.judge_followed_hop(state, &current, hops, Caller::ANONYMOUS) {
             FollowedHop::Proceed { strip_credentials, .. } => format!("proceed strip={strip_credentials}"),
             FollowedHop::Refuse { status, reason, .. } => format!("{status} {reason}"),
@@ -874,7 +862,7 @@ mod tests {
           "redirects": {"follow": true, "maxHops": 3}
         }"#,
         );
-        let first = BaseRequest { scheme: "https", authority: "a.example", path: "/start?token=x", method: "GET" };
+        let first = RequestLine::new("https", "a.example", "GET", "/start?token=x");
         let mut state = HopState::start(&first, &Target::of_request(&first).unwrap());
         assert_eq!(hop(&p, &state, "https", "b.example", "/next", 1), "proceed strip=true");
         assert_eq!(
@@ -891,7 +879,7 @@ mod tests {
         assert_eq!(hop(&p, &state, "https", "b.example", "/", 4), "508 too_many_redirects");
         assert_eq!(hop(&p, &state, "https", "short.example", "/", 2), "508 too_many_redirects", "the rule's own limit");
         assert_eq!(hop(&p, &state, "https", "manual.example", "/p?q=1", 1), "bounce https://manual.example/p?q=1");
-        let next = BaseRequest { scheme: "https", authority: "b.example", path: "/next", method: "GET" };
+        let next = RequestLine::new("https", "b.example", "GET", "/next");
         state.record(&next, &Target::of_request(&next).unwrap());
         assert_eq!(hop(&p, &state, "https", "b.example", "/next", 2), "508 redirect_loop");
         assert_eq!(hop(&p, &state, "https", "c.example", "/", 2), "proceed strip=true");

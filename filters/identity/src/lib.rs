@@ -166,8 +166,8 @@ impl HttpStage for Identity {
         }
         if let Some(signer) = &config.signer {
             let line = request.facts.line(host)?;
-            let path = line.path.as_deref().unwrap_or_default();
-            let claims = Claims { identity: &id, method: &line.method, authority: &line.authority, path };
+            let claims =
+                Claims { identity: &id, method: line.method, authority: line.authority, path: line.path_or_empty() };
             let issued_at = proxy::unix_ms(host)? / 1000;
             let mut nonce = [0u8; 16];
             let signed = host

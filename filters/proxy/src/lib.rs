@@ -15,7 +15,7 @@ pub mod request;
 
 pub use host::{Attributes, HeaderMap, Host, WasmHost};
 pub use pipeline::{HttpStage, Layer, Module, Pipeline, RootStage, Setup, Step, TlsStage};
-pub use request::{verified_peer, with_caller, Connection, Request, RequestFacts, RequestLine};
+pub use request::{verified_peer, with_caller, Connection, Request, RequestFacts};
 
 use egress_core::state::ToJson;
 use proxy_wasm::types::{MetricType, Status};

@@ -5,24 +5,23 @@
 use crate::host::{HeaderMap, Host};
 use egress_core::identity::Peer;
 use egress_core::state::{self, DecisionRecord, IdentityRecord};
-use egress_core::{Caller, SpiffeId};
+use egress_core::{Caller, RequestLine, SpiffeId};
 use proxy_wasm::types::{MapType, Status};
 
-/// The request's pseudo-headers (Envoy has already mapped HTTP/1 `Host` and absolute-form targets to
-/// `:authority`). Absent ones are empty.
+/// The request's pseudo-headers as read from the host (absent ones empty), kept for the stream's stages; they see
+/// them as [`RequestLine`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RequestLine {
-    pub authority: String,
-    pub scheme: String,
-    pub method: String,
+struct PseudoHeaders {
+    authority: String,
+    scheme: String,
+    method: String,
     /// Absent for CONNECT.
-    pub path: Option<String>,
+    path: Option<String>,
 }
 
-impl RequestLine {
-    /// The request line of a header map.
-    pub fn of(headers: &[(String, Vec<u8>)]) -> RequestLine {
-        let mut line = RequestLine::default();
+impl PseudoHeaders {
+    fn of(headers: &[(String, Vec<u8>)]) -> PseudoHeaders {
+        let mut line = PseudoHeaders::default();
         for (name, value) in headers {
             let slot = match name.as_str() {
                 ":authority" => &mut line.authority,
@@ -36,18 +35,12 @@ impl RequestLine {
         line
     }
 
-    /// A CONNECT request: a tunnel whose bytes the gateway does not read.
-    pub fn is_tunnel(&self) -> bool {
-        self.method == "CONNECT"
-    }
-
-    /// As the core's redirect code takes it.
-    pub fn base(&self) -> egress_core::redirect::BaseRequest<'_> {
-        egress_core::redirect::BaseRequest {
+    fn line(&self) -> RequestLine<'_> {
+        RequestLine {
             scheme: &self.scheme,
             authority: &self.authority,
-            path: self.path.as_deref().unwrap_or_default(),
             method: &self.method,
+            path: self.path.as_deref(),
         }
     }
 }
@@ -108,7 +101,7 @@ impl Request {
 #[derive(Debug, Default)]
 pub struct RequestFacts {
     headers: Option<HeaderMap>,
-    line: RequestLine,
+    line: PseudoHeaders,
 }
 
 impl RequestFacts {
@@ -116,16 +109,16 @@ impl RequestFacts {
     pub fn headers(&mut self, host: &dyn Host) -> Result<&HeaderMap, Status> {
         if self.headers.is_none() {
             let headers = host.map(MapType::HttpRequestHeaders)?;
-            self.line = RequestLine::of(&headers);
+            self.line = PseudoHeaders::of(&headers);
             self.headers = Some(headers);
         }
         Ok(self.headers.get_or_insert_with(Vec::new))
     }
 
     /// The request line, read with the headers on first use.
-    pub fn line(&mut self, host: &dyn Host) -> Result<&RequestLine, Status> {
+    pub fn line(&mut self, host: &dyn Host) -> Result<RequestLine<'_>, Status> {
         self.headers(host)?;
-        Ok(&self.line)
+        Ok(self.line.line())
     }
 
     /// The first value of a header, as lossy UTF-8.

@@ -74,8 +74,8 @@ impl Redirects {
             // The first request. One whose authority does not parse is the allow-list's to refuse.
             request.redirected = Some(false);
             let line = request.facts.line(host)?;
-            if let Ok(target) = Target::of_request(&line.base()) {
-                proxy::publish_record(host, state::REDIRECT_HOPS, &HopState::start(&line.base(), &target))?;
+            if let Ok(target) = Target::of_request(&line) {
+                proxy::publish_record(host, state::REDIRECT_HOPS, &HopState::start(&line, &target))?;
             }
             return Ok(Step::Continue);
         };
@@ -96,7 +96,7 @@ impl Redirects {
         let hops = counted.unwrap_or(u32::try_from(state.visited.len()).unwrap_or(u32::MAX));
         let line = request.facts.line(host)?;
         let judged = Request::with_caller(&request.caller, host, |caller| {
-            policy.judge_followed_hop(&state, &line.base(), hops, caller)
+            policy.judge_followed_hop(&state, &line, hops, caller)
         })?;
         // The hop goes into the chain (and the kept decision into the state) before any reply is sent.
         let keep = |host: &dyn Host, request: &mut Request, state: &HopState, record: &RedirectHop| {
@@ -108,7 +108,7 @@ impl Redirects {
         match judged {
             FollowedHop::Proceed { vetted, strip_credentials } => {
                 if let Some(target) = &vetted.target {
-                    state.record(&line.base(), target);
+                    state.record(&line, target);
                 }
                 // Envoy adds the previous hop's URL, query included: it must not reach the next host.
                 host.remove_map_value(MapType::HttpRequestHeaders, "x-envoy-original-url")?;
@@ -201,7 +201,7 @@ impl HttpStage for Redirects {
         };
         let line = request.facts.line(host)?;
         let vetted = Request::with_caller(&request.caller, host, |caller| {
-            policy.vet_redirect(&line.base(), status, &location, caller)
+            policy.vet_redirect(&line, status, &location, caller)
         })?;
         append_hop(host, request, &hop_record(status, &vetted))?;
         match vetted.action {

@@ -4,6 +4,7 @@
 //! does).
 //! `egress-lab compose-config [--out FILE]`: the same gateway's bootstrap for `docker-compose.yaml`.
 
+use clap::{Parser, Subcommand};
 use egress_harness::compose::{compose_config_yaml, CONFIG_FILE};
 use egress_harness::demo::{Demo, DemoOptions, SIGNING_KEY_ENV};
 use egress_harness::echo::UPSTREAM_PORTS;
@@ -14,92 +15,76 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: egress-lab up --policy FILE [--identity FILE] [--audit FILE] [--listen 127.0.0.1:10000]
-       egress-lab compose-config [--out FILE]
-
-up: starts Envoy with the egress filter suite on the policy, a DNS server and demo upstreams. As the production
-gateway does, Envoy resolves each allowed destination by DNS (its dynamic forward proxy) and connects to the answer,
-on the request's port (80 without one; 443 for TLS passthrough). Here it asks only the lab's DNS server (127.0.0.1),
-whose zone maps the host patterns of each rule of the policy to a local upstream host, 127.X.Y.Z (an inner `*`, as in
-ec2.*.amazonaws.com, becomes the wildcard after it: *.amazonaws.com). The upstream hosts answer with what they
-received, plain HTTP or TLS, on ports 80, 443, 8080, 8081 and 8443. A name outside the zone does not resolve:
-503, `dns_resolution_failure` in the access log. An IP literal is not resolved and reaches nothing: the lab's upstream
-connections leave from 127.0.0.1, so anything off loopback fails (503). Resolved addresses are vetted as in
-production (docs/policy.md: Resolved addresses): a name answered with a private, loopback or metadata address is
-refused with `x-egress-denied-reason: resolved_address_not_allowed`; the upstream hosts' loopback block is open to
-everyone.
-`up` prints the zone.
-Listeners: HTTP forward proxy (also CONNECT) on --listen, TLS passthrough on the next port, mTLS on the one after.
-The redirects filter always runs (before the allow-list on requests, on the same policy). With --identity, the workload
-identity filter runs first; a signing key named by its `signing.keyEnv` is made
-fresh at start and saved beside the lab's certificates. With --audit, the audit filter runs last.
-Runs until interrupted (Ctrl-C / SIGTERM), then stops everything it started.
-
-compose-config: prints (or writes to FILE) the Envoy bootstrap docker-compose.yaml mounts (deploy/compose/envoy.yaml):
-the gateway `up` runs with examples/{policy,identity,audit}.yaml, listening on all interfaces (10000 HTTP,
-10001 TLS passthrough; no mTLS), upstream the compose service httpbin:8080, modules from /etc/envoy/wasm.
-The built modules must match the manifests' sha256 pins (`make build`).";
-
-enum Command {
-    Up(Args),
-    ComposeConfig { out: Option<PathBuf> },
+/// A local egress gateway: a real Envoy with the suite, its own DNS server and demo upstreams.
+#[derive(Debug, Parser)]
+#[command(name = "egress-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-struct Args {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start Envoy with the egress filter suite on the policy, a DNS server and demo upstreams, until interrupted.
+    ///
+    /// As the production gateway does, Envoy resolves each allowed destination by DNS (its dynamic forward proxy)
+    /// and connects to the answer, on the request's port (80 without one; 443 for TLS passthrough). Here it asks
+    /// only the lab's DNS server, whose zone maps the host patterns of each rule of the policy to a local upstream
+    /// host, 127.X.Y.Z (an inner `*`, as in ec2.*.amazonaws.com, becomes the wildcard after it: *.amazonaws.com).
+    /// The upstream hosts answer with what they received, plain HTTP or TLS, on ports 80, 443, 8080, 8081 and 8443.
+    /// A name outside the zone does not resolve: 503, `dns_resolution_failure` in the access log. An IP literal is
+    /// not resolved and reaches nothing (503): the lab's upstream connections leave from loopback. Resolved
+    /// addresses are vetted as in production (docs/policy.md: Resolved addresses); the upstream hosts' loopback
+    /// block is open to everyone.
+    ///
+    /// Listeners: HTTP forward proxy (also CONNECT) on --listen, mTLS two ports above it, TLS passthrough on port
+    /// 443 of a loopback address of the lab's own (127.X.Y.254, beside its upstream hosts), so a passthrough
+    /// connection is judged and recorded on the port clients dial, as at a production gateway. The redirects stage always runs (before the allow-list on requests, on the
+    /// same policy). With --identity, the workload identity stage runs first; a signing key named by its
+    /// `signing.keyEnv` is made fresh at start and saved in the run directory. With --audit, the audit stage runs
+    /// last. Prints the zone and requests to try, each with the outcome the suite's stages compute for it. Runs
+    /// until interrupted (Ctrl-C / SIGTERM), then stops everything it started. Builds nothing: run `make build`
+    /// first (`make run` does).
+    Up(UpArgs),
+    /// Print (or write) the Envoy bootstrap docker-compose.yaml mounts (deploy/compose/envoy.yaml).
+    ///
+    /// The gateway `up` runs with examples/{policy,identity,audit}.yaml, listening on all interfaces (10000 HTTP,
+    /// 10001 TLS passthrough; no mTLS), upstream the compose service httpbin:8080, modules from /etc/envoy/wasm.
+    /// The built modules must match the manifests' sha256 pins (`make build`).
+    ComposeConfig {
+        /// Write here (creating its directory) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// The allow-list policy.
+    #[arg(long, value_name = "FILE")]
     policy: PathBuf,
+    /// A workload identity configuration: the identity stage runs first.
+    #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// An audit configuration: the audit stage runs last.
+    #[arg(long, value_name = "FILE")]
     audit: Option<PathBuf>,
+    /// The HTTP listener (a loopback address).
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:10000", value_parser = loopback)]
     listen: SocketAddr,
 }
 
-fn parse_args() -> Result<Command, String> {
-    let mut args = std::env::args().skip(1);
-    let command = args.next();
-    // Every option takes a value.
-    let mut options = Vec::new();
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-        options.push((flag, value));
+fn loopback(raw: &str) -> Result<SocketAddr, String> {
+    let address: SocketAddr = raw.parse().map_err(|e| format!("{e}"))?;
+    if !address.ip().is_loopback() {
+        return Err("the lab listens on loopback only".into());
     }
-    match command.as_deref() {
-        Some("up") => parse_up(options).map(Command::Up),
-        Some("compose-config") => match options.as_slice() {
-            [] => Ok(Command::ComposeConfig { out: None }),
-            [(flag, out)] if flag == "--out" => Ok(Command::ComposeConfig { out: Some(PathBuf::from(out)) }),
-            [(flag, _), ..] => Err(format!("unknown argument {flag}\n\n{USAGE}")),
-        },
-        _ => Err(USAGE.into()),
-    }
-}
-
-fn parse_up(options: Vec<(String, String)>) -> Result<Args, String> {
-    let (mut policy, mut identity, mut audit, mut listen) =
-        (None, None, None, SocketAddr::from(([127, 0, 0, 1], 10000)));
-    for (flag, value) in options {
-        match flag.as_str() {
-            "--policy" => policy = Some(PathBuf::from(value)),
-            "--identity" => identity = Some(PathBuf::from(value)),
-            "--audit" => audit = Some(PathBuf::from(value)),
-            "--listen" => listen = value.parse().map_err(|e| format!("--listen {value}: {e}"))?,
-            _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
-        }
-    }
-    if !listen.ip().is_loopback() {
-        return Err(format!("--listen {listen}: the lab listens on loopback only"));
-    }
-    Ok(Args { policy: policy.ok_or_else(|| format!("--policy is required\n\n{USAGE}"))?, identity, audit, listen })
+    Ok(address)
 }
 
 fn main() -> ExitCode {
-    let command = match parse_args() {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let outcome = match &command {
-        Command::Up(args) => run(args),
+    let outcome = match Cli::parse().command {
+        Command::Up(args) => run(&args),
         Command::ComposeConfig { out } => compose_config(out.as_deref()),
     };
     match outcome {
@@ -126,7 +111,7 @@ fn compose_config(out: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(args: &Args) -> Result<(), Error> {
+fn run(args: &UpArgs) -> Result<(), Error> {
     let options = DemoOptions {
         policy: args.policy.clone(),
         identity: args.identity.clone(),
@@ -213,4 +198,20 @@ fn wait_for_shutdown(lab: &mut Lab) -> Result<(), Error> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(["egress-lab"].iter().chain(args));
+        let Ok(Cli { command: Command::Up(up) }) = parse(&["up", "--policy", "p.yaml"]) else { panic!("up") };
+        assert_eq!(up.listen, SocketAddr::from(([127, 0, 0, 1], 10000)));
+        assert!(parse(&["up", "--policy", "p.yaml", "--listen", "0.0.0.0:10000"]).is_err(), "loopback only");
+        assert!(parse(&["up"]).is_err(), "--policy is required");
+    }
 }

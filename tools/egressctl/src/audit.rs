@@ -7,14 +7,16 @@
 //! should hold an event but does not parse (a truncated event, another schema version, a `{` line that is not JSON
 //! and holds no marker) is an error naming the line, or skipped and counted with `--skip-invalid`.
 
-use crate::{Usage, Verdict, USAGE};
+use crate::{Failure, Verdict};
+use clap::Subcommand;
 use egress_core::audit::AuditEvent;
 use egress_core::hosts::{HostIndex, HostPattern};
 use egress_core::policy::RuleDocument;
-use egress_core::{Action, Host, HttpRequest, Policy, PolicyDocument, SpiffeId};
+use egress_core::{Action, Host, Policy, PolicyDocument, RequestLine, SpiffeId};
 use egressctl::audit_log::{self, ReadError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
+use std::path::PathBuf;
 
 /// Rows `top-denied` prints unless `--limit` says otherwise.
 const DEFAULT_LIMIT: usize = 20;
@@ -23,113 +25,103 @@ const DEFAULT_LIMIT: usize = 20;
 /// every mode.
 const UNFIXABLE: [&str; 3] = ["deny_listed", "malformed_authority", "missing_sni"];
 
-pub fn run(args: &[String]) -> Result<Verdict, Usage> {
-    let Some((command, rest)) = args.split_first() else {
-        return Err(Usage(format!("audit needs a subcommand\n\n{USAGE}")));
-    };
-    match command.as_str() {
-        "top-denied" => {
-            let args = Args::parse(rest, &["limit"], &[])?;
-            let limit = match args.get("limit") {
-                Some(v) => v.parse::<usize>().map_err(|_| Usage(format!("--limit {v}: not a number of rows")))?,
-                None => DEFAULT_LIMIT,
-            };
+/// The reports.
+#[derive(Debug, Subcommand)]
+pub enum Report {
+    /// Denied requests by workload and destination host, most first.
+    TopDenied {
+        #[command(flatten)]
+        input: Input,
+        /// Rows to print; 0 for all.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// Every redirect target, with counts per action and the first reason.
+    Redirects {
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Report-mode findings (report-deny) by host and reason, with a total.
+    WouldDeny {
+        #[command(flatten)]
+        input: Input,
+    },
+    /// A policy rule allowing the --allow hosts, with the ports, methods and principals observed in their deny and
+    /// report-deny events.
+    ///
+    /// `*.example.com` matches the names below example.com. The rule is checked before it is printed: it compiles,
+    /// and allows every event it covers. Exit 1 when no such event matches.
+    Suggest {
+        #[command(flatten)]
+        input: Input,
+        /// A host pattern, as in a policy (repeat for more).
+        #[arg(long = "allow", value_name = "HOST", required = true)]
+        hosts: Vec<String>,
+        /// The rule's name (default `allow-<first host>`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The JSON Schema of the audit event.
+    Schema,
+}
+
+/// Where a report reads its events.
+#[derive(Debug, clap::Args)]
+pub struct Input {
+    /// Log file; stdin when `-` or absent.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Skip (and count) lines that should hold an event but do not parse, instead of failing.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+pub fn run(report: Report) -> Result<Verdict, Failure> {
+    match report {
+        Report::TopDenied { input, limit } => {
             let mut report = TopDenied::default();
-            args.read(|event| report.add(event))?;
+            input.read(|event| report.add(event))?;
             Ok(Verdict::Valid(report.render(limit)))
         }
-        "redirects" => {
-            let args = Args::parse(rest, &[], &[])?;
+        Report::Redirects { input } => {
             let mut report = Redirects::default();
-            args.read(|event| report.add(event))?;
+            input.read(|event| report.add(event))?;
             Ok(Verdict::Valid(report.render()))
         }
-        "would-deny" => {
-            let args = Args::parse(rest, &[], &[])?;
+        Report::WouldDeny { input } => {
             let mut report = WouldDeny::default();
-            args.read(|event| report.add(event))?;
+            input.read(|event| report.add(event))?;
             Ok(Verdict::Valid(report.render()))
         }
-        "suggest" => {
-            let args = Args::parse(rest, &["name"], &["allow"])?;
-            let mut suggest = Suggest::new(args.all("allow"), args.get("name"))?;
-            args.read(|event| suggest.add(event))?;
+        Report::Suggest { input, hosts, name } => {
+            let mut suggest = Suggest::new(hosts.iter().map(String::as_str).collect(), name.as_deref())?;
+            input.read(|event| suggest.add(event))?;
             suggest.render()
         }
-        "schema" => {
-            if let Some(extra) = rest.first() {
-                return Err(Usage(format!("audit schema takes no arguments, got {extra}")));
-            }
-            schema().map(Verdict::Valid)
-        }
-        other => Err(Usage(format!("unknown audit subcommand {other}\n\n{USAGE}"))),
+        Report::Schema => schema().map(Verdict::Valid),
     }
 }
 
 /// The JSON Schema of `AuditEvent`, pretty-printed: `filters/core/schemas/egress-audit-v1.schema.json`.
-pub fn schema() -> Result<String, Usage> {
+pub fn schema() -> Result<String, Failure> {
     let schema = schemars::schema_for!(AuditEvent);
-    serde_json::to_string_pretty(&schema).map_err(|e| Usage(format!("schema: {e}")))
+    serde_json::to_string_pretty(&schema).map_err(|e| Failure::Input(format!("schema: {e}")))
 }
 
-/// A subcommand's arguments: `--flag value` pairs, `--skip-invalid`, and at most one FILE (`-` is stdin).
-#[derive(Debug, Default)]
-struct Args {
-    file: Option<String>,
-    values: Vec<(String, String)>,
-    skip_invalid: bool,
-}
-
-impl Args {
-    /// `once` flags may be given once, `repeated` ones any number of times; anything else starting with `--` is
-    /// refused.
-    fn parse(args: &[String], once: &[&str], repeated: &[&str]) -> Result<Args, Usage> {
-        let mut parsed = Args::default();
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            let Some(name) = arg.strip_prefix("--") else {
-                if let Some(first) = &parsed.file {
-                    return Err(Usage(format!("one FILE at most: {first} and {arg}")));
-                }
-                parsed.file = Some(arg.clone());
-                continue;
-            };
-            if name == "skip-invalid" {
-                parsed.skip_invalid = true;
-                continue;
-            }
-            if !once.contains(&name) && !repeated.contains(&name) {
-                return Err(Usage(format!("unknown argument {arg}\n\n{USAGE}")));
-            }
-            let value = rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?;
-            if once.contains(&name) && parsed.get(name).is_some() {
-                return Err(Usage(format!("--{name} given twice")));
-            }
-            parsed.values.push((name.to_string(), value.clone()));
-        }
-        Ok(parsed)
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.all(name).into_iter().next()
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.values.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
-    }
-
+impl Input {
     /// Feeds every event of FILE (or stdin) to `each`.
-    fn read(&self, each: impl FnMut(&AuditEvent)) -> Result<(), Usage> {
-        let (source, reader): (&str, Box<dyn BufRead>) = match self.file.as_deref() {
-            None | Some("-") => ("stdin", Box::new(std::io::stdin().lock())),
+    fn read(&self, each: impl FnMut(&AuditEvent)) -> Result<(), Failure> {
+        let path = self.file.as_deref().filter(|path| path.as_os_str() != "-");
+        let (source, reader): (String, Box<dyn BufRead>) = match path {
+            None => ("stdin".into(), Box::new(std::io::stdin().lock())),
             Some(path) => {
-                let file = std::fs::File::open(path).map_err(|e| Usage(format!("{path}: {e}")))?;
-                (path, Box::new(std::io::BufReader::new(file)))
+                let file = std::fs::File::open(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
+                (path.display().to_string(), Box::new(std::io::BufReader::new(file)))
             }
         };
-        let read = audit_log::read_events(reader, source, self.skip_invalid, each).map_err(|e| match e {
-            ReadError::Io(message) => Usage(message),
-            ReadError::Invalid(message) => Usage(format!("{message} (--skip-invalid skips such lines)")),
+        let read = audit_log::read_events(reader, &source, self.skip_invalid, each).map_err(|e| match e {
+            ReadError::Io(message) => Failure::Input(message),
+            ReadError::Invalid(message) => Failure::Input(format!("{message} (--skip-invalid skips such lines)")),
         })?;
         if read.other_lines > 0 {
             let lines = plural(read.other_lines, "line", "lines");
@@ -397,19 +389,19 @@ pub struct Suggest {
 
 impl Suggest {
     /// `hosts` are `--allow` values (host patterns, as in a policy); `name` the rule's (default `allow-<first host>`).
-    pub fn new(hosts: Vec<&str>, name: Option<&str>) -> Result<Suggest, Usage> {
+    pub fn new(hosts: Vec<&str>, name: Option<&str>) -> Result<Suggest, Failure> {
         let mut unique: Vec<String> = Vec::with_capacity(hosts.len());
         let mut index = HostIndex::default();
         for host in hosts {
             if unique.iter().any(|h| h == host) {
                 continue;
             }
-            let pattern = HostPattern::parse(host).map_err(|e| Usage(format!("--allow {host}: {e}")))?;
-            index.insert(&pattern, unique.len()).map_err(|e| Usage(format!("--allow {host}: {e}")))?;
+            let pattern = HostPattern::parse(host).map_err(|e| Failure::Usage(format!("--allow {host}: {e}")))?;
+            index.insert(&pattern, unique.len()).map_err(|e| Failure::Usage(format!("--allow {host}: {e}")))?;
             unique.push(host.to_string());
         }
         let Some(first) = unique.first() else {
-            return Err(Usage(format!("audit suggest needs at least one --allow HOST\n\n{USAGE}")));
+            return Err(Failure::Usage("audit suggest needs at least one --allow HOST".into()));
         };
         let name = match name {
             Some(name) => name.to_string(),
@@ -492,7 +484,7 @@ impl Suggest {
     }
 
     /// The YAML snippet, checked: it compiles, and the compiled rule allows every covered event.
-    pub fn render(&self) -> Result<Verdict, Usage> {
+    pub fn render(&self) -> Result<Verdict, Failure> {
         if self.covered() == 0 {
             let mut message = format!("no deny or report-deny events for {}", self.hosts.join(", "));
             if !self.unfixable.is_empty() {
@@ -504,12 +496,12 @@ impl Suggest {
         let yaml = self.yaml(&rule);
         let doc = PolicyDocument { rules: vec![rule], ..PolicyDocument::default() };
         let policy = Policy::compile(&doc)
-            .map_err(|e| Usage(format!("bug: the suggested rule does not compile: {e}\n{yaml}")))?;
+            .map_err(|e| Failure::Input(format!("bug: the suggested rule does not compile: {e}\n{yaml}")))?;
         let mut observed: Vec<&Observation> = self.observed.iter().collect();
         observed.sort_by(|a, b| (&a.host, a.port, &a.method).cmp(&(&b.host, b.port, &b.method)));
         for o in observed {
             if let Some(refused) = check(&policy, o) {
-                return Err(Usage(format!("bug: the suggested rule does not allow {o:?}: {refused}\n{yaml}")));
+                return Err(Failure::Input(format!("bug: the suggested rule does not allow {o:?}: {refused}\n{yaml}")));
             }
         }
         Ok(Verdict::Valid(yaml))
@@ -574,13 +566,15 @@ fn check(policy: &Policy, o: &Observation) -> Option<String> {
             if connect && o.port.is_none() {
                 return None; // not a request the filter could have judged by host; nothing to check
             }
-            policy.evaluate_http(&HttpRequest {
-                authority: &authority,
-                scheme: o.scheme.as_deref().unwrap_or("http"),
-                method,
-                path: (!connect).then_some("/"),
-                caller: identity.as_ref().into(),
-            })
+            policy.evaluate_http(
+                &RequestLine {
+                    scheme: o.scheme.as_deref().unwrap_or("http"),
+                    authority: &authority,
+                    method,
+                    path: (!connect).then_some("/"),
+                },
+                identity.as_ref().into(),
+            )
         }
         None => policy.evaluate_tls(Some(&o.host), o.port.unwrap_or(443), identity.as_ref().into()),
     };
@@ -658,20 +652,27 @@ mod tests {
     }
 
     #[test]
-    fn args_take_one_file_flags_and_repeats() {
-        let args = |a: &[&str]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
-        let parsed =
-            Args::parse(&args(&["--allow", "a", "-", "--allow", "b", "--skip-invalid"]), &["name"], &["allow"])
-                .unwrap();
+    fn a_report_takes_one_file_repeated_allows_and_skip_invalid() {
+        use clap::error::ErrorKind;
+        use clap::Parser;
+        let parse = |a: &[&str]| crate::Cli::try_parse_from(["egressctl", "audit"].iter().chain(a));
+        let Ok(crate::Cli { command: crate::Command::Audit(Report::Suggest { input, hosts, name }) }) =
+            parse(&["suggest", "--allow", "a", "-", "--allow", "b", "--skip-invalid"])
+        else {
+            panic!("not parsed as suggest")
+        };
         assert_eq!(
-            (parsed.file.as_deref(), parsed.all("allow"), parsed.skip_invalid),
-            (Some("-"), vec!["a", "b"], true)
+            (input.file, hosts, name, input.skip_invalid),
+            (Some(PathBuf::from("-")), vec!["a".to_string(), "b".to_string()], None, true)
         );
-        let err = |a: &[&str]| Args::parse(&args(a), &["limit"], &[]).unwrap_err().0;
-        assert_eq!(err(&["--limit", "1", "--limit", "2"]), "--limit given twice");
-        assert_eq!(err(&["--limit"]), "--limit needs a value");
-        assert_eq!(err(&["a", "b"]), "one FILE at most: a and b");
-        assert!(err(&["--allow", "x"]).starts_with("unknown argument --allow"));
+        let kind = |a: &[&str]| parse(a).map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind(&["top-denied", "--limit", "1", "--limit", "2"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["top-denied", "--limit"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["top-denied", "--limit", "many"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["top-denied", "a", "b"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["top-denied", "--allow", "x"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["suggest", "-"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["frobnicate"]), ErrorKind::InvalidSubcommand);
     }
 
     #[test]
@@ -823,7 +824,8 @@ rules:
         );
         let ip = suggest(&["a.com"], &[event("deny", "ip_literal_not_allowed", None, "10.0.0.1", 443, "GET")]);
         assert!(matches!(ip.render(), Ok(Verdict::Invalid(_))));
-        assert!(Suggest::new(vec!["10.0.0.1"], None).unwrap_err().0.contains("is an IP address"));
+        let Err(Failure::Usage(err)) = Suggest::new(vec!["10.0.0.1"], None) else { panic!("an IP address taken") };
+        assert!(err.contains("is an IP address"), "{err}");
         assert!(Suggest::new(vec![], None).is_err());
     }
 
@@ -831,7 +833,7 @@ rules:
     fn suggest_reports_an_invalid_rule_name() {
         let mut s = Suggest::new(vec!["a.com"], Some("no spaces")).unwrap();
         s.add(&event("deny", "host_not_allowed", None, "a.com", 443, "GET"));
-        let err = s.render().err().unwrap().0;
+        let Err(Failure::Input(err)) = s.render() else { panic!("an invalid rule name taken") };
         assert!(err.contains("rules[0].name: `no spaces`"), "{err}");
     }
 

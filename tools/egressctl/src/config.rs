@@ -3,9 +3,9 @@
 
 use egress_core::audit::AuditConfig;
 use egress_core::identity::IdentityConfig;
-use egress_core::redirect::{self, BaseRequest};
+use egress_core::redirect;
 use egress_core::suite::SuiteConfig;
-use egress_core::{Action, ConfigErrors, Decision, HttpRequest, Policy, SpiffeId};
+use egress_core::{Action, ConfigErrors, Decision, Policy, RequestLine, SpiffeId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -17,18 +17,6 @@ pub enum Kind {
     Audit,
     /// The fused suite's configuration: a section per stage (`policy`, `identity`, `audit`).
     Suite,
-}
-
-impl Kind {
-    pub fn parse(raw: &str) -> Option<Kind> {
-        match raw {
-            "policy" => Some(Kind::Policy),
-            "identity" => Some(Kind::Identity),
-            "audit" => Some(Kind::Audit),
-            "suite" => Some(Kind::Suite),
-            _ => None,
-        }
-    }
 }
 
 /// Reads a YAML (or JSON, a subset of YAML) file, keeping its key order.
@@ -293,20 +281,14 @@ pub fn explain(
         return Err(format!("`{target}`: give an absolute URL, e.g. https://{target}"));
     }
     // The URL is parsed exactly as a redirect's Location would be; the base is never used for an absolute URL.
-    let base = BaseRequest { scheme: "http", authority: "explain.invalid", path: "/", method };
+    let base = RequestLine::new("http", "explain.invalid", method, "/");
     let url = redirect::resolve(&base, target).map_err(|e| format!("`{target}`: {}", e.explain(target)))?;
     let authority = match url.authority.port {
         Some(port) => format!("{}:{port}", url.authority.host),
         None => url.authority.host.to_string(),
     };
-    let request = HttpRequest {
-        authority: &authority,
-        scheme: &url.scheme,
-        method,
-        path: Some(&url.path),
-        caller: identity.into(),
-    };
-    let decision = policy.evaluate_http(&request);
+    let request = RequestLine { scheme: &url.scheme, authority: &authority, method, path: Some(&url.path) };
+    let decision = policy.evaluate_http(&request, identity.into());
     Ok(describe(&format!("{method} {}", url.url()), &decision, identity))
 }
 

@@ -320,7 +320,7 @@ request, for teams that want the decision in every access-log line without the a
 2. kubectl apply -k wasmplugin-manifests/telemetry: the Telemetry (telemetry.yaml) turns the {} provider on
    for the gateway.
 3. kubectl logs -n istio-system deploy/istio-egressgateway | grep '\"decision\"'
-The fields are egressctl's one access-log definition (filters/cli/src/access_log.rs), the ones `make run` writes.",
+The fields are egressctl's one access-log definition (tools/egressctl/src/access_log.rs), the ones `make run` writes.",
         access_log::FILE_PROVIDER
     );
     let telemetry = map([

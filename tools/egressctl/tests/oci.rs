@@ -178,11 +178,11 @@ fn refuses_what_it_cannot_package_and_where_it_must_not_write() {
     let not_wasm = dir.join("policy.yaml");
     fs::write(&not_wasm, "mode: enforce\n").unwrap();
     let (code, _, stderr) = egressctl_oci(&not_wasm, &dir.join("out"), TAG);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3, "an input that is not a module");
     assert!(stderr.contains("policy.yaml: not a WebAssembly module"), "{stderr}");
 
     let (code, _, stderr) = egressctl_oci(&wasm, &dir.join("out"), "1.0/latest");
-    assert_eq!(code, 2);
+    assert_eq!(code, 2, "a usage error");
     assert!(stderr.contains("not a valid image tag"), "{stderr}");
     assert!(!dir.join("out").exists(), "nothing written on a usage error");
 
@@ -191,12 +191,12 @@ fn refuses_what_it_cannot_package_and_where_it_must_not_write() {
     fs::create_dir_all(&busy).unwrap();
     fs::write(busy.join("notes.txt"), "mine").unwrap();
     let (code, _, stderr) = egressctl_oci(&wasm, &busy, TAG);
-    assert_eq!(code, 2);
+    assert_eq!(code, 3, "an output that cannot be written");
     assert!(stderr.contains("is not an OCI image layout: refusing to write into it"), "{stderr}");
     assert_eq!(tree(&busy).len(), 1);
 
     let output = Command::new(env!("CARGO_BIN_EXE_egressctl")).args(["oci", "--wasm", "x.wasm"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--out is required"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("required arguments were not provided:\n  --out <DIR>"));
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -50,8 +50,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn read(path: &str) -> Result<Source, String> {
-        Ok(Source { path: path.to_string(), value: config::read_yaml(Path::new(path))? })
+    pub fn read(path: &Path) -> Result<Source, String> {
+        Ok(Source { path: path.display().to_string(), value: config::read_yaml(path)? })
     }
 }
 
