@@ -905,6 +905,25 @@ mod tests {
         assert_eq!(event.source.identity_source, None);
     }
 
+    /// One type error does not hide the others, in the collector's settings too.
+    #[test]
+    fn every_type_error_is_reported() {
+        let json = r#"{"headers": "user-agent", "log": "yes", "includeQuery": 1,
+                       "collector": {"cluster": 5, "authority": "a", "batchMaxEvents": "100", "format": "otlp"}}"#;
+        let text = AuditConfig::from_json(json.as_bytes()).unwrap_err().to_string();
+        for want in [
+            r#"headers: invalid type: string "user-agent", expected a sequence"#,
+            r#"log: invalid type: string "yes", expected a boolean"#,
+            "includeQuery: invalid type: integer `1`, expected a boolean",
+            "collector.cluster: invalid type: integer `5`, expected a string",
+            r#"collector.batchMaxEvents: invalid type: string "100""#,
+            "collector.format: unknown variant `otlp`",
+        ] {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
+        assert!(!text.contains("missing field"), "{text}");
+    }
+
     #[test]
     fn config_errors_name_the_field() {
         let errors = |json: &str| AuditConfig::from_json(json.as_bytes()).unwrap_err().to_string();

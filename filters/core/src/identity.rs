@@ -600,6 +600,29 @@ mod tests {
         assert!(config(&format!(r#"{{"signing": {{"keyId": "k1", "key": "{KEY}"}}}}"#)).signer.is_some());
     }
 
+    /// One type error does not hide the others: every member in error is reported, nested ones included, and a
+    /// member in error is not then reported missing.
+    #[test]
+    fn every_type_error_is_reported() {
+        let json = r#"{"xfcc": "yes", "headers": {"identity": 1, "namespace": ["x"]}, "onMissing": "allow",
+                       "trustedHops": "spiffe://x", "signing": {"keyId": 7}, "tunnels": true, "extra": 1}"#;
+        assert_eq!(
+            errors(json),
+            [
+                r#"xfcc: invalid type: string "yes", expected a boolean"#,
+                "headers.identity: invalid type: integer `1`, expected a string",
+                "headers.namespace: invalid type: sequence, expected a string",
+                "onMissing: unknown variant `allow`, expected `deny` or `anonymous`",
+                r#"trustedHops: invalid type: string "spiffe://x", expected a sequence"#,
+                "signing.keyId: invalid type: integer `7`, expected a string",
+                "tunnels: invalid type: boolean `true`, expected enum Tunnels",
+                "extra: unknown field `extra`, expected one of `headers`, `xfcc`, `onMissing`, `trustedHops`, `signing`, `tunnels`",
+            ]
+        );
+        // A required member in error is reported once, as what it is, not as missing.
+        assert_eq!(errors(r#"{"signing": {"keyId": null}}"#), ["signing.keyId: invalid type: null, expected a string"]);
+    }
+
     #[test]
     fn config_errors_name_the_field() {
         let cases = [

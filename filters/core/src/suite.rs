@@ -103,7 +103,7 @@ impl SuiteConfig {
 /// A small section read whole, then deserialized with its errors at its path.
 fn section_document<T: serde::de::DeserializeOwned>(reader: &mut json::Reader<'_>, at: &Path<'_>) -> Result<T, Error> {
     let value = reader.tree()?;
-    json::deserialize_at(&value, at)
+    json::deserialize_at(value, at).map_err(|errors| reader.record_errors(errors))
 }
 
 /// A section's own errors, with the section's name in front of their paths (the section's root is the section).
@@ -169,5 +169,20 @@ mod tests {
         assert!(errors(r#"{"audit":{"headers":"x"}}"#)[0].starts_with("audit.headers: invalid type"));
         assert!(errors(r#"{"polcy":{}}"#)[0].starts_with("polcy: unknown field `polcy`, expected one of `policy`"));
         assert_eq!(errors("{}"), ["(document): no stage configured: give `policy`, `identity` or `audit`"]);
+        // Every section's type errors at once, each at its path.
+        let all = errors(
+            r#"{"policy":{"rules":[{"name":"a","ports":["80"]}],"mode":1},
+                "identity":{"xfcc":"no","onMissing":"maybe"},"audit":{"log":"x","headers":"y"}}"#,
+        );
+        for want in [
+            "policy.rules[0].ports[0]: invalid type",
+            "policy.mode: invalid type",
+            "identity.xfcc: invalid type",
+            "identity.onMissing: unknown variant `maybe`",
+            "audit.log: invalid type",
+            "audit.headers: invalid type",
+        ] {
+            assert!(all.iter().any(|e| e.starts_with(want)), "{want} not in {all:?}");
+        }
     }
 }

@@ -523,7 +523,8 @@ route-level internal_redirect_policy, so this EnvoyFilter merges it into the egr
   host does; the routing rendered from the policy has one for every policy host, so every hop the policy allows.
   A target without one is not followed and the vetted 3xx goes back to the client.
 - Envoy 1.36.0-1.36.2 truncate request bodies above the buffer limit when a route has a retry_policy (Istio
-  always sets one) and follows a 307/308 (envoyproxy/envoy#44114, fixed in 1.40 and later 1.36 patches).";
+  always sets one) and follows a 307/308 (envoyproxy/envoy#44114, fixed by envoyproxy/envoy#44154 in 1.40.0;
+  a later 1.36 patch has the fix only if its release notes name it).";
     let codes = Value::Sequence(redirect::FOLLOWED_STATUSES.into_iter().map(Value::from).collect());
     let policy = map([
         ("redirect_response_codes", codes),

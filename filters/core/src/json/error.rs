@@ -66,6 +66,16 @@ impl Error {
         self.0.kind == Kind::Recorded
     }
 
+    /// The path of the value it was raised for, as displayed.
+    pub(super) fn path(&self) -> Option<&str> {
+        self.0.path.as_deref()
+    }
+
+    /// `missing field `name``, raised at the path of the struct that misses it.
+    pub(super) fn is_missing_field(&self) -> bool {
+        self.0.message.starts_with("missing field `")
+    }
+
     pub(super) fn at(mut self, path: &Path<'_>) -> Error {
         if self.0.path.is_none() {
             self.0.path = Some(path.to_string());

@@ -34,11 +34,11 @@ pub use write::{push_string, Object};
 use crate::config_error::ConfigErrors;
 use serde::de::DeserializeOwned;
 
-/// Parses a JSON document into `T`. Every error (syntax or type) comes back with its field path; the document root
-/// is `(document)`.
+/// Parses a JSON document into `T`. Every error comes back with its field path (the document root is
+/// `(document)`): a syntax error alone, else every member in error ([`deserialize_at`]).
 pub fn from_slice<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigErrors> {
     let value = parse(json).map_err(config_errors)?;
-    T::deserialize(De { value: &value, path: Path::Root }).map_err(config_errors)
+    deserialize_at(value, &Path::Root).map_err(|errors| ConfigErrors(errors.into_iter().map(config_error).collect()))
 }
 
 /// [`from_slice`] for text.
@@ -46,9 +46,30 @@ pub fn from_str<T: DeserializeOwned>(json: &str) -> Result<T, ConfigErrors> {
     from_slice(json.as_bytes())
 }
 
-/// Deserializes a value already read into a tree, its errors at `path` (a section of a larger document).
-pub(crate) fn deserialize_at<T: DeserializeOwned>(value: &Value, path: &Path<'_>) -> Result<T, Error> {
-    T::deserialize(De { value, path: *path })
+/// Deserializes a value already read into a tree (a document, or a section of a larger one at `path`), reporting
+/// every member in error, not only the first a derived visitor meets (which then gives up): the member an error lies
+/// in (the innermost object member on its path) is set aside and the rest deserialized again, until the rest fits or
+/// an error lies in no member (the value itself, or a whole list's element: its list is set aside, so one error per
+/// list). Errors come in the order the visitors meet them, the first as a single pass would report it. A missing
+/// field is reported only as the first error, as the policy's reader does (after another, it may be the member set
+/// aside): later, the struct that misses it is set aside in turn.
+pub(crate) fn deserialize_at<T: DeserializeOwned>(mut value: Value, path: &Path<'_>) -> Result<T, Vec<Error>> {
+    let mut errors: Vec<Error> = Vec::new();
+    loop {
+        let error = match T::deserialize(De { value: &value, path: *path }) {
+            Ok(value) if errors.is_empty() => return Ok(value),
+            Ok(_) => return Err(errors),
+            Err(error) => error,
+        };
+        // Each round removes a member, so this ends.
+        let removed = error.path().is_some_and(|at| value.remove_member_covering(path, at));
+        if errors.is_empty() || !error.is_missing_field() {
+            errors.push(error);
+        }
+        if !removed {
+            return Err(errors);
+        }
+    }
 }
 
 fn config_errors(error: Error) -> ConfigErrors {

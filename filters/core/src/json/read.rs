@@ -461,6 +461,13 @@ impl Reader<'_> {
         self.errors.extend(problems.into_iter().map(as_error));
     }
 
+    /// Records the errors of a value already read (a section deserialized from its tree), for its member to end
+    /// [`Kind::Recorded`].
+    pub(crate) fn record_errors(&mut self, errors: Vec<Error>) -> Error {
+        self.errors.extend(errors);
+        Error::recorded()
+    }
+
     /// Goes on after `result`, the reading of a member or element, unless it is a syntax error: an error in the
     /// value is recorded (once), and `failed` notes that the enclosing value has no result.
     fn go_on(&mut self, result: Result<(), Error>, failed: &mut bool) -> Result<(), Error> {
