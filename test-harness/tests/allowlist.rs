@@ -281,6 +281,29 @@ fn tls_passthrough_is_judged_on_the_port_clients_dial() {
         .collect();
     assert!(decisions.contains(&("allowed", "on-443")), "{decisions:?}");
     assert!(decisions.contains(&("port_not_allowed", "on-8443")), "{decisions:?}");
+
+    // Behind a Service mapping another port to this listener (`gatewayPorts`), passthrough is judged and recorded
+    // as to that port: here the listener's 443 stands for 8443.
+    let mapped = lab_with(
+        r#"{"rules":[{"name":"on-443","hosts":["a.wild.example"],"ports":[443]},
+                     {"name":"on-8443","hosts":["b.wild.example"],"ports":[8443]}],
+            "gatewayPorts":[{"listener":443,"service":8443}]}"#,
+    );
+    let ca = mapped.pki.ca_pem();
+    let allowed = client::tls_get(mapped.tls(), Some("b.wild.example"), ca, "b.wild.example", "/headers").unwrap();
+    assert_eq!(allowed.json()["tls"]["sni"], "b.wild.example");
+    assert!(client::tls_get(mapped.tls(), Some("a.wild.example"), ca, "a.wild.example", "/").is_err(), "not 443");
+    let log = access_log(&mapped, 2);
+    let decisions: Vec<(&str, &str, &str)> = log
+        .iter()
+        .map(|l| {
+            let decision = &l["decision"];
+            let text = |field: &str| decision[field].as_str().unwrap_or("");
+            (text("reason"), text("rule"), text("destination"))
+        })
+        .collect();
+    assert!(decisions.contains(&("allowed", "on-8443", "b.wild.example:8443")), "{decisions:?}");
+    assert!(decisions.contains(&("port_not_allowed", "on-443", "a.wild.example:8443")), "{decisions:?}");
 }
 
 #[test]

@@ -245,8 +245,11 @@ impl Policy {
         self.decide(reason, rule, Some(destination))
     }
 
-    /// Evaluates a TLS passthrough connection by its SNI and the port it arrived on.
+    /// Evaluates a TLS passthrough connection by its SNI and the port it arrived on: the listener's, judged as the
+    /// port clients dial to reach it when `gatewayPorts` maps it.
     pub fn evaluate_tls(&self, sni: Option<&str>, port: u16, caller: Caller<'_>) -> Decision<'_> {
+        let port =
+            self.gateway_ports.iter().find(|&&(listener, _)| listener == port).map_or(port, |&(_, service)| service);
         let Some(sni) = sni.filter(|s| !s.is_empty()) else { return self.refuse(Reason::MissingSni) };
         let host = match Host::parse(sni) {
             Ok(host) => host,
@@ -615,6 +618,26 @@ mod tests {
         assert_eq!(bad.action, Action::Deny);
         assert_eq!(bad.http_status(), 400);
         assert_eq!(p.evaluate_tls(None, 443, Caller::ANONYMOUS).action, Action::Deny);
+    }
+
+    /// Behind a Service that maps 443 to a listener on 8443 (Istio's egress gateway), passthrough is judged and
+    /// recorded on the port clients dial; a listener the policy does not map is judged on its own port.
+    #[test]
+    fn tls_passthrough_is_judged_on_the_port_gateway_ports_maps_its_listener_to() {
+        let p = policy(
+            r#"{"rules":[{"name":"tls","hosts":["*.httpbin.org"],"ports":[443]},{"name":"alt","hosts":["alt.org"],"ports":[9443]}],
+                "gatewayPorts":[{"listener":8443,"service":443},{"listener":443,"service":9443}]}"#,
+        );
+        let tls = |sni, port| p.evaluate_tls(Some(sni), port, Caller::ANONYMOUS);
+        let allowed = tls("www.httpbin.org", 8443);
+        assert_eq!((allowed.action, allowed.rule), (Action::Allow, Some("tls")));
+        assert_eq!(allowed.destination.map(|d| d.port), Some(443), "recorded as the port clients dial");
+        assert_eq!(tls("www.httpbin.org", 443).reason, Reason::PortNotAllowed, "443 is a listener for 9443 here");
+        assert_eq!(tls("alt.org", 443).rule, Some("alt"));
+        assert_eq!(tls("alt.org", 10443).reason, Reason::PortNotAllowed, "an unmapped listener is its own port");
+        // HTTP names its port in its authority: no mapping.
+        let http = p.evaluate_http(&RequestLine::new("https", "www.httpbin.org:8443", "GET", "/"), Caller::ANONYMOUS);
+        assert_eq!(http.reason, Reason::PortNotAllowed);
     }
 
     #[test]

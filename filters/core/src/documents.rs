@@ -30,6 +30,19 @@ pub struct PolicyDocument {
     pub deny: Option<DenyDocument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirects: Option<RedirectsDocument>,
+    /// The gateway's TLS-passthrough listener ports and the ports clients dial to reach them (absent: the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ports: Option<Vec<GatewayPortDocument>>,
+}
+
+/// A TLS-passthrough listener's port and the port clients dial to reach it: the gateway Service's `targetPort` and
+/// `port` (Istio's egress gateway maps 443 to 8443). A passthrough connection arriving on `listener` is judged, and
+/// recorded, as one to `service`, so rules name the ports apps dial.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayPortDocument {
+    pub listener: i64,
+    pub service: i64,
 }
 
 /// How 3xx responses are handled (the redirect filter; the allow-list ignores it).
@@ -136,7 +149,7 @@ pub(crate) fn stream(
     json::read(source, |reader, path| policy(reader, path, rule))
 }
 
-const POLICY: &[&str] = &["mode", "rules", "deny", "redirects"];
+const POLICY: &[&str] = &["mode", "rules", "deny", "redirects", "gatewayPorts"];
 
 pub(crate) fn policy(
     reader: &mut Reader<'_>,
@@ -144,13 +157,14 @@ pub(crate) fn policy(
     each: &mut dyn FnMut(RuleDocument, Whole),
 ) -> Result<PolicyDocument, Error> {
     let mut doc = PolicyDocument::default();
-    let PolicyDocument { mode, rules: _, deny, redirects } = &mut doc;
+    let PolicyDocument { mode, rules: _, deny, redirects, gateway_ports } = &mut doc;
     let seen = reader.members(path, "struct PolicyDocument", POLICY, true, &mut |reader, field, at| {
         match field {
             0 => *mode = read_mode(reader, at)?,
             1 => reader.elements(at, &mut |reader, at| rule(reader, at).map(|(doc, whole)| each(doc, whole)))?,
             2 => *deny = reader.optional(|reader| read_deny(reader, at))?,
-            _ => *redirects = reader.optional(|reader| read_redirects(reader, at))?,
+            3 => *redirects = reader.optional(|reader| read_redirects(reader, at))?,
+            _ => *gateway_ports = reader.optional(|reader| reader.list(at, read_gateway_port))?,
         }
         Ok(())
     });
@@ -241,6 +255,23 @@ fn read_redirects(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<RedirectsD
     Ok(doc)
 }
 
+const GATEWAY_PORT: &[&str] = &["listener", "service"];
+
+fn read_gateway_port(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<GatewayPortDocument, Error> {
+    let mut doc = GatewayPortDocument::default();
+    let GatewayPortDocument { listener, service } = &mut doc;
+    let seen = reader.members(path, "struct GatewayPortDocument", GATEWAY_PORT, true, &mut |reader, field, at| {
+        match field {
+            0 => *listener = reader.int(at)?,
+            _ => *service = reader.int(at)?,
+        }
+        Ok(())
+    })?;
+    json::require(seen, 0, GATEWAY_PORT, path)?;
+    json::require(seen, 1, GATEWAY_PORT, path)?;
+    Ok(doc)
+}
+
 const DENY: &[&str] = &["hosts", "cidrs"];
 
 fn read_deny(reader: &mut Reader<'_>, path: &Path<'_>) -> Result<DenyDocument, Error> {
@@ -288,8 +319,10 @@ mod tests {
               {"name":"d","redirects":{}}
             ],
             "deny":{"hosts":["h"],"cidrs":["1.2.3.4/32"]},
-            "redirects":{"follow":true,"maxHops":7,"denyStatus":451,"originateTls":["o.com"]}}"#,
+            "redirects":{"follow":true,"maxHops":7,"denyStatus":451,"originateTls":["o.com"]},
+            "gatewayPorts":[{"listener":8443,"service":443},{"service":-1,"listener":0}]}"#,
         );
+        same(r#"{"rules":[],"gatewayPorts":null}"#);
         same(r#"{"rules":[],"deny":{},"redirects":{}}"#);
         same(r#"{"rules":[],"deny":null,"redirects":null}"#);
     }
@@ -300,7 +333,12 @@ mod tests {
             (r#"{}"#, "(document): missing field `rules`"),
             (r#"[]"#, "(document): invalid type: sequence, expected struct PolicyDocument"),
             (r#"{"rules":null}"#, "rules: invalid type: null, expected a sequence"),
-            (r#"{"rulez":[]}"#, "rulez: unknown field `rulez`, expected one of `mode`, `rules`, `deny`, `redirects`"),
+            (r#"{"rulez":[]}"#, "rulez: unknown field `rulez`, expected one of `mode`, `rules`, `deny`, `redirects`, `gatewayPorts`"),
+            (r#"{"rules":[],"gatewayPorts":{}}"#, "gatewayPorts: invalid type: map, expected a sequence"),
+            (r#"{"rules":[],"gatewayPorts":[{"listener":8443}]}"#, "gatewayPorts[0]: missing field `service`"),
+            (r#"{"rules":[],"gatewayPorts":[{"service":443}]}"#, "gatewayPorts[0]: missing field `listener`"),
+            (r#"{"rules":[],"gatewayPorts":[{"listener":"8443","service":443}]}"#, r#"gatewayPorts[0].listener: invalid type: string "8443", expected i64"#),
+            (r#"{"rules":[],"gatewayPorts":[{"listener":1,"service":2,"port":3}]}"#, "gatewayPorts[0].port: unknown field `port`, expected `listener` or `service`"),
             (r#"{"rules":[],"rules":[]}"#, "(document): duplicate field `rules`"),
             (r#"{"rules":[],"mode":"audit"}"#, "mode: unknown variant `audit`, expected `enforce` or `report`"),
             (r#"{"rules":[],"mode":1}"#, "mode: invalid type: integer `1`, expected enum Mode"),

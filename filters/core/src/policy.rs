@@ -6,7 +6,7 @@
 use crate::cidr::{Cidr, CidrIndex};
 use crate::config_error::{ConfigError, ConfigErrors};
 pub use crate::documents::{
-    DenyDocument, Mode, PolicyDocument, RedirectsDocument, RuleDocument, RuleRedirectsDocument,
+    DenyDocument, GatewayPortDocument, Mode, PolicyDocument, RedirectsDocument, RuleDocument, RuleRedirectsDocument,
 };
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::hosts::{HostIndex, HostPattern};
@@ -126,6 +126,8 @@ pub struct Policy {
     pub(crate) deny_hosts: HostIndex<u32>,
     pub(crate) deny_cidrs: CidrIndex<u32>,
     pub(crate) redirects: Redirects,
+    /// TLS-passthrough listener ports and the ports clients dial to reach them (`gatewayPorts`).
+    pub(crate) gateway_ports: Box<[(u16, u16)]>,
     /// Of the document as read ([`crate::fingerprint`]).
     fingerprint: Fingerprint,
 }
@@ -176,7 +178,7 @@ impl Policy {
         for rule in &doc.rules {
             compiler.rule(rule, true);
         }
-        compiler.finish(doc.mode, doc.deny.as_ref(), doc.redirects.as_ref())
+        compiler.finish(doc)
     }
 
     /// The name of rule `index`.
@@ -238,7 +240,7 @@ pub(crate) fn read_and_compile(
             return Err(error);
         }
     };
-    let compiled = compiler.finish(doc.mode, doc.deny.as_ref(), doc.redirects.as_ref());
+    let compiled = compiler.finish(&doc);
     if !reader.has_errors() {
         return Ok(compiled);
     }
@@ -293,6 +295,7 @@ impl<'p> Compiler<'p> {
                     deny_status: 403,
                     originate_tls: HostIndex::default(),
                 },
+                gateway_ports: Box::default(),
                 fingerprint: Fingerprint::default(),
             },
             fingerprint: Fingerprinter::new("policy"),
@@ -362,17 +365,14 @@ impl<'p> Compiler<'p> {
         policy.rules.push(Rule { name_end, redirects, conditions });
     }
 
-    /// The rest of the document, after the rules; the policy if nothing was wrong anywhere.
+    /// The rest of the document (its rules were compiled already); the policy if nothing was wrong anywhere.
     #[inline]
-    fn finish(
-        self,
-        mode: Mode,
-        deny: Option<&DenyDocument>,
-        redirects: Option<&RedirectsDocument>,
-    ) -> Result<Policy, ConfigErrors> {
+    fn finish(self, doc: &PolicyDocument) -> Result<Policy, ConfigErrors> {
+        let PolicyDocument { mode, rules: _, deny, redirects, gateway_ports } = doc;
+        let (mode, deny, redirects) = (*mode, deny.as_ref(), redirects.as_ref());
         let Compiler { mut errors, mut policy, names, at: _, mut fingerprint } = self;
         drop(names);
-        fingerprint_document(&mut fingerprint, mode, deny, redirects);
+        fingerprint_document(&mut fingerprint, mode, deny, redirects, gateway_ports.as_deref());
         policy.fingerprint = fingerprint.finish();
         policy.mode = mode;
         if let Some(deny) = deny {
@@ -404,6 +404,8 @@ impl<'p> Compiler<'p> {
                 }
             }
         }
+        policy.gateway_ports =
+            gateway_ports.as_deref().map(|ports| gateway_ports_of(&mut errors, ports)).unwrap_or_default();
         if !errors.found.is_empty() {
             return Err(ConfigErrors(errors.found));
         }
@@ -415,6 +417,32 @@ impl<'p> Compiler<'p> {
         policy.redirects.originate_tls.shrink_to_fit();
         Ok(policy)
     }
+}
+
+/// `gatewayPorts`, checked: ports in range, each listener once, the list not empty.
+fn gateway_ports_of(errors: &mut Errors<'_>, ports: &[GatewayPortDocument]) -> Box<[(u16, u16)]> {
+    if ports.is_empty() {
+        errors
+            .add("gatewayPorts".into(), "empty list; omit the field when clients dial the listeners' own ports".into());
+    }
+    let mut mapped: Vec<(u16, u16)> = Vec::with_capacity(ports.len());
+    for (i, entry) in ports.iter().enumerate() {
+        let mut port = |field: &str, value: i64| {
+            let checked = u16::try_from(value).ok().filter(|&p| p != 0);
+            if checked.is_none() {
+                errors.add(format!("gatewayPorts[{i}].{field}"), format!("port {value} is out of range 1-65535"));
+            }
+            checked
+        };
+        let (Some(listener), Some(service)) = (port("listener", entry.listener), port("service", entry.service)) else {
+            continue;
+        };
+        if mapped.iter().any(|&(seen, _)| seen == listener) {
+            errors.add(format!("gatewayPorts[{i}].listener"), format!("listener port {listener} is given twice"));
+        }
+        mapped.push((listener, service));
+    }
+    mapped.into_boxed_slice()
 }
 
 /// A rule's values, in field order, into the policy's fingerprint.
@@ -441,6 +469,7 @@ fn fingerprint_document(
     mode: Mode,
     deny: Option<&DenyDocument>,
     redirects: Option<&RedirectsDocument>,
+    gateway_ports: Option<&[GatewayPortDocument]>,
 ) {
     fingerprint.value("mode", format_args!("{mode:?}"));
     let DenyDocument { hosts, cidrs } = deny.cloned().unwrap_or_default();
@@ -451,6 +480,11 @@ fn fingerprint_document(
     fingerprint.value("redirects.maxHops", max_hops);
     fingerprint.value("redirects.denyStatus", deny_status);
     fingerprint.list("redirects.originateTls", Some(&originate_tls));
+    // Only when given: a policy without it keeps the fingerprint it had before the field existed.
+    if let Some(ports) = gateway_ports {
+        let ports: Vec<String> = ports.iter().map(|p| format!("{}:{}", p.listener, p.service)).collect();
+        fingerprint.list("gatewayPorts", Some(&ports));
+    }
 }
 
 /// Collects errors while compiling, with paths relative to `prefix`.
@@ -572,6 +606,32 @@ mod tests {
         assert!(errors(r#"{}"#)[0].contains("missing field `rules`"));
         assert!(errors(r#"{"rules":[{"name":"a","hosts":["x.com"],"ports":["80"]}]}"#)[0]
             .starts_with("rules[0].ports[0]: invalid type"));
+    }
+
+    #[test]
+    fn gateway_ports_are_checked_and_fingerprinted_only_when_given() {
+        let got = errors(
+            r#"{"rules":[],"gatewayPorts":[{"listener":0,"service":443},{"listener":8443,"service":70000},
+                {"listener":8443,"service":443},{"listener":8443,"service":444}]}"#,
+        );
+        assert_eq!(
+            got,
+            [
+                "gatewayPorts[0].listener: port 0 is out of range 1-65535",
+                "gatewayPorts[1].service: port 70000 is out of range 1-65535",
+                "gatewayPorts[3].listener: listener port 8443 is given twice",
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"rules":[],"gatewayPorts":[]}"#)[0],
+            "gatewayPorts: empty list; omit the field when clients dial the listeners' own ports"
+        );
+        let fingerprint = |json: &str| Policy::from_json(json.as_bytes()).unwrap().fingerprint();
+        let plain = fingerprint(r#"{"rules":[]}"#);
+        assert_eq!(fingerprint(r#"{"rules":[],"gatewayPorts":null}"#), plain);
+        let mapped = fingerprint(r#"{"rules":[],"gatewayPorts":[{"listener":8443,"service":443}]}"#);
+        assert_ne!(mapped, plain);
+        assert_ne!(fingerprint(r#"{"rules":[],"gatewayPorts":[{"listener":8443,"service":444}]}"#), mapped);
     }
 
     #[test]
