@@ -619,6 +619,17 @@ mod tests {
                 "extra: unknown field `extra`, expected one of `headers`, `xfcc`, `onMissing`, `trustedHops`, `signing`, `tunnels`",
             ]
         );
+        // A repeated key in error is set aside with its repetition: what the visitor never read is not judged (the
+        // policy fuzz target's finding: the second value's own error was reported, where the policy's reader
+        // refuses it as a duplicate).
+        let repeated = errors(r#"{"signing": "k", "signing": {"keyId": 1, "x": 2}, "xfcc": 1}"#);
+        assert_eq!(
+            repeated,
+            [
+                r#"signing: invalid type: string "k", expected struct SigningDocument"#,
+                "xfcc: invalid type: integer `1`, expected a boolean"
+            ]
+        );
         // A required member in error is reported once, as what it is, not as missing.
         assert_eq!(errors(r#"{"signing": {"keyId": null}}"#), ["signing.keyId: invalid type: null, expected a string"]);
     }

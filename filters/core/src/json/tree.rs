@@ -16,9 +16,10 @@ pub(crate) enum Value {
 }
 
 impl Value {
-    /// Removes the innermost object member whose path (under `path`, this value's) is `target` or holds it; false
-    /// when no member does (`target` is this value itself, or lies in no object). Paths are compared as displayed
-    /// (`rules[2].hosts[0]`).
+    /// Removes the innermost object member whose path (under `path`, this value's) is `target` or holds it, with
+    /// every repetition of its key (the derived visitors read only the first; the rest are refused as duplicates);
+    /// false when no member does (`target` is this value itself, or lies in no object). Paths are compared as
+    /// displayed (`rules[2].hosts[0]`).
     pub(crate) fn remove_member_covering(&mut self, path: &Path<'_>, target: &str) -> bool {
         let covers = |candidate: &str| {
             target.strip_prefix(candidate).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
@@ -28,13 +29,12 @@ impl Value {
                 let Some(index) = members.iter().position(|(key, _)| covers(&Path::Key(path, key).to_string())) else {
                     return false;
                 };
-                if let Some((key, member)) = members.get_mut(index) {
-                    let key = key.clone();
-                    if member.remove_member_covering(&Path::Key(path, &key), target) {
-                        return true;
-                    }
+                let Some((key, member)) = members.get_mut(index) else { return false };
+                let key = key.clone();
+                if member.remove_member_covering(&Path::Key(path, &key), target) {
+                    return true;
                 }
-                members.remove(index);
+                members.retain(|(other, _)| *other != key);
                 true
             }
             Value::Array(elements) => elements.iter_mut().enumerate().any(|(index, element)| {
