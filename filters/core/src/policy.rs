@@ -342,9 +342,7 @@ impl<'p> Compiler<'p> {
         for cidr in errors.each(at, "cidrs", &rule.cidrs, |raw| Cidr::parse(raw)) {
             policy.cidrs.insert(cidr, index);
         }
-        let ports = errors.list(at, "ports", &rule.ports, |&port| {
-            u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(|| format!("port {port} is out of range 1-65535"))
-        });
+        let ports = errors.list(at, "ports", &rule.ports, |&port| check_port(port));
         let methods = errors.list(at, "methods", &rule.methods, |raw| {
             let valid = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
             valid.then(|| raw.to_ascii_uppercase().into()).ok_or_else(|| format!("`{raw}` is not an HTTP method"))
@@ -419,6 +417,11 @@ impl<'p> Compiler<'p> {
     }
 }
 
+/// A TCP port as a policy writes it (rules' `ports`, `gatewayPorts`): 1-65535.
+fn check_port(port: i64) -> Result<u16, String> {
+    u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(|| format!("port {port} is out of range 1-65535"))
+}
+
 /// `gatewayPorts`, checked: ports in range, each listener once, the list not empty.
 fn gateway_ports_of(errors: &mut Errors<'_>, ports: &[GatewayPortDocument]) -> Box<[(u16, u16)]> {
     if ports.is_empty() {
@@ -428,11 +431,7 @@ fn gateway_ports_of(errors: &mut Errors<'_>, ports: &[GatewayPortDocument]) -> B
     let mut mapped: Vec<(u16, u16)> = Vec::with_capacity(ports.len());
     for (i, entry) in ports.iter().enumerate() {
         let mut port = |field: &str, value: i64| {
-            let checked = u16::try_from(value).ok().filter(|&p| p != 0);
-            if checked.is_none() {
-                errors.add(format!("gatewayPorts[{i}].{field}"), format!("port {value} is out of range 1-65535"));
-            }
-            checked
+            check_port(value).map_err(|message| errors.add(format!("gatewayPorts[{i}].{field}"), message)).ok()
         };
         let (Some(listener), Some(service)) = (port("listener", entry.listener), port("service", entry.service)) else {
             continue;
