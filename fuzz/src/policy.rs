@@ -16,10 +16,10 @@
 //!   nobody writes a configuration so, and ours would instantiate a sequence visitor per struct in every module),
 //!   a unit variant written as a one-member object (`{"report":null}`, the same), and floats (`-0` included).
 //!
-//! Properties: the policy compiled from the stream is the policy compiled from the document read whole, however the
-//! stream is cut, and a refused document compiles to nothing; a document printed by `serde_json` reads back as the
-//! same document; the policy as the suite's `policy` section compiles to the same policy, or fails with problems at
-//! the same paths under `policy`.
+//! Properties: each problem of a document read whole is reported once; the policy compiled from the stream is the
+//! policy compiled from the document read whole, however the stream is cut, and a refused document compiles to nothing;
+//! a document printed by `serde_json` reads back as the same document; the policy as the suite's `policy` section
+//! compiles to the same policy, or fails with problems at the same paths under `policy`.
 
 use egress_core::audit::AuditDocument;
 use egress_core::identity::IdentityDocument;
@@ -45,6 +45,7 @@ pub fn run(data: &[u8]) {
 fn policy(json: &[u8], chunk: usize) {
     let streamed = PolicyDocument::from_json(json);
     let derived = from_slice::<PolicyDocument>(json);
+    each_reported_once(&derived);
     match (&streamed, &derived) {
         (Ok(_), Ok(_)) => assert_eq!(debug(&streamed), debug(&derived), "the streaming reader and the derived differ"),
         // The stream reports every problem, in document order (a syntax error ends it); the derived `Deserialize`
@@ -106,6 +107,7 @@ fn suite(json: &[u8]) {
 /// A document read whole by the path-tracking deserializer, against `serde_json`.
 fn document<T: DeserializeOwned + Serialize + Debug>(json: &[u8]) {
     let ours = from_slice::<T>(json);
+    each_reported_once(&ours);
     against_serde_json(json, &ours);
     if let Ok(document) = &ours {
         let printed = serde_json::to_string(document).unwrap();
@@ -126,6 +128,15 @@ fn against_serde_json<T: DeserializeOwned + Debug>(json: &[u8], ours: &Result<T,
             );
         }
         (Err(_), Err(_)) => {}
+    }
+}
+
+/// Every member in error is reported, each once (a member is set aside once its error is reported).
+fn each_reported_once<T>(result: &Result<T, ConfigErrors>) {
+    if let Err(ConfigErrors(errors)) = result {
+        for (i, error) in errors.iter().enumerate() {
+            assert!(!errors[..i].contains(error), "{error} reported twice: {errors:?}");
+        }
     }
 }
 

@@ -630,6 +630,16 @@ mod tests {
                 "xfcc: invalid type: integer `1`, expected a boolean"
             ]
         );
+        // A key spelled like a path is its own member: set aside alone, and its error reported once.
+        assert_eq!(
+            errors(r#"{"headers": {"identity": 3}, "headers.identity": 1, "signing[0]": 2, "xfcc": 2}"#),
+            [
+                "headers.identity: invalid type: integer `3`, expected a string",
+                "headers.identity: unknown field `headers.identity`, expected one of `headers`, `xfcc`, `onMissing`, `trustedHops`, `signing`, `tunnels`",
+                "signing[0]: unknown field `signing[0]`, expected one of `headers`, `xfcc`, `onMissing`, `trustedHops`, `signing`, `tunnels`",
+                "xfcc: invalid type: integer `2`, expected a boolean",
+            ]
+        );
         // A required member in error is reported once, as what it is, not as missing.
         assert_eq!(errors(r#"{"signing": {"keyId": null}}"#), ["signing.keyId: invalid type: null, expected a string"]);
     }

@@ -62,7 +62,7 @@ impl<'v> De<'v, '_> {
     {
         match self.value {
             Value::Object(members) => {
-                visitor.visit_map(Map { members: members.iter(), value: None, parent: &self.path })
+                visitor.visit_map(Map { members: members.iter(), index: 0, value: None, parent: &self.path })
             }
             _ => Err(self.invalid(&visitor)),
         }
@@ -228,9 +228,9 @@ impl<'de> de::SeqAccess<'de> for Seq<'de, '_> {
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
         let Some(value) = self.items.next() else { return Ok(None) };
-        let path = Path::Index(self.parent, self.index);
+        let index = self.index;
         self.index += 1;
-        seed.deserialize(De { value, path }).map(Some)
+        seed.deserialize(De { value, path: Path::Index(self.parent, index) }).map(Some).map_err(|e| e.within(index))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -240,7 +240,10 @@ impl<'de> de::SeqAccess<'de> for Seq<'de, '_> {
 
 struct Map<'v, 'p> {
     members: slice::Iter<'v, (String, Value)>,
-    value: Option<&'v (String, Value)>,
+    /// Of the next member.
+    index: usize,
+    /// The member whose key was read, and its index.
+    value: Option<(usize, &'v (String, Value))>,
     parent: &'p Path<'p>,
 }
 
@@ -249,15 +252,19 @@ impl<'de> de::MapAccess<'de> for Map<'de, '_> {
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
         let Some(member) = self.members.next() else { return Ok(None) };
-        self.value = Some(member);
+        let index = self.index;
+        self.index += 1;
+        self.value = Some((index, member));
         let key: BorrowedStrDeserializer<'de, Error> = BorrowedStrDeserializer::new(&member.0);
         // An unknown field is reported at its own path (`rules[0].portz: unknown field`).
-        seed.deserialize(key).map(Some).map_err(|e| e.at(&Path::Key(self.parent, &member.0)))
+        seed.deserialize(key).map(Some).map_err(|e| e.at(&Path::Key(self.parent, &member.0)).within(index))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         match self.value.take() {
-            Some((key, value)) => seed.deserialize(De { value, path: Path::Key(self.parent, key) }),
+            Some((index, (key, value))) => {
+                seed.deserialize(De { value, path: Path::Key(self.parent, key) }).map_err(|e| e.within(index))
+            }
             None => Err(de::Error::custom("value before its key")),
         }
     }

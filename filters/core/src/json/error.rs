@@ -38,6 +38,9 @@ pub(super) struct ErrorInner {
     pub(super) path: Option<String>,
     pub(super) message: String,
     pub(super) kind: Kind,
+    /// Where in the tree it lies, for [`super::deserialize_at`]: the index of each member or element on its path,
+    /// innermost first (a path as displayed is ambiguous: a key may hold `.` or `[`). Empty from the reader.
+    pub(super) position: Vec<usize>,
 }
 
 /// Whether reading can go on after an error.
@@ -54,11 +57,11 @@ pub(super) enum Kind {
 
 impl Error {
     pub(super) fn new(message: String) -> Error {
-        Error(Box::new(ErrorInner { path: None, message, kind: Kind::Data }))
+        Error(Box::new(ErrorInner { path: None, message, kind: Kind::Data, position: Vec::new() }))
     }
 
     pub(crate) fn recorded() -> Error {
-        Error(Box::new(ErrorInner { path: None, message: String::new(), kind: Kind::Recorded }))
+        Error(Box::new(ErrorInner { path: None, message: String::new(), kind: Kind::Recorded, position: Vec::new() }))
     }
 
     /// Whether this stands for errors recorded with the reader, the value in error read to its end.
@@ -66,9 +69,15 @@ impl Error {
         self.0.kind == Kind::Recorded
     }
 
-    /// The path of the value it was raised for, as displayed.
-    pub(super) fn path(&self) -> Option<&str> {
-        self.0.path.as_deref()
+    /// The index of each member or element on its path in the tree, outermost last.
+    pub(super) fn position(&self) -> &[usize] {
+        &self.0.position
+    }
+
+    /// Notes, as it leaves a member or element of the tree, that member's or element's index.
+    pub(super) fn within(mut self, index: usize) -> Error {
+        self.0.position.push(index);
+        self
     }
 
     /// `missing field `name``, raised at the path of the struct that misses it.
@@ -178,6 +187,6 @@ pub(super) const ROOT: &str = "(document)";
 
 /// The error as a configuration problem: its path (the root's when it has none) and message.
 pub(super) fn config_error(error: Error) -> ConfigError {
-    let ErrorInner { path, message, kind: _ } = *error.0;
+    let ErrorInner { path, message, kind: _, position: _ } = *error.0;
     ConfigError::new(path.unwrap_or_else(|| ROOT.to_string()), message)
 }

@@ -62,7 +62,7 @@ pub(crate) fn deserialize_at<T: DeserializeOwned>(mut value: Value, path: &Path<
             Err(error) => error,
         };
         // Each round removes a member, so this ends.
-        let removed = error.path().is_some_and(|at| value.remove_member_covering(path, at));
+        let removed = value.remove_innermost_member(error.position());
         if errors.is_empty() || !error.is_missing_field() {
             errors.push(error);
         }

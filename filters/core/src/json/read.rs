@@ -69,7 +69,7 @@ impl<'r> Reader<'r> {
             Some(failure) => failure,
             None => format!("{what} at line {} column {}", self.line, self.column),
         };
-        Error(Box::new(ErrorInner { path: Some(ROOT.to_string()), message, kind: Kind::Syntax }))
+        Error(Box::new(ErrorInner { path: Some(ROOT.to_string()), message, kind: Kind::Syntax, position: Vec::new() }))
     }
 
     /// What the source has buffered; empty at its end or when it failed.
@@ -456,8 +456,9 @@ impl Reader<'_> {
     /// Records problems found in values already read (by the caller: a compiler of the rules read so far), with the
     /// document's own.
     pub(crate) fn record(&mut self, problems: Vec<ConfigError>) {
-        let as_error =
-            |ConfigError { path, message }| Error(Box::new(ErrorInner { path: Some(path), message, kind: Kind::Data }));
+        let as_error = |ConfigError { path, message }| {
+            Error(Box::new(ErrorInner { path: Some(path), message, kind: Kind::Data, position: Vec::new() }))
+        };
         self.errors.extend(problems.into_iter().map(as_error));
     }
 

@@ -1,8 +1,6 @@
 //! A document parsed whole, for the deserializer (small documents: the audit and identity configurations, the
 //! filter-state records) and for the value a type error names.
 
-use super::Path;
-
 /// A parsed value.
 #[derive(Debug)]
 pub(crate) enum Value {
@@ -16,31 +14,25 @@ pub(crate) enum Value {
 }
 
 impl Value {
-    /// Removes the innermost object member whose path (under `path`, this value's) is `target` or holds it, with
-    /// every repetition of its key (the derived visitors read only the first; the rest are refused as duplicates);
-    /// false when no member does (`target` is this value itself, or lies in no object). Paths are compared as
-    /// displayed (`rules[2].hosts[0]`).
-    pub(crate) fn remove_member_covering(&mut self, path: &Path<'_>, target: &str) -> bool {
-        let covers = |candidate: &str| {
-            target.strip_prefix(candidate).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-        };
+    /// Removes the innermost object member on `position` (indices of members and elements, outermost last, as
+    /// [`super::Error::position`] gives them), with every repetition of its key (the derived visitors read only the
+    /// first; the rest are refused as duplicates); false when there is none (`position` is this value itself, or
+    /// lies in no object).
+    pub(crate) fn remove_innermost_member(&mut self, position: &[usize]) -> bool {
+        let Some((&index, inner)) = position.split_last() else { return false };
         match self {
             Value::Object(members) => {
-                let Some(index) = members.iter().position(|(key, _)| covers(&Path::Key(path, key).to_string())) else {
-                    return false;
-                };
                 let Some((key, member)) = members.get_mut(index) else { return false };
-                let key = key.clone();
-                if member.remove_member_covering(&Path::Key(path, &key), target) {
+                if member.remove_innermost_member(inner) {
                     return true;
                 }
+                let key = key.clone();
                 members.retain(|(other, _)| *other != key);
                 true
             }
-            Value::Array(elements) => elements.iter_mut().enumerate().any(|(index, element)| {
-                let at = Path::Index(path, index);
-                covers(&at.to_string()) && element.remove_member_covering(&at, target)
-            }),
+            Value::Array(elements) => {
+                elements.get_mut(index).is_some_and(|element| element.remove_innermost_member(inner))
+            }
             _ => false,
         }
     }
