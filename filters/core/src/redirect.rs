@@ -132,7 +132,7 @@ impl LocationError {
 
 /// Resolves `location` against `base`.
 pub fn resolve(base: &RequestLine<'_>, location: &str) -> Result<Target, LocationError> {
-    if location.is_empty() || location.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'\\') {
+    if location.is_empty() || location.bytes().any(not_in_a_location) {
         return Err(LocationError::Malformed);
     }
     let location = location.split('#').next().unwrap_or(location);
@@ -158,8 +158,18 @@ pub fn resolve(base: &RequestLine<'_>, location: &str) -> Result<Target, Locatio
             };
             (&rest[..end], path)
         }
+        // A relative Location takes the base's path as Envoy passed it on. One that clients resolve against in two
+        // ways would reach two targets, so it reaches none.
+        None if !location.starts_with('/') && base_resolves_two_ways(base.path_or_empty()) => {
+            return Err(LocationError::Malformed)
+        }
         None => (base.authority, merge(base.path_or_empty(), location)),
     };
+    // What a relative Location took from the base may be what no Location may hold (a space or control byte; `#`, a
+    // fragment): the target would not be one we could send on or vet again, so it is refused like such a Location.
+    if path.bytes().any(|b| not_in_a_location(b) || b == b'#') {
+        return Err(LocationError::Malformed);
+    }
     // `.%2e` is `..` to a browser (WHATWG) and an ordinary segment to RFC 3986 and curl: the same Location would
     // reach two targets, so it reaches none. Checked on the merged path: a relative Location takes the base's
     // directory as it is, and a target must be its own normal form.
@@ -170,14 +180,36 @@ pub fn resolve(base: &RequestLine<'_>, location: &str) -> Result<Target, Locatio
     Ok(Target { scheme, authority, path: remove_dot_segments_keep_query(&path) })
 }
 
+/// A byte no `Location` may hold: a space, control or non-ASCII byte (which parsers strip, escape or stop at) or `\`
+/// (which browsers read as `/`).
+fn not_in_a_location(byte: u8) -> bool {
+    byte <= b' ' || byte >= 0x7f || byte == b'\\'
+}
+
 /// Whether the path of `reference` (up to its query) has a segment that is `.` or `..` with a dot written as `%2e`
 /// (in either case): what the WHATWG URL standard reads as a dot segment and RFC 3986 does not.
 fn has_escaped_dot_segment(reference: &str) -> bool {
-    let path = reference.split('?').next().unwrap_or(reference);
-    path.split('/').any(|segment| {
-        let segment = segment.to_ascii_lowercase();
-        segment.contains("%2e") && matches!(segment.as_str(), "%2e" | ".%2e" | "%2e." | "%2e%2e")
-    })
+    path_of(reference).split('/').any(|segment| segment.contains('%') && is_dot_segment(segment))
+}
+
+/// Whether relative references against a request path resolve differently to different clients: WHATWG (browsers)
+/// reads `\` as `/` and a last segment that is a dot segment (plain or escaped) as one within the base, where
+/// RFC 3986 (curl, and the gateway when it follows) takes `\` as it is and drops the last segment when it merges.
+/// Browsers never send such a path; Envoy passes one on unless it normalises paths.
+fn base_resolves_two_ways(base_path: &str) -> bool {
+    let path = path_of(base_path);
+    path.contains('\\') || path.rsplit('/').next().is_some_and(is_dot_segment)
+}
+
+/// `.` or `..`, any dot possibly written as `%2e` (in either case).
+fn is_dot_segment(segment: &str) -> bool {
+    let segment = segment.to_ascii_lowercase();
+    matches!(segment.as_str(), "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e")
+}
+
+/// A reference's path, up to its query.
+fn path_of(reference: &str) -> &str {
+    reference.split('?').next().unwrap_or(reference)
 }
 
 /// `scheme:` prefix per RFC 3986 §3.1.
@@ -739,6 +771,61 @@ mod tests {
             assert_eq!(resolve(&base, relative), Err(LocationError::Malformed), "{relative:?}");
         }
         assert!(resolve(&base, "/x").is_ok(), "an absolute path does not take the base's");
+    }
+
+    /// A base path Envoy passed on may be one clients resolve relative references against in two ways, or hold what
+    /// no `Location` may: a relative `Location` against it is refused where it would take that into the target, or
+    /// reach two targets; an absolute one (or one with an absolute path) does not depend on it.
+    #[test]
+    fn a_relative_location_against_a_base_path_clients_read_two_ways_is_refused() {
+        let refused = Err(LocationError::Malformed);
+        let ways = ["x", "./x", "../x", "?q", "#", "#top"];
+        // `\` anywhere in the path (a `/` to browsers), a last segment that is a dot segment (resolved within the base
+        // by browsers, dropped by RFC 3986's merge), and what no Location may hold in the base's directory.
+        let two_ways = [
+            "/a\\b/c",
+            "/a/b\\",
+            "/a\\?q",
+            "/a/b/..",
+            "/a/b/.",
+            "/a/b/%2E%2e",
+            "/a/b/.%2e",
+            "/a/b/%2e",
+            "/a/..?q=1",
+            "/a b/c",
+            "/a\tb/c",
+            "/caf\u{e9}/x",
+            "/a#/b",
+            "/a\x7f/b",
+        ];
+        for path in two_ways {
+            let base = RequestLine { path: Some(path), ..BASE };
+            for relative in ways {
+                assert_eq!(resolve(&base, relative), refused, "{relative:?} against {path:?}");
+            }
+            assert_eq!(resolve(&base, "/x").map(|t| t.url()), Ok("http://httpbin.org/x".into()), "{path:?}");
+            assert_eq!(resolve(&base, "//a.example").map(|t| t.url()), Ok("http://a.example/".into()));
+            assert_eq!(resolve(&base, "https://a.example/y").map(|t| t.url()), Ok("https://a.example/y".into()));
+        }
+        // Read one way: dot segments before the last, a dot in a name, `\` only in the query, escapes of those bytes.
+        // What no Location may hold is refused only where the target would take it.
+        let cases = [
+            ("/a/../b/c", "x", Some("/b/x")),
+            ("/a/./b/..c", "x", Some("/a/b/x")),
+            ("/a/b.", "x", Some("/a/x")),
+            ("/a/b?q\\", "?r", Some("/a/b?r")),
+            ("/a/b?q\\", "#top", None),
+            ("/a/b?q#f", "x", Some("/a/x")),
+            ("/a/b?q#f", "#", None),
+            ("/a/b c", "x", Some("/a/x")),
+            ("/a/b c", "?q", None),
+            ("/a%5Cb/c%20d/e?x=%23&y=~!$'()*+,;=:@", "f", Some("/a%5Cb/c%20d/f")),
+            ("/a%5Cb/c%20d/e?x=%23&y=~!$'()*+,;=:@", "#top", Some("/a%5Cb/c%20d/e?x=%23&y=~!$'()*+,;=:@")),
+        ];
+        for (path, relative, want) in cases {
+            let got = resolve(&RequestLine { path: Some(path), ..BASE }, relative).map(|t| t.path);
+            assert_eq!(got.as_deref().ok(), want, "{relative:?} against {path:?}: {got:?}");
+        }
     }
 
     #[test]
