@@ -101,7 +101,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// - `/status/N`: status N, for 100..=599 (400 otherwise); no body for 204 and 304. hyper cannot send a 1xx
 ///   as the final status: HTTP/1.1 clients get a 500 (a bare 101 for 101), HTTP/2 ones a stream reset.
 /// - `/delay/N`: answers after min(N, 10) seconds.
-/// - `/redirect-to?url=U&status_code=C`: status C (3xx, default 302) with `Location: U`.
+/// - `/redirect-to?url=U&status_code=C`: status C (3xx, default 302) with `Location: U`; under any path that
+///   begins `/redirect-to` too.
 /// - `/redirect/N`: 302 to `/redirect/{N-1}` for N >= 1; `/redirect/0` is a plain 200.
 /// - `/absolute-redirect/N`: the same with absolute `http://<host>/absolute-redirect/{N-1}` Locations.
 /// - `/loop`: 302 to `http://<host>/loop`, forever.
@@ -475,7 +476,8 @@ fn route(path: &str, query: Option<&str>, host: Option<&str>) -> Action {
             Err(_) => Action::BadRequest("delay must be a non-negative integer number of seconds"),
         };
     }
-    if path == "/redirect-to" {
+    // Under any path that begins so, for redirects answering a path a gateway may pass on un-normalised.
+    if path.starts_with("/redirect-to") {
         return redirect_to(query.unwrap_or(""));
     }
     let host = host.unwrap_or("localhost");

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use egress_harness::bootstrap::PathNormalization;
 use egress_harness::client::{self, Response};
 use egress_harness::{Lab, LabOptions};
 use serde_json::Value;
@@ -155,6 +156,35 @@ fn relative_and_protocol_relative_locations_resolve_against_the_request() {
     assert_refused(&redirect_to(&lab, "//evil.example/get", 301), 403, "host_not_allowed");
     let dot_segments = redirect_to(&lab, "../../../elsewhere", 302);
     assert_eq!(dot_segments.status, 302, "dot segments cannot climb out of the host");
+}
+
+/// A gateway that does not normalise paths passes on one that browsers and RFC 3986 resolve relative references
+/// against differently (`\\` is `/` to browsers; a last dot segment is resolved within the base by browsers, dropped
+/// by RFC 3986's merge): a relative `Location` answering it would reach two targets, so it is refused. Under Istio's
+/// default normalisation the same request reaches the upstream normalised, and its redirect passes.
+#[test]
+fn a_relative_location_against_a_path_clients_read_two_ways_is_refused() {
+    let redirect = |lab: &Lab, path: &str, location: &str| {
+        let query = format!("?url={}&status_code=302", url_encode(location));
+        client::get(lab.http(), "httpbin.org", &format!("{path}{query}")).unwrap()
+    };
+    let policy = format!("{{{RULES}}}");
+    let options =
+        LabOptions { redirects: true, path_normalization: PathNormalization::None, ..LabOptions::new(&policy) };
+    let raw = Lab::start(&options).expect("start the gateway");
+    for path in ["/redirect-to/a\\b", "/redirect-to/a/..", "/redirect-to/a/%2E", "/redirect-to/a/.%2e"] {
+        for location in ["next", "../next", "?page=2"] {
+            assert_refused(&redirect(&raw, path, location), 403, "malformed_location");
+        }
+        let absolute = redirect(&raw, path, "/next");
+        assert_eq!((absolute.status, absolute.header("location")), (302, Some("/next")), "{path}");
+    }
+    let plain = redirect(&raw, "/redirect-to/a/b", "next");
+    assert_eq!((plain.status, plain.header("location")), (302, Some("next")));
+
+    let normalised = vetting_lab();
+    let passed = redirect(&normalised, "/redirect-to/a/..", "next");
+    assert_eq!((passed.status, passed.header("location")), (302, Some("next")));
 }
 
 #[test]
