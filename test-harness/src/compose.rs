@@ -1,7 +1,8 @@
 //! The gateway of `docker-compose.yaml`: the bootstrap `make run` starts (the same renderer, the same example
 //! configurations, the chain the manifests deploy), changed only where containers need it:
-//! - listeners on all interfaces: HTTP forward proxy on [`HTTP_PORT`], TLS passthrough on the next port; no mTLS
-//!   listener, because compose has no certificates to give it;
+//! - listeners on all interfaces: HTTP forward proxy on [`HTTP_PORT`], TLS passthrough on [`TLS_PORT`] (published
+//!   as [`TLS_PUBLISHED_PORT`], as Istio's egress gateway Service publishes 443); no mTLS listener, because compose
+//!   has no certificates to give it;
 //! - the admin on the container's loopback ([`ADMIN_PORT`]), so no other container can reach it;
 //! - modules from the mount point [`CONTAINER_WASM_DIR`];
 //! - fixed routing ([`bootstrap::Routing::Fixed`]), where `make run` resolves each destination against a zone of its
@@ -15,7 +16,7 @@
 use crate::bootstrap::{self, Upstream, ECHO_HTTPS_CLUSTER, ECHO_HTTP_CLUSTER};
 use crate::envoy::workspace_root;
 use crate::pki::Error;
-use crate::{gateway_bootstrap, load_audit, load_identity, load_policy, shipped_manifests_dir, LabOptions};
+use crate::{gateway, load_audit, load_identity, load_policy, shipped_manifests_dir, LabOptions};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,8 +31,13 @@ pub const CONTAINER_WASM_DIR: &str = "/etc/envoy/wasm";
 /// The demo upstream: the compose service name and the port go-httpbin listens on.
 pub const UPSTREAM_HOST: &str = "httpbin";
 pub const UPSTREAM_PORT: u16 = 8080;
-/// The plain HTTP listener; TLS passthrough takes the next port (published as it is by docker-compose).
+/// The plain HTTP listener (published as it is by docker-compose).
 pub const HTTP_PORT: u16 = 10000;
+/// The TLS-passthrough listener: the port Istio's egress gateway binds for 443, which the example policy's
+/// `gatewayPorts` maps to 443, so passthrough is judged and recorded as the 443 apps dial.
+pub const TLS_PORT: u16 = 8443;
+/// Where docker-compose publishes [`TLS_PORT`] on the host's loopback.
+pub const TLS_PUBLISHED_PORT: u16 = 10001;
 pub const ADMIN_PORT: u16 = 9901;
 /// The variable the example identity configuration reads its signing key from; `docker-compose.yaml` passes it to
 /// Envoy, whose Wasm VM takes it from the process environment (the manifests' `valueFrom: HOST`).
@@ -56,7 +62,10 @@ pub fn compose_bootstrap() -> Result<Value, Error> {
         manifests: shipped_manifests_dir(),
         ..LabOptions::new(load_policy(&example("policy.yaml"))?)
     };
-    let mut bootstrap = gateway_bootstrap(&options)?;
+    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+    let mut gateway = gateway(&options, unused, unused)?;
+    gateway.tls_listen = SocketAddr::from(([0, 0, 0, 0], TLS_PORT));
+    let mut bootstrap = gateway.render();
     bootstrap["admin"]["address"] = bootstrap::socket(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)));
     let clusters = bootstrap["static_resources"]["clusters"].as_array_mut().ok_or("the bootstrap has no clusters")?;
     for cluster in clusters.iter_mut() {

@@ -4,13 +4,14 @@
 //! directory is mapped to the local build; `docker-compose.yaml` mounts what the bootstrap needs and resolves
 //! (`docker-compose config`, when a compose CLI is installed). Whether the containers then run is not tested here.
 
+use egress_core::{Action, Caller, Policy, Reason};
 use egress_harness::bootstrap::{ECHO_HTTPS_CLUSTER, ECHO_HTTP_CLUSTER, HTTP_LISTENER, TLS_LISTENER};
 use egress_harness::compose::{
     compose_config_yaml, config_path, ADMIN_PORT, CONFIG_FILE, CONTAINER_WASM_DIR, HTTP_PORT, REGENERATE_COMMAND,
-    SIGNING_KEY_ENV, UPSTREAM_HOST, UPSTREAM_PORT,
+    SIGNING_KEY_ENV, TLS_PORT, TLS_PUBLISHED_PORT, UPSTREAM_HOST, UPSTREAM_PORT,
 };
 use egress_harness::envoy::{run_dir, workspace_root, Launcher, PINNED_VERSION};
-use egress_harness::{wasm_dir, SUITE_ROOT_ID};
+use egress_harness::{load_policy, wasm_dir, SUITE_ROOT_ID};
 use serde_json::{Map, Value};
 use std::fs;
 use std::process::{Command, Output};
@@ -75,7 +76,7 @@ fn config_is_the_lab_gateway_adapted_to_containers() {
         .collect();
     let http_port = u64::from(HTTP_PORT);
     // No mTLS listener: compose has no certificates for it.
-    assert_eq!(listeners, [(HTTP_LISTENER, "0.0.0.0", http_port), (TLS_LISTENER, "0.0.0.0", http_port + 1)]);
+    assert_eq!(listeners, [(HTTP_LISTENER, "0.0.0.0", http_port), (TLS_LISTENER, "0.0.0.0", TLS_PORT.into())]);
     let admin = &bootstrap["admin"]["address"]["socket_address"];
     assert_eq!((admin["address"].as_str(), admin["port_value"].as_u64()), (Some("127.0.0.1"), Some(ADMIN_PORT.into())));
 
@@ -176,10 +177,25 @@ fn compose_file_runs_the_pinned_envoy_on_the_committed_config() {
     let key = gateway["environment"][SIGNING_KEY_ENV].as_str().unwrap_or_default();
     assert!(key.starts_with(&format!("${{{SIGNING_KEY_ENV}:?")), "the key is required, never defaulted: {key}");
     let ports: Vec<&str> = gateway["ports"].as_array().unwrap().iter().map(|port| port.as_str().unwrap()).collect();
-    let tls_port = HTTP_PORT + 1;
-    assert_eq!(ports, [format!("127.0.0.1:{HTTP_PORT}:{HTTP_PORT}"), format!("127.0.0.1:{tls_port}:{tls_port}")]);
+    assert_eq!(
+        ports,
+        [format!("127.0.0.1:{HTTP_PORT}:{HTTP_PORT}"), format!("127.0.0.1:{TLS_PUBLISHED_PORT}:{TLS_PORT}")]
+    );
     let upstream = compose["services"][UPSTREAM_HOST]["image"].as_str().unwrap_or_default();
     assert!(upstream.starts_with("mccutchen/go-httpbin:v"), "the demo upstream serves HTTP on {UPSTREAM_PORT}");
+}
+
+/// The passthrough listener is the one the example policy's `gatewayPorts` maps to 443: a connection through it is
+/// judged, and recorded, as one to the 443 apps dial (a rule with `ports: [443]` lets it through).
+#[test]
+fn tls_passthrough_is_judged_as_443() {
+    let policy = load_policy(&workspace_root().join("examples/policy.yaml")).unwrap();
+    let policy = Policy::from_json(policy.as_bytes()).unwrap();
+    let decision = policy.evaluate_tls(Some("ec2.eu-west-1.amazonaws.com"), TLS_PORT, Caller::ANONYMOUS);
+    assert_eq!((decision.action, decision.rule), (Action::Allow, Some("aws-ec2")));
+    assert_eq!(decision.destination.map(|d| d.port), Some(443));
+    let unmapped = policy.evaluate_tls(Some("ec2.eu-west-1.amazonaws.com"), TLS_PUBLISHED_PORT, Caller::ANONYMOUS);
+    assert_eq!(unmapped.reason, Reason::PortNotAllowed, "the published port is not what the gateway sees");
 }
 
 /// The compose CLI's own reading of the file: interpolation, the schema, the required key.

@@ -49,7 +49,8 @@ enum Command {
     /// Print (or write) the Envoy bootstrap docker-compose.yaml mounts (deploy/compose/envoy.yaml).
     ///
     /// The gateway `up` runs with examples/{policy,identity,audit}.yaml, listening on all interfaces (10000 HTTP,
-    /// 10001 TLS passthrough; no mTLS), upstream the compose service httpbin:8080, modules from /etc/envoy/wasm.
+    /// 8443 TLS passthrough, which the example policy maps to 443; no mTLS), upstream the compose service
+    /// httpbin:8080, modules from /etc/envoy/wasm.
     /// The built modules must match the manifests' sha256 pins (`make build`).
     ComposeConfig {
         /// Write here (creating its directory) instead of stdout.
