@@ -89,18 +89,23 @@ test-unit:
 test-wasm: test-tools
 	cargo test -p egress-core --target wasm32-unknown-unknown
 
-# The fuzz targets (fuzz/README.md). `fuzz` runs each under libFuzzer and AddressSanitizer for FUZZ_SECONDS, new
-# inputs kept in fuzz/target/corpus/ (never committed); `fuzz-smoke`, part of `make test`, replays the committed
-# corpora and a fixed batch of mutated inputs through the same checks as plain tests: no sanitizer build.
+# The fuzz targets (fuzz/README.md). `fuzz` runs each under libFuzzer and FUZZ_SANITIZER for FUZZ_SECONDS (0: no
+# limit) or FUZZ_RUNS executions (-1: no limit), whichever ends first, new inputs kept in fuzz/target/corpus/ (never
+# committed); `fuzz-smoke`, part of `make test`, replays the committed corpora and a fixed batch of mutated inputs
+# through the same checks as plain tests: no sanitizer build.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= -1
+FUZZ_SANITIZER ?= address
 FUZZ_TARGETS ?= $(sort $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs))))
 
-fuzz: ## Every fuzz target for FUZZ_SECONDS seconds each (FUZZ_TARGETS to pick some), one at a time
+fuzz: ## Every fuzz target for FUZZ_SECONDS seconds each (FUZZ_TARGETS to pick some, FUZZ_RUNS to stop sooner), one at a time
 	@command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 	@for target in $(FUZZ_TARGETS); do \
-		echo "== fuzz $$target ($(FUZZ_SECONDS)s)"; mkdir -p fuzz/target/corpus/$$target; \
-		(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target target/corpus/$$target corpus/$$target -- \
-			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=4096 -print_final_stats=1); \
+		echo "== fuzz $$target ($(FUZZ_SECONDS)s, $(FUZZ_RUNS) runs, sanitizer $(FUZZ_SANITIZER))"; \
+		mkdir -p fuzz/target/corpus/$$target; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s $(FUZZ_SANITIZER) $$target target/corpus/$$target \
+			corpus/$$target -- -max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -timeout=10 -max_len=4096 \
+			-print_final_stats=1); \
 	done
 
 fuzz-smoke: ## The fuzz targets' committed corpora and mutated inputs as plain tests (what CI runs)
