@@ -13,7 +13,9 @@
 
 use egress_core::certificate::uri_sans_of_url_encoded_pem;
 use egress_core::SpiffeId;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
+use x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME;
 
 pub fn run(data: &[u8]) {
     let (selector, rest) = crate::selector(data);
@@ -43,23 +45,43 @@ pub fn run(data: &[u8]) {
         // x509-parser also takes a URI in a constructed `[6]` (not DER); we read only the primitive form, so we may
         // read fewer: never one x509-parser does not read, and never miss a primitive one.
         assert!(ours.iter().all(|uri| theirs.contains(&uri.as_str())), "we read {ours:?}, x509-parser {theirs:?}");
+        let primitive = primitive_uris(&certificate);
         for uri in theirs.iter().filter(|uri| !ours.iter().any(|ours| ours == *uri)) {
-            assert!(!primitive_uri(rest, uri), "{uri} missed, x509-parser reads {theirs:?}");
+            assert!(!primitive.contains(&uri.as_bytes()), "{uri} missed, x509-parser reads {theirs:?}");
         }
     }
 }
 
-/// Whether `der` holds `uri` as a primitive `[6]` (tag 0x86, DER length).
-fn primitive_uri(der: &[u8], uri: &str) -> bool {
-    let len = uri.len();
-    let mut encoded = vec![0x86];
-    match len {
-        0..=0x7f => encoded.push(len as u8),
-        0x80..=0xff => encoded.extend([0x81, len as u8]),
-        _ => encoded.extend([0x82, (len >> 8) as u8, len as u8]),
+/// The contents of the primitive `[6]` names (tag 0x86) of the subject alternative name extension: the names of
+/// its `GeneralNames` sequence, not bytes that look like one elsewhere (a signature may hold any).
+fn primitive_uris<'a>(certificate: &'a X509Certificate<'_>) -> Vec<&'a [u8]> {
+    let Some(san) = certificate.extensions().iter().find(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME) else {
+        return Vec::new();
+    };
+    let Some((0x30, mut names, _)) = tlv(san.value) else { return Vec::new() };
+    let mut uris = Vec::new();
+    while let Some((tag, content, rest)) = tlv(names) {
+        if tag == 0x86 {
+            uris.push(content);
+        }
+        names = rest;
     }
-    encoded.extend_from_slice(uri.as_bytes());
-    der.windows(encoded.len()).any(|w| w == encoded)
+    uris
+}
+
+/// A BER tag (one byte), its contents (definite length) and what follows.
+fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        let bytes = rest.get(..count).filter(|_| (1..=4).contains(&count))?;
+        (bytes.iter().fold(0, |len, &b| len << 8 | usize::from(b)), &rest[count..])
+    };
+    let content = rest.get(..len)?;
+    Some((tag, content, &rest[len..]))
 }
 
 fn check_uris(uris: &Result<Vec<String>, egress_core::certificate::CertificateError>) {
