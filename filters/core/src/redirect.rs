@@ -59,8 +59,7 @@ impl Target {
 
     /// The URL without its query, for logs and audit (queries often carry tokens).
     pub fn url_without_query(&self) -> String {
-        let path = self.path.split('?').next().unwrap_or(&self.path);
-        format!("{}://{}{}", self.scheme, self.authority_text(), path)
+        format!("{}://{}{}", self.scheme, self.authority_text(), path_of(&self.path))
     }
 
     /// `scheme://host:port` with the port always written (80 and 443 by default), so `http://a` and `http://a:80` are
@@ -224,7 +223,7 @@ fn split_scheme(location: &str) -> Option<(&str, &str)> {
 
 /// RFC 3986 §5.2: a path-absolute, query-only or relative reference against the base path.
 fn merge(base_path: &str, reference: &str) -> String {
-    let base_path_only = base_path.split('?').next().unwrap_or(base_path);
+    let base_path_only = path_of(base_path);
     if reference.is_empty() {
         // A fragment alone (`#top`, cut before): the base itself, its query included (§5.2.2).
         base_path.to_string()
