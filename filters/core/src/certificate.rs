@@ -156,6 +156,26 @@ const BOOLEAN: u8 = 0x01;
 const EXTENSIONS: u8 = 0xa3;
 /// `[6] IMPLICIT IA5String`: a GeneralName's uniformResourceIdentifier.
 const URI_NAME: u8 = 0x86;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Required,
+    Optional,
+}
+
+/// A TBSCertificate's fields, in order (RFC 5280 §4.1): each one's DER tag and whether it may be absent.
+const TBS_FIELDS: [(u8, Presence); 10] = [
+    (0xa0, Presence::Optional),       // [0] EXPLICIT version (v1 when absent)
+    (0x02, Presence::Required),       // serialNumber
+    (SEQUENCE, Presence::Required),   // signature
+    (SEQUENCE, Presence::Required),   // issuer
+    (SEQUENCE, Presence::Required),   // validity
+    (SEQUENCE, Presence::Required),   // subject
+    (SEQUENCE, Presence::Required),   // subjectPublicKeyInfo
+    (0x81, Presence::Optional),       // [1] IMPLICIT issuerUniqueID
+    (0x82, Presence::Optional),       // [2] IMPLICIT subjectUniqueID
+    (EXTENSIONS, Presence::Optional), // [3] EXPLICIT extensions
+];
+
 /// id-ce-subjectAltName, 2.5.29.17, as DER contents.
 const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
@@ -166,19 +186,29 @@ fn uri_sans(der: &[u8]) -> Result<Vec<String>, CertificateError> {
     if tag != SEQUENCE {
         return Err(CertificateError::Der);
     }
-    // version, serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, the unique ids: skipped
-    // until the extensions, which come last when present (v1 and v2 certificates have none).
+    // The fields are skipped unread up to the extensions, which come last when present (v1 and v2 certificates have
+    // none), but each must carry the tag RFC 5280 gives it, in order: a certificate whose extensions are tagged
+    // otherwise (a primitive `[3]`, say) is unreadable, not one without names, for other readers take it.
     let mut fields = tbs;
     let mut extensions = None;
+    let mut expected = TBS_FIELDS.iter();
     while !fields.is_empty() {
         let (tag, contents, rest) = element(fields)?;
-        if tag == EXTENSIONS {
-            if !rest.is_empty() {
-                return Err(CertificateError::Der);
+        fields = rest;
+        // The field with this tag, the optional ones before it absent.
+        loop {
+            match expected.next() {
+                Some(&(field, _)) if field == tag => break,
+                Some(&(_, Presence::Optional)) => continue,
+                _ => return Err(CertificateError::Der),
             }
+        }
+        if tag == EXTENSIONS {
             extensions = Some(only(contents, SEQUENCE)?);
         }
-        fields = rest;
+    }
+    if expected.any(|&(_, presence)| presence == Presence::Required) {
+        return Err(CertificateError::Der);
     }
     let mut list = extensions.unwrap_or_default();
     let mut found: Option<Vec<String>> = None;
@@ -341,15 +371,23 @@ kauJx7qcjn4sHyqUO0YCIEfZ2MsfrJOJ9LMEuIlLq9c+dw8lk1qOmBEFevFVZe6b
         der(SEQUENCE, &extension)
     }
 
+    /// A v3 certificate (empty fields) with these extensions, if any.
     fn certificate(extensions: Option<Vec<u8>>) -> Vec<u8> {
-        let mut tbs = der(0xa0, &der(0x02, &[2])); // version v3
-        tbs.extend(der(0x02, &[1])); // serial
-        for _ in 0..5 {
-            tbs.extend(der(SEQUENCE, &[])); // signature, issuer, validity, subject, spki
-        }
-        if let Some(extensions) = extensions {
-            tbs.extend(der(EXTENSIONS, &der(SEQUENCE, &extensions)));
-        }
+        certificate_of_fields(&v3_fields(extensions.map(|extensions| (EXTENSIONS, der(SEQUENCE, &extensions)))))
+    }
+
+    /// A v3 TBSCertificate's fields (empty but for the version and serial number), then `last`, if any.
+    fn v3_fields(last: Option<(u8, Vec<u8>)>) -> Vec<(u8, Vec<u8>)> {
+        let mut fields = vec![(0xa0, der(0x02, &[2])), (0x02, vec![1])];
+        // signature, issuer, validity, subject, subjectPublicKeyInfo
+        fields.extend(std::iter::repeat_n((SEQUENCE, vec![]), 5));
+        fields.extend(last);
+        fields
+    }
+
+    /// A certificate of these TBSCertificate fields (tag, contents).
+    fn certificate_of_fields(fields: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let tbs: Vec<u8> = fields.iter().flat_map(|(tag, contents)| der(*tag, contents)).collect();
         let mut certificate = der(SEQUENCE, &tbs);
         certificate.extend(der(SEQUENCE, &[]));
         certificate.extend(der(0x03, &[0]));
@@ -371,6 +409,42 @@ kauJx7qcjn4sHyqUO0YCIEfZ2MsfrJOJ9LMEuIlLq9c+dw8lk1qOmBEFevFVZe6b
         assert_eq!(uri_sans(&certificate(Some(san_extension(&[(0x82, "a.example")], false)))), Ok(vec![]));
         let long = "spiffe://cluster.local/ns/app/sa/".to_string() + &"x".repeat(300);
         assert_eq!(uri_sans(&certificate(Some(san_extension(&[(URI_NAME, &long)], false)))), Ok(vec![long]));
+    }
+
+    /// The fields before the extensions are skipped unread, but each must carry the tag RFC 5280 gives it, in order:
+    /// other readers take extensions tagged otherwise (x509-parser a primitive `[3]`: the certificate fuzz target's
+    /// finding), so a certificate so tagged is unreadable rather than one without names.
+    #[test]
+    fn the_fields_before_the_extensions_carry_their_tags_in_order() {
+        let extensions = der(SEQUENCE, &san_extension(&[(URI_NAME, B)], false));
+        let standard = |extensions_tag: u8| v3_fields(Some((extensions_tag, extensions.clone())));
+        assert_eq!(uri_sans(&certificate_of_fields(&standard(EXTENSIONS))), Ok(vec![B.to_string()]));
+        // The unique ids, and a v1 certificate's absent version.
+        let mut with_ids = standard(EXTENSIONS);
+        with_ids.insert(7, (0x81, vec![0]));
+        with_ids.insert(8, (0x82, vec![0]));
+        assert_eq!(uri_sans(&certificate_of_fields(&with_ids)), Ok(vec![B.to_string()]));
+        assert_eq!(uri_sans(&certificate_of_fields(&standard(EXTENSIONS)[1..7])), Ok(vec![]), "v1");
+
+        let refused = Err(CertificateError::Der);
+        for tag in [0x83, 0xa4, 0x84, SEQUENCE, 0xa1, 0x04] {
+            assert_eq!(uri_sans(&certificate_of_fields(&standard(tag))), refused, "extensions tagged {tag:#x}");
+        }
+        let mut fields = standard(EXTENSIONS);
+        fields.remove(1);
+        assert_eq!(uri_sans(&certificate_of_fields(&fields)), refused, "no serial number");
+        let mut fields = standard(EXTENSIONS);
+        fields.remove(6);
+        assert_eq!(uri_sans(&certificate_of_fields(&fields)), refused, "six fields before the extensions");
+        let mut fields = standard(EXTENSIONS);
+        fields.push((EXTENSIONS, extensions.clone()));
+        assert_eq!(uri_sans(&certificate_of_fields(&fields)), refused, "extensions twice");
+        let mut fields = standard(EXTENSIONS);
+        fields.swap(7, 6);
+        assert_eq!(uri_sans(&certificate_of_fields(&fields)), refused, "extensions before the key");
+        let mut fields = with_ids.clone();
+        fields.swap(7, 8);
+        assert_eq!(uri_sans(&certificate_of_fields(&fields)), refused, "unique ids out of order");
     }
 
     #[test]
